@@ -1,0 +1,52 @@
+"""The interface every backend adapter implements.
+
+An adapter translates one backend's protocol into normalized events and
+nothing else: it knows nothing of our HTTP server, keys, metering or logging.
+
+Error contract (the router and the stream writer rely on it):
+- before the first event, raise :class:`BackendUnavailable` for anything worth
+  trying on another backend (refused, timed out, 5xx), :class:`UpstreamRejected`
+  for a request the backend found invalid (400, context too long);
+- after the first event, raise :class:`BackendError`; it goes to the client
+  in-band.
+Messages may contain upstream text (which may echo the prompt): they go to the
+client, never to a log.
+"""
+from __future__ import annotations
+
+import abc
+from typing import AsyncIterator, ClassVar
+
+from ..config import BackendConfig
+from ..events import Event
+from ..protocol import ChatRequest
+
+
+class Adapter(abc.ABC):
+    kind: ClassVar[str]
+
+    def __init__(self, config: BackendConfig) -> None:
+        self.config = config
+        self.name = config.name
+
+    async def start(self) -> None:
+        """Open shared clients (called in ``before_server_start``)."""
+
+    async def close(self) -> None:
+        """Close them again (``after_server_stop``)."""
+
+    @abc.abstractmethod
+    def stream(self, request: ChatRequest, model: str) -> AsyncIterator[Event]:
+        """Run one chat request against upstream model ``model``.
+
+        An async generator of events: text, thinking and tool-call deltas, then
+        exactly one :class:`Finish`, and a :class:`Usage` when the backend
+        reports one. Closing the generator must close the upstream request.
+        """
+
+    async def list_models(self) -> list[str]:
+        """Upstream model names this backend serves now (for discovery)."""
+        return list(self.config.model_map().values())
+
+    async def probe(self) -> None:
+        """Raise :class:`BackendUnavailable` unless the backend can serve now."""

@@ -1,0 +1,35 @@
+# The two commands of the README: `make serve` and `make test`.
+# Both create .venv and install what they need; the first install compiles
+# llama-cpp-python, which takes about 5 minutes on 2 cores.
+
+PYTHON ?= python3
+VENV ?= .venv
+CONFIG ?= backends.yaml
+HOST ?= 127.0.0.1
+PORT ?= 8000
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: serve test install install-test system-test-deps
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --upgrade pip
+
+install: $(VENV)/bin/python
+	$(VENV)/bin/pip install -e '.[embedded]'
+
+install-test: $(VENV)/bin/python
+	$(VENV)/bin/pip install -e '.[embedded,test]'
+
+# The browser tests drive Debian's chromium, the unit-file test uses
+# systemd-analyze; neither can be fetched by pip.
+system-test-deps:
+	@if [ ! -x /usr/bin/chromium ] || ! command -v systemd-analyze >/dev/null; then \
+		$(SUDO) apt-get update && $(SUDO) apt-get install -y chromium systemd; fi
+
+serve: install
+	$(VENV)/bin/privatai quickstart --config $(CONFIG)
+	$(VENV)/bin/privatai serve --config $(CONFIG) --host $(HOST) --port $(PORT)
+
+test: install-test system-test-deps
+	$(VENV)/bin/python -m pytest

@@ -1,0 +1,98 @@
+"""create_app(config) -> Sanic: routes, middleware, listeners."""
+from __future__ import annotations
+
+import logging
+import time
+from sanic import Request, Sanic
+from sanic.exceptions import SanicException
+from sanic.handlers import ErrorHandler
+from sanic.response import HTTPResponse, json
+
+from .api.chat import chat_completions
+from .api.health import healthz, readyz
+from .api.models import get_model, list_models
+from .config import Config
+from .errors import InvalidRequest, NotFound, PayloadTooLarge, PrivatAIError
+from .logs import describe_error
+from .router import Router
+from .state import AppState
+
+log = logging.getLogger("privatai.app")
+
+API_PREFIXES = ("/api/v1", "/v1")
+
+
+def to_api_error(exception: BaseException) -> PrivatAIError:
+    """Any exception as one of ours, without echoing its text unless it is ours."""
+    if isinstance(exception, PrivatAIError):
+        return exception
+    if isinstance(exception, SanicException):
+        status = exception.status_code
+        if status == 413:
+            return PayloadTooLarge("Request body is larger than this server accepts.")
+        if status == 404:
+            return NotFound("Unknown route.")
+        if status == 405:
+            return InvalidRequest("Method not allowed on this route.", status=405, code="method_not_allowed")
+        if 400 <= status < 500:
+            return InvalidRequest("The request could not be processed.", status=status)
+    return PrivatAIError("Internal server error.")
+
+
+class OpenAIErrorHandler(ErrorHandler):
+    """Every error as OpenAI's error JSON; logged by class and status only."""
+
+    def default(self, request: Request, exception: Exception) -> HTTPResponse:
+        error = to_api_error(exception)
+        if error.status >= 500:
+            log.error("request failed: %s", describe_error(exception))
+        return json(error.to_dict(), status=error.status, headers=error.headers)
+
+    @staticmethod
+    def log(request: Request, exception: Exception) -> None:
+        # Sanic's own exception logging prints tracebacks, which can quote
+        # request content; default() above logs what is safe.
+        return None
+
+
+def create_app(config: Config, *, name: str = "privatai") -> Sanic:
+    app = Sanic(name, configure_logging=False, error_handler=OpenAIErrorHandler())
+    app.config.REQUEST_MAX_SIZE = config.server.max_body_bytes
+    app.config.RESPONSE_TIMEOUT = config.server.response_timeout
+    app.config.GRACEFUL_SHUTDOWN_TIMEOUT = config.server.grace_period
+    app.config.ACCESS_LOG = False
+    app.config.NOISY_EXCEPTIONS = False
+    app.config.FALLBACK_ERROR_FORMAT = "json"
+    app.config.AUTO_EXTEND = False
+    app.ctx.state = AppState(config=config, router=Router(config))
+
+    for prefix in API_PREFIXES:
+        tag = prefix.strip("/").replace("/", "_")
+        app.add_route(chat_completions, f"{prefix}/chat/completions", methods=["POST"], name=f"{tag}_chat")
+        app.add_route(list_models, f"{prefix}/models", methods=["GET"], name=f"{tag}_models")
+        app.add_route(get_model, f"{prefix}/models/<model_id:path>", methods=["GET"], name=f"{tag}_model")
+    app.add_route(healthz, "/healthz", methods=["GET"], name="healthz")
+    app.add_route(readyz, "/readyz", methods=["GET"], name="readyz")
+
+    @app.on_request(priority=1000)
+    async def start_clock(request: Request) -> None:
+        # First in the chain: nothing before it sees the request.
+        request.ctx.started = time.perf_counter()
+
+    @app.on_response
+    async def access(request: Request, response: HTTPResponse) -> None:
+        if getattr(request.ctx, "streaming", False):
+            return
+        state: AppState = request.app.ctx.state
+        body = getattr(response, "body", None)
+        state.log_access(request, response.status, len(body) if body is not None else None)
+
+    @app.before_server_start
+    async def open_resources(app: Sanic) -> None:
+        await app.ctx.state.router.start()
+
+    @app.after_server_stop
+    async def close_resources(app: Sanic) -> None:
+        await app.ctx.state.router.close()
+
+    return app

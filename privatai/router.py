@@ -1,0 +1,256 @@
+"""Model -> backend choice, health, failover and capacity.
+
+The router hands the chat handler one async iterator of events. Before the
+first event it may try several backends (failover); after it, never: an error
+then goes to the client in-band. Capacity is a slot count per backend
+(``max_concurrency``); when every candidate is full, requests wait in one
+bounded FIFO queue, and past ``queue_timeout`` get a 429 with Retry-After.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+from .adapters import create_adapter
+from .adapters.base import Adapter
+from .config import Config, RoutingConfig, default_model
+from .errors import BackendError, BackendUnavailable, CapacityExceeded, ModelNotFound
+from .events import Event
+from .protocol import ChatRequest
+
+log = logging.getLogger("privatai.router")
+
+
+@dataclass(eq=False)
+class Backend:
+    """One configured backend and what the router knows of it right now."""
+
+    adapter: Adapter
+    in_flight: int = 0
+    failures: int = 0
+    open_until: float = 0.0
+    # public model name -> upstream model name, configured plus discovered
+    models: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.adapter.name
+
+    @property
+    def max_concurrency(self) -> int:
+        return self.adapter.config.max_concurrency
+
+    def available(self, now: float) -> bool:
+        """Closed circuit, or open long enough for a half-open trial."""
+        return now >= self.open_until
+
+
+@dataclass(slots=True)
+class RouteInfo:
+    """What the handler learns about where a request went (for logs and metrics)."""
+
+    backend: str | None = None
+    attempts: int = 0
+
+
+class Router:
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._routing: RoutingConfig = config.routing
+        self.backends: dict[str, Backend] = {}
+        for backend_config in config.backends:
+            backend = Backend(create_adapter(backend_config))
+            backend.models.update(backend_config.model_map())
+            self.backends[backend.name] = backend
+        self._waiters: list[tuple[frozenset[str], asyncio.Future[None]]] = []
+        self._health_task: asyncio.Task[None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        for backend in self.backends.values():
+            await backend.adapter.start()
+        await self._discover()
+        self._health_task = asyncio.create_task(self._health_loop(), name="privatai-health")
+
+    async def close(self) -> None:
+        if self._health_task is not None:
+            self._health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_task
+        for backend in self.backends.values():
+            await backend.adapter.close()
+
+    # -- models --------------------------------------------------------------
+
+    @property
+    def default_model(self) -> str | None:
+        return default_model(self._config) or next(iter(self.models()), None)
+
+    def models(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for backend in self.backends.values():
+            for name in backend.models:
+                seen.setdefault(name)
+        return list(seen)
+
+    def resolve(self, model: str | None) -> str:
+        """The public model name a request is for (the server default if absent)."""
+        name = model or self.default_model
+        if name is None or not any(name in b.models for b in self.backends.values()):
+            raise ModelNotFound(f"The model '{name}' does not exist or is not served here.",
+                                param="model")
+        return name
+
+    def candidates(self, model: str) -> list[Backend]:
+        return [b for b in self.backends.values() if model in b.models]
+
+    def ready(self) -> bool:
+        """True when a healthy backend serves the default model."""
+        model = self.default_model
+        now = time.monotonic()
+        return model is not None and any(b.available(now) and b.failures == 0
+                                         for b in self.candidates(model))
+
+    # -- choosing and capacity ----------------------------------------------
+
+    def _pick(self, candidates: list[Backend]) -> Backend | None:
+        now = time.monotonic()
+        free = [b for b in candidates if b.available(now) and b.in_flight < b.max_concurrency]
+        if not free:
+            return None
+        least = min(b.in_flight / b.max_concurrency for b in free)
+        best = [b for b in free if b.in_flight / b.max_concurrency == least]
+        if len(best) == 1:
+            return best[0]
+        return random.choices(best, weights=[b.adapter.config.weight for b in best])[0]
+
+    async def _acquire(self, candidates: list[Backend], deadline: float) -> Backend:
+        names = frozenset(b.name for b in candidates)
+        queue_deadline = min(deadline, time.monotonic() + self._routing.queue_timeout)
+        while True:
+            backend = self._pick(candidates)
+            if backend is not None:
+                backend.in_flight += 1
+                return backend
+            now = time.monotonic()
+            if not any(b.available(now) for b in candidates):
+                raise BackendUnavailable("No healthy backend is available for this model right now.")
+            remaining = queue_deadline - now
+            if remaining <= 0 or len(self._waiters) >= self._routing.max_queue:
+                raise CapacityExceeded("The server is at capacity; please retry shortly.",
+                                       retry_after=self._routing.queue_timeout)
+            waiter = (names, asyncio.get_running_loop().create_future())
+            self._waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter[1], timeout=remaining)
+            except TimeoutError:
+                pass
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+
+    def _release(self, backend: Backend) -> None:
+        backend.in_flight -= 1
+        # Wake the longest-waiting request that this backend can serve.
+        for names, future in self._waiters:
+            if backend.name in names and not future.done():
+                future.set_result(None)
+                return
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._waiters)
+
+    # -- health --------------------------------------------------------------
+
+    def _success(self, backend: Backend) -> None:
+        backend.failures = 0
+        backend.open_until = 0.0
+
+    def _failure(self, backend: Backend) -> None:
+        backend.failures += 1
+        if backend.failures >= self._routing.failure_threshold:
+            # Open the circuit; after recovery_time one request (or probe) may try again.
+            backend.open_until = time.monotonic() + self._routing.recovery_time
+
+    async def probe(self, backend: Backend) -> bool:
+        try:
+            await asyncio.wait_for(backend.adapter.probe(), timeout=backend.adapter.config.connect_timeout)
+        except (BackendError, OSError, TimeoutError):
+            self._failure(backend)
+            return False
+        self._success(backend)
+        return True
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._routing.health_interval)
+            await asyncio.gather(*(self.probe(b) for b in self.backends.values()))
+            await self._discover()
+
+    async def _discover(self) -> None:
+        for backend in self.backends.values():
+            if not backend.adapter.config.discover_models:
+                continue
+            try:
+                names = await asyncio.wait_for(backend.adapter.list_models(),
+                                               timeout=backend.adapter.config.connect_timeout)
+            except (BackendError, OSError, TimeoutError) as exc:
+                log.warning("model discovery failed for backend %s: %s", backend.name,
+                            type(exc).__name__)
+                continue
+            for name in names:
+                backend.models.setdefault(name, name)
+
+    # -- the request path ----------------------------------------------------
+
+    async def stream(self, request: ChatRequest, model: str, info: RouteInfo) -> AsyncIterator[Event]:
+        """Events for one request, failing over between backends before the first event."""
+        candidates = self.candidates(model)
+        deadline = time.monotonic() + self._routing.total_deadline
+        last_error: BackendError | None = None
+        while info.attempts < self._routing.max_attempts and candidates:
+            try:
+                backend = await self._acquire(candidates, deadline)
+            except BackendUnavailable:
+                if last_error is not None:
+                    raise last_error from None
+                raise
+            candidates = [b for b in candidates if b is not backend]
+            info.attempts += 1
+            info.backend = backend.name
+            started = False
+            try:
+                events = backend.adapter.stream(request, backend.models[model])
+                async with contextlib.aclosing(events):
+                    async for event in events:
+                        if not started:
+                            started = True
+                            self._success(backend)
+                        yield event
+                if not started:
+                    self._success(backend)
+                return
+            except BackendError as exc:
+                if started or not exc.retryable:
+                    if not started:
+                        self._failure(backend)
+                    raise
+                self._failure(backend)
+                last_error = exc
+                log.warning("backend %s failed before the first token (%s, status %s); %s",
+                            backend.name, type(exc).__name__, exc.status,
+                            "trying another" if candidates else "no other backend")
+            finally:
+                self._release(backend)
+            if time.monotonic() >= deadline:
+                break
+        if last_error is not None:
+            raise last_error
+        raise BackendUnavailable("No backend could serve this request.")

@@ -1,0 +1,59 @@
+"""What one server process holds: config, router, store; shared by handlers."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sanic import Request
+
+from .config import Config
+from .events import Usage
+from .logs import access_log
+from .router import Router
+
+
+@dataclass
+class AppState:
+    config: Config
+    router: Router
+    store: Any = None      # privatai.store.Store once opened
+    recorder: Any = None   # privatai.store.UsageRecorder once opened
+    started_wall: float = field(default_factory=time.time)
+
+    def record_usage(self, principal: Any, model: str, usage: Usage) -> None:
+        if self.recorder is not None:
+            self.recorder.record(principal, model, usage.prompt_tokens, usage.completion_tokens)
+
+    def log_access(self, request: Request, status: int, nbytes: int | None = None) -> None:
+        """One content-free line per request: never a body, header, query or address."""
+        if getattr(request.ctx, "logged", False):
+            return
+        request.ctx.logged = True
+        route = request.route.path if request.route is not None else "(unmatched)"
+        started = getattr(request.ctx, "started", None)
+        principal = getattr(request.ctx, "principal", None)
+        info = getattr(request.ctx, "route", None)
+        usage = getattr(request.ctx, "usage", None)
+        fields: dict[str, Any] = {
+            "method": request.method,
+            "route": "/" + route.lstrip("/"),
+            "status": status,
+            "ms": round((time.perf_counter() - started) * 1000, 1) if started else None,
+        }
+        if nbytes is not None:
+            fields["bytes"] = nbytes
+        model = getattr(request.ctx, "model", None)
+        if model is not None:
+            fields["model"] = model
+        if info is not None and info.backend is not None:
+            fields["backend"] = info.backend
+        if principal is not None:
+            fields["key"] = principal.key_prefix
+        if usage is not None:
+            fields["tokens_in"] = usage.prompt_tokens
+            fields["tokens_out"] = usage.completion_tokens
+        error = getattr(request.ctx, "error", None)
+        if error is not None:
+            fields["error"] = error
+        access_log.info("request", extra={"fields": fields})

@@ -1,0 +1,75 @@
+"""Request validation: clear 400s that name the field."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from privatai.errors import InvalidRequest
+from privatai.protocol import AssistantMessage, ToolMessage, message_to_openai, parse_chat_request, text_of
+
+
+def parse(body: object):
+    return parse_chat_request(json.dumps(body).encode())
+
+
+def error_of(body: bytes) -> InvalidRequest:
+    with pytest.raises(InvalidRequest) as info:
+        parse_chat_request(body)
+    return info.value
+
+
+def test_minimal_request_defaults() -> None:
+    chat = parse({"messages": [{"role": "user", "content": "hi"}]})
+    assert chat.stream is False and chat.model is None and chat.include_usage is False
+
+
+def test_all_options_accepted() -> None:
+    chat = parse({
+        "model": "m", "stream": True, "temperature": 0.5, "top_p": 1, "max_tokens": 10,
+        "max_completion_tokens": 20, "stop": "END", "seed": 7,
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+        "tool_choice": "auto", "stream_options": {"include_usage": True},
+        "response_format": {"type": "json_object"}, "user": "ignored-unknown-field",
+        "messages": [{"role": "system", "content": "s"},
+                     {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+                     {"role": "assistant", "content": None, "tool_calls": [
+                         {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+                     {"role": "tool", "tool_call_id": "c1", "content": "42"}],
+    })
+    assert chat.max_output_tokens == 20
+    assert chat.stop_list == ["END"]
+    assert chat.include_usage is True
+    assert text_of(chat.messages[1].content) == "ab"
+    assert isinstance(chat.messages[2], AssistantMessage) and isinstance(chat.messages[3], ToolMessage)
+    assert message_to_openai(chat.messages[2])["tool_calls"][0]["function"]["name"] == "f"
+    assert message_to_openai(chat.messages[2])["content"] is None
+
+
+@pytest.mark.parametrize("body, param", [
+    ({}, "messages"),
+    ({"messages": []}, "messages"),
+    ({"messages": "hi"}, "messages"),
+    ({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
+    ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+    ({"messages": [{"role": "user"}]}, "messages[0].content"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+     "messages[0].content[0].type"),
+    ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].tool_call_id"),
+    ({"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}, "temperature"),
+    ({"messages": [{"role": "user", "content": "x"}], "temperature": 3}, "temperature"),
+    ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, "max_tokens"),
+    ({"messages": [{"role": "user", "content": "x"}], "stream": "yes"}, "stream"),
+    ({"messages": [{"role": "user", "content": "x"}], "tool_choice": "sometimes"}, "tool_choice"),
+])
+def test_bad_fields_are_named(body: object, param: str) -> None:
+    error = error_of(json.dumps(body).encode())
+    assert error.status == 400
+    assert error.param == param
+    assert error.to_dict()["error"]["type"] == "invalid_request_error"
+
+
+def test_malformed_json_and_empty_body() -> None:
+    assert error_of(b'{"messages": [').status == 400
+    assert "JSON" in error_of(b"{nope").message
+    assert "empty" in error_of(b"").message

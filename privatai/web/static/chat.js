@@ -5,6 +5,8 @@
 // Safety: model output is only ever inserted as text (textContent / text
 // nodes), never parsed as HTML.
 
+import { SSEParser } from './sse.js';
+
 // The API sits next to the static folder: /webchat/static/chat.js ->
 // /webchat/api/. Deriving it keeps the page working under a path prefix.
 const API = new URL('../api/', import.meta.url);
@@ -36,6 +38,7 @@ const STRINGS = {
     modelsFailed: 'Die Modellliste konnte nicht geladen werden.',
     networkError: 'Keine Verbindung zum Server. Bitte prüfen Sie Ihre Verbindung und versuchen Sie es erneut.',
     streamCut: 'Die Verbindung wurde unterbrochen, bevor die Antwort vollständig war.',
+    streamError: (message) => `Die Antwort wurde unterbrochen: ${message}`,
     serverError: (status) => `Der Server hat mit einem Fehler geantwortet (HTTP ${status}).`,
     rateLimit: {
       requests_per_minute_exceeded: 'Sie haben in kurzer Zeit viele Nachrichten gesendet.',
@@ -71,6 +74,7 @@ const STRINGS = {
     modelsFailed: 'Could not load the list of models.',
     networkError: 'Could not reach the server. Please check your connection and try again.',
     streamCut: 'The connection was interrupted before the answer was complete.',
+    streamError: (message) => `The answer was interrupted: ${message}`,
     serverError: (status) => `The server answered with an error (HTTP ${status}).`,
     rateLimit: {
       requests_per_minute_exceeded: 'You have sent a lot of messages in a short time.',
@@ -244,8 +248,18 @@ async function httpError(response) {
   return new HttpError(response.status, message, code, response.headers.get('Retry-After'));
 }
 
+// A failure after the answer began; renders in the current language.
+class StreamError extends Error {
+  constructor(render) {
+    super('stream error');
+    this.render = render;
+  }
+}
+
 function showError(error, fallback) {
-  if (error instanceof HttpError && error.status === 429) {
+  if (error instanceof StreamError) {
+    showNotice('error', error.render);
+  } else if (error instanceof HttpError && error.status === 429) {
     rateLimitNotice(error.code, error.retryAfter);
   } else if (error instanceof HttpError) {
     const { serverMessage, status } = error;
@@ -256,50 +270,6 @@ function showError(error, fallback) {
   } else {
     const message = error && error.message;
     showNotice('error', (s) => message || (fallback ? fallback(s) : s.networkError));
-  }
-}
-
-// ---------------------------------------------------------------------------
-// SSE parsing
-
-// Feeds text chunks in, calls onData(payload) for each complete event's data.
-// Comment lines (":" keep-alives) and other fields are ignored.
-class SSEParser {
-  constructor(onData) {
-    this.onData = onData;
-    this.buffer = '';
-    this.data = [];
-  }
-
-  push(text) {
-    this.buffer += text;
-    const lines = this.buffer.split(/\r\n|\r|\n/);
-    // A trailing "\r" may be the first half of "\r\n": keep it buffered.
-    this.buffer = lines.pop();
-    for (const line of lines) this.line(line);
-  }
-
-  line(line) {
-    if (line === '') {
-      if (this.data.length) {
-        const payload = this.data.join('\n');
-        this.data = [];
-        this.onData(payload);
-      }
-      return;
-    }
-    if (line.startsWith(':')) return;
-    const colon = line.indexOf(':');
-    const field = colon === -1 ? line : line.slice(0, colon);
-    let value = colon === -1 ? '' : line.slice(colon + 1);
-    if (value.startsWith(' ')) value = value.slice(1);
-    if (field === 'data') this.data.push(value);
-  }
-
-  end() {
-    if (this.buffer) this.line(this.buffer);
-    this.buffer = '';
-    this.line('');
   }
 }
 
@@ -394,15 +364,10 @@ async function send() {
     // Nothing arrived: undo the turn and give the text back, so a rate
     // limit or an error costs the user no typing.
     state.history.splice(state.history.indexOf(userTurn), 1);
-    if (!reply.thinkingText.textContent || !stopped) {
-      userNode.remove();
-      reply.node.remove();
-      el.intro.hidden = el.messages.children.length > 0;
-      el.prompt.value = text;
-    } else {
-      reply.meta.dataset.stopped = '1';
-      renderMeta(reply.meta);
-    }
+    userNode.remove();
+    reply.node.remove();
+    el.intro.hidden = el.messages.children.length > 0;
+    el.prompt.value = text;
   } else {
     state.history.push({ role: 'assistant', content: reply.content });
     if (stopped) reply.meta.dataset.stopped = '1';
@@ -489,9 +454,10 @@ async function stream(controller, reply) {
     if (done) reader.cancel().catch(() => {});
   }
   if (inBandError) {
-    throw new Error(inBandError.message || t().streamCut);
+    const message = inBandError.message;
+    throw new StreamError((strings) => (message ? strings.streamError(message) : strings.streamCut));
   }
-  if (!done && !finishReason) throw new Error(t().streamCut);
+  if (!done && !finishReason) throw new StreamError((strings) => strings.streamCut);
   return finishReason;
 }
 

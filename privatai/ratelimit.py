@@ -31,9 +31,16 @@ pruned in amortized O(1) on each call (the table is kept in least-recently-used
 order), and the table never holds more than ``max_identities`` entries (the
 least recently used idle identity is dropped first).
 
-Use from a route handler::
+The token budget is charged when a response ends, so responses already in
+flight when it runs out still finish: the overspend is bounded by
+``concurrent_streams`` responses of at most ``max_tokens`` each (plus their
+prompts).
 
-    identity = limiter.identity(request.ip, request.headers.get("x-forwarded-for"))
+Use from a route handler (``request.ip`` is the socket peer in Sanic; do not
+use ``remote_addr``, which applies Sanic's own proxy settings)::
+
+    forwarded = ",".join(request.headers.getall("x-forwarded-for", []))
+    identity = limiter.identity(request.ip, forwarded or None)
     admission = limiter.admit(identity, body.model, body.max_output_tokens())
     try:
         ...  # call the backend with admission.model / admission.max_tokens

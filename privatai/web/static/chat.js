@@ -360,9 +360,9 @@ async function send() {
   const stopped = controller.signal.aborted;
   reply.answer.setAttribute('aria-busy', 'false');
 
-  if (reply.content === '') {
-    // Nothing arrived: undo the turn and give the text back, so a rate
-    // limit or an error costs the user no typing.
+  if (reply.content === '' && (failed || stopped)) {
+    // No answer arrived: undo the turn and give the text back, so a rate
+    // limit, an error or an early stop costs the user no typing.
     state.history.splice(state.history.indexOf(userTurn), 1);
     userNode.remove();
     reply.node.remove();

@@ -69,6 +69,7 @@ class Router:
             self.backends[backend.name] = backend
         self._waiters: list[tuple[frozenset[str], asyncio.Future[None]]] = []
         self._health_task: asyncio.Task[None] | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -83,8 +84,53 @@ class Router:
             self._health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
         for backend in self.backends.values():
             await backend.adapter.close()
+
+    async def reload(self, config: Config) -> None:
+        """Take a new configuration without dropping open streams.
+
+        Backends whose settings did not change are kept as they are (with their
+        in-flight count and discovered models); new or changed ones are started
+        before anything is switched, so a backend that fails to start leaves
+        the running configuration untouched. Retired adapters are closed once
+        their last stream has ended.
+        """
+        fresh: dict[str, Backend] = {}
+        started: list[Backend] = []
+        try:
+            for backend_config in config.backends:
+                current = self.backends.get(backend_config.name)
+                if current is not None and current.adapter.config == backend_config:
+                    fresh[backend_config.name] = current
+                    continue
+                backend = Backend(create_adapter(backend_config))
+                backend.models.update(backend_config.model_map())
+                await backend.adapter.start()
+                started.append(backend)
+                fresh[backend.name] = backend
+        except BaseException:
+            for backend in started:
+                await backend.adapter.close()
+            raise
+        retired = [b for name, b in self.backends.items() if fresh.get(name) is not b]
+        self.backends = fresh
+        self._config = config
+        self._routing = config.routing
+        for backend in retired:
+            self._retiring.add(asyncio.create_task(self._retire(backend)))
+        await self._discover()
+        # Waiters may now fit on a new backend.
+        for _, future in self._waiters:
+            if not future.done():
+                future.set_result(None)
+
+    async def _retire(self, backend: Backend) -> None:
+        while backend.in_flight > 0:
+            await asyncio.sleep(0.05)
+        await backend.adapter.close()
 
     # -- models --------------------------------------------------------------
 

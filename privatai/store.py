@@ -258,9 +258,11 @@ class Store:
             raise AdminError(f"database schema version {found} is newer than this PrivatAI "
                              f"supports ({SCHEMA_VERSION}); upgrade PrivatAI")
         for version, statements in enumerate(MIGRATIONS, start=1):
+            if version <= found:
+                continue
             async with self._transaction() as db:
-                # Checked again inside the write lock: another process may
-                # have migrated in the meantime.
+                # Checked again under BEGIN IMMEDIATE's write lock: another
+                # process (the server, the CLI) may have migrated meanwhile.
                 if await self.schema_version() >= version:
                     continue
                 for statement in statements:
@@ -464,7 +466,8 @@ class Store:
 
     async def usage_for_key(self, key_id: int, since: date | None = None, until: date | None = None,
                             by_model: bool = False) -> dict[str, Any]:
-        """The seed's ``/usage`` JSON for one key (days inclusive, UTC)."""
+        """The seed's ``/usage`` JSON for one key: days inclusive, UTC; ``last_used``
+        is the key's latest use whatever the period (days carry no time of day)."""
         await self.recorder.flush()
         last_used = await self._fetchall("SELECT last_used FROM api_keys WHERE id = ?", (key_id,))
         return await self._usage_json("u.key_id = ?", (key_id,), since, until, by_model,

@@ -126,7 +126,9 @@ class UsageRecorder:
         """Stop the periodic flush and flush a last time."""
         if self._task is not None and self._stopping is not None:
             self._stopping.set()
-            await self._task
+            # wait() rather than await: a loop shutting down may already have
+            # cancelled the task, and the last flush must happen regardless.
+            await asyncio.wait([self._task])
             self._task = None
         await self.flush()
 

@@ -51,7 +51,7 @@ def test_prompt_count_matches_openai_cookbook() -> None:
         {"role": "system", "name": "example_assistant",
          "content": "Let's talk later when we're less busy about how to do better."},
         {"role": "user", "content": "This late pivot means we don't have time to boil the ocean for the "
-                                    "client project."},
+                                    "client deliverable."},
     ]
     assert count_prompt(_request({"messages": messages})) == 129
 

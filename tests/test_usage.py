@@ -11,6 +11,7 @@ from typing import AsyncIterator
 
 import pytest
 
+from privatai.config import StoreConfig
 from privatai.protocol import parse_chat_request
 from privatai.store import Principal, Store
 from privatai.tokens import count_completion, count_prompt
@@ -100,6 +101,17 @@ async def test_cancelled_flush_neither_loses_nor_doubles(store: Store, db_path: 
     assert _db_totals(db_path) == {(principal.key_id, "m"): (200, 600, 800)}
 
 
+async def test_stop_flushes_even_if_the_loop_cancelled_the_task(store: Store, db_path: str) -> None:
+    [principal] = await _principals(store, 1)
+    store.recorder.start()
+    store.recorder.record(principal, "m", 1, 1)
+    assert store.recorder._task is not None
+    store.recorder._task.cancel()  # what a shutting-down event loop does to pending tasks
+    await asyncio.sleep(0)
+    await store.recorder.stop()
+    assert _db_totals(db_path) == {(principal.key_id, "m"): (1, 1, 1)}
+
+
 async def test_usage_survives_close_and_reopen(db_path: str) -> None:
     store = await Store.open(db_path)
     [principal] = await _principals(store, 1)
@@ -168,7 +180,7 @@ async def test_period_filters_and_pruning(store: Store) -> None:
 
 
 async def test_recorder_prunes_at_start_when_retention_is_set(db_path: str) -> None:
-    store = await Store.open(db_path, retention_days=30, flush_interval=0.01)
+    store = await Store.from_config(StoreConfig(path=db_path, usage_retention_days=30, flush_interval=0.01))
     try:
         [principal] = await _principals(store, 1)
         old = (utc_now().date() - timedelta(days=31)).isoformat()

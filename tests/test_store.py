@@ -181,20 +181,25 @@ async def test_auth_matrix(store: Store) -> None:
     assert (await store.authenticate(suspended.key)).account_name == "frozen"
 
 
-async def test_expiry_applies_even_to_a_cached_key(store: Store) -> None:
-    await store.create_account("acme")
-    created = await store.create_key(
-        "acme", expires_at=datetime.now(timezone.utc) + timedelta(seconds=1.5))
-    assert created.info.status == "active"
-    await store.authenticate(created.key)
-    await asyncio.sleep(2.1)  # past the expiry, while the 2 s cache entry may still be live
-    with pytest.raises(AuthenticationFailed, match="expired"):
+async def test_expiry_applies_even_to_a_cached_key(db_path: str) -> None:
+    store = await Store.open(db_path, cache_ttl=60)
+    try:
+        await store.create_account("acme")
+        # Stored to the second, so this expires 1 to 2 s from now.
+        created = await store.create_key(
+            "acme", expires_at=datetime.now(timezone.utc) + timedelta(seconds=2))
+        assert created.info.status == "active"
         await store.authenticate(created.key)
-    assert (await store.find_key(created.key)).status == "expired"
+        await asyncio.sleep(2.1)  # past the expiry; the cache entry is still live
+        with pytest.raises(AuthenticationFailed, match="expired"):
+            await store.authenticate(created.key)
+        assert (await store.find_key(created.key)).status == "expired"
+    finally:
+        await store.close()
 
 
 async def test_revocation_by_another_process_applies_within_ttl(db_path: str) -> None:
-    server = await Store.open(db_path, cache_ttl=0.5)
+    server = await Store.open(db_path, cache_ttl=1.0)
     admin = await Store.open(db_path)  # a second connection, as the CLI would have
     try:
         await admin.create_account("acme")
@@ -203,7 +208,7 @@ async def test_revocation_by_another_process_applies_within_ttl(db_path: str) ->
         await admin.revoke_key(created.info.prefix)
         # Within the TTL the cached principal still serves: no SQLite on the hot path.
         await server.authenticate(created.key)
-        await asyncio.sleep(0.6)
+        await asyncio.sleep(1.1)
         with pytest.raises(AuthenticationFailed, match="revoked"):
             await server.authenticate(created.key)
     finally:

@@ -1,0 +1,239 @@
+"""Admin commands: ``privatai accounts|keys|usage ...``.
+
+:func:`register` adds the subcommands to the main CLI's subparsers; each
+parser sets ``func(args) -> int``. Errors the operator can fix (unknown
+names, duplicates, bad dates, ambiguous prefixes, an unusable config) are one
+line on stderr and exit code 2, never a traceback. Keys are printed only by
+``keys create``, once; nothing prints a key's hash.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sqlite3
+import sys
+from datetime import date, datetime, timezone
+from typing import Any, Awaitable, Callable, Sequence
+
+from .config import load_config
+from .errors import ConfigError
+from .store import DEFAULT_PLAN, AdminError, Store, UsageRow
+
+Handler = Callable[[argparse.Namespace, Store], Awaitable[int]]
+
+
+class UsageError(Exception):
+    """A bad argument value found after parsing (a date, say)."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``accounts``, ``keys`` and ``usage`` to the main parser's subcommands."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default="backends.yaml", metavar="PATH",
+                        help="configuration file naming the database (default: backends.yaml)")
+    common.add_argument("--db", metavar="PATH", help="database file, overriding the configuration")
+
+    accounts = subparsers.add_parser("accounts", help="manage accounts")
+    accounts_sub = accounts.add_subparsers(dest="action", required=True, metavar="ACTION")
+    parser = _command(accounts_sub, common, "create", "create an account", _accounts_create)
+    parser.add_argument("name")
+    parser.add_argument("--plan", default=DEFAULT_PLAN, help=f"plan name (default: {DEFAULT_PLAN})")
+    _command(accounts_sub, common, "list", "list accounts", _accounts_list)
+    parser = _command(accounts_sub, common, "suspend", "suspend an account: its keys get 403",
+                      _accounts_suspend)
+    parser.add_argument("name")
+    parser = _command(accounts_sub, common, "activate", "reactivate a suspended account",
+                      _accounts_activate)
+    parser.add_argument("name")
+
+    keys = subparsers.add_parser("keys", help="manage API keys")
+    keys_sub = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
+    parser = _command(keys_sub, common, "create", "create a key (shown once)", _keys_create)
+    parser.add_argument("account")
+    parser.add_argument("--label", default="", help="what the key is for, e.g. a person or a server")
+    parser.add_argument("--expires", metavar="YYYY-MM-DD",
+                        help="the key stops working at 00:00 UTC on this day")
+    parser = _command(keys_sub, common, "list", "list keys (never the key itself)", _keys_list)
+    parser.add_argument("account", nargs="?")
+    parser = _command(keys_sub, common, "revoke", "revoke a key at once", _keys_revoke)
+    parser.add_argument("key", metavar="PREFIX_OR_ID", help="key id, display prefix, or the full key")
+
+    parser = _command(subparsers, common, "usage", "token usage per account or key", _usage)
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument("--account", metavar="NAME", help="per key of this account")
+    scope.add_argument("--key", metavar="PREFIX_OR_ID", help="this key only")
+    parser.add_argument("--since", metavar="YYYY-MM-DD", help="first UTC day, inclusive")
+    parser.add_argument("--until", metavar="YYYY-MM-DD", help="last UTC day, inclusive")
+    parser.add_argument("--by-model", action="store_true", help="one row per model")
+
+
+def _command(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser,  # type: ignore[type-arg]
+             name: str, help: str, handler: Handler) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(name, help=help, description=help, parents=[common])
+    parser.set_defaults(func=lambda args: _run(handler, args))
+    return parser
+
+
+def _run(handler: Handler, args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(_with_store(handler, args))
+    except (AdminError, ConfigError, UsageError) as exc:
+        print(f"privatai: error: {exc}", file=sys.stderr)
+        return 2
+    except sqlite3.Error as exc:
+        print(f"privatai: database error: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _with_store(handler: Handler, args: argparse.Namespace) -> int:
+    path = args.db or load_config(args.config).store.path
+    try:
+        store = await Store.open(path)
+    except (sqlite3.Error, OSError) as exc:
+        raise AdminError(f"cannot open database {path}: {exc}") from None
+    try:
+        return await handler(args, store)
+    finally:
+        await store.close()
+
+
+def _date(value: str | None, option: str) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise UsageError(f"{option}: {value!r} is not a date like 2025-12-31") from None
+
+
+# ---------------------------------------------------------------------- accounts
+
+async def _accounts_create(args: argparse.Namespace, store: Store) -> int:
+    account = await store.create_account(args.name, args.plan)
+    print(f"Created account {account.name!r} (plan {account.plan}).")
+    return 0
+
+
+async def _accounts_list(args: argparse.Namespace, store: Store) -> int:
+    accounts = await store.list_accounts()
+    if not accounts:
+        print("No accounts yet. Create one with: privatai accounts create NAME")
+        return 0
+    keys = await store.list_keys()
+    active = {a.id: sum(1 for k in keys if k.account_id == a.id and k.status == "active") for a in accounts}
+    print(_table(["ID", "NAME", "PLAN", "STATUS", "ACTIVE KEYS", "CREATED"],
+                 [[str(a.id), a.name, a.plan, a.status, active[a.id], a.created] for a in accounts]))
+    return 0
+
+
+async def _accounts_suspend(args: argparse.Namespace, store: Store) -> int:
+    account = await store.set_account_status(args.name, "suspended")
+    print(f"Suspended account {account.name!r}: its keys now get 403.")
+    return 0
+
+
+async def _accounts_activate(args: argparse.Namespace, store: Store) -> int:
+    account = await store.set_account_status(args.name, "active")
+    print(f"Activated account {account.name!r}.")
+    return 0
+
+
+# ---------------------------------------------------------------------- keys
+
+async def _keys_create(args: argparse.Namespace, store: Store) -> int:
+    expires = _date(args.expires, "--expires")
+    created = await store.create_key(
+        args.account, label=args.label,
+        expires_at=datetime(expires.year, expires.month, expires.day, tzinfo=timezone.utc) if expires else None)
+    info = created.info
+    # The key alone on stdout (so scripts can capture it), the notes on stderr.
+    print(f"Created key {info.prefix}… (id {info.id}) for account {info.account_name!r}"
+          + (f", label {info.label!r}" if info.label else "")
+          + (f", expires {info.expires_at} UTC" if info.expires_at else "") + ":", file=sys.stderr)
+    print(created.key)
+    print("Store it now: it is shown only this once and cannot be recovered.", file=sys.stderr)
+    return 0
+
+
+async def _keys_list(args: argparse.Namespace, store: Store) -> int:
+    keys = await store.list_keys(args.account)
+    if not keys:
+        print("No keys." if args.account is None else f"No keys for account {args.account!r}.")
+        return 0
+    print(_table(["ID", "PREFIX", "LABEL", "ACCOUNT", "CREATED", "LAST USED", "EXPIRES", "STATUS"],
+                 [[str(k.id), k.prefix + "…", k.label, k.account_name, k.created, k.last_used or "never",
+                   k.expires_at or "-", k.status] for k in keys]))
+    return 0
+
+
+async def _keys_revoke(args: argparse.Namespace, store: Store) -> int:
+    key = await store.revoke_key(args.key)
+    print(f"Revoked key {key.prefix}… (id {key.id}) of account {key.account_name!r}; "
+          "a running server refuses it within seconds.")
+    return 0
+
+
+# ---------------------------------------------------------------------- usage
+
+async def _usage(args: argparse.Namespace, store: Store) -> int:
+    since, until = _date(args.since, "--since"), _date(args.until, "--until")
+    if since and until and since > until:
+        raise UsageError(f"--since {since} is after --until {until}")
+    rows = await store.usage_report(account_name=args.account, key_reference=args.key,
+                                    since=since, until=until, by_model=args.by_model)
+    period = f"{since or 'first day'} to {until or 'today'} (UTC days)"
+    if not rows:
+        print(f"No usage recorded, {period}.")
+        return 0
+    per_key = args.account is not None or args.key is not None
+    headers = ["ACCOUNT"] + (["KEY", "LABEL"] if per_key else []) + (["MODEL"] if args.by_model else []) \
+        + ["REQUESTS", "PROMPT", "COMPLETION", "TOTAL", "LAST USED"]
+    table = [_usage_cells(row, per_key, args.by_model) for row in rows]
+    if len(rows) > 1:
+        total = UsageRow("TOTAL", "", "", "", sum(r.requests for r in rows),
+                         sum(r.prompt_tokens for r in rows), sum(r.completion_tokens for r in rows),
+                         max((r.last_used for r in rows if r.last_used), default=None))
+        table.append(_usage_cells(total, per_key, args.by_model))
+    print(f"Usage, {period}:")
+    print(_table(headers, table, separator_before_last=len(rows) > 1))
+    return 0
+
+
+def _usage_cells(row: UsageRow, per_key: bool, by_model: bool) -> list[Any]:
+    cells: list[Any] = [row.account_name]
+    if per_key:
+        cells += [f"{row.key_prefix}…" if row.key_prefix else "", row.key_label or ""]
+    if by_model:
+        cells.append(row.model or "")
+    return cells + [row.requests, row.prompt_tokens, row.completion_tokens, row.tokens_used,
+                    row.last_used or "never"]
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, separator_before_last: bool = False) -> str:
+    """Columns aligned; numbers right-aligned with thousands separators."""
+    cells = [[f"{v:,}" if isinstance(v, int) else str(v) for v in row] for row in rows]
+    numeric = [bool(rows) and all(isinstance(row[i], int) for row in rows) for i in range(len(headers))]
+    widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(v.rjust(w) if num else v.ljust(w)
+                         for v, w, num in zip(values, widths, numeric)).rstrip()
+
+    out = [line(headers), line(["-" * w for w in widths])]
+    for i, row in enumerate(cells):
+        if separator_before_last and i == len(cells) - 1:
+            out.append(line(["-" * w for w in widths]))
+        out.append(line(row))
+    return "\n".join(out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the admin commands alone (``python -m privatai.admin_cli``)."""
+    parser = argparse.ArgumentParser(prog="privatai", description="PrivatAI administration")
+    register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

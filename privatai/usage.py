@@ -1,0 +1,158 @@
+"""Usage metering off the request path.
+
+:meth:`UsageRecorder.record` only adds to an in-memory aggregate keyed by
+(key, UTC day, model); a background task writes the aggregate in one
+transaction every ``flush_interval`` seconds. Counts taken out for a write go
+back into the aggregate if the write fails, and writes run as tasks that a
+cancelled caller cannot interrupt, so a count is never lost or written twice.
+Only numbers are kept: no prompt, no client address, no per-request rows.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .store import Principal, Store
+
+log = logging.getLogger(__name__)
+
+UsageKey = tuple[int, str, str]  # key_id, UTC day (YYYY-MM-DD), model
+
+
+@dataclass(slots=True)
+class Counts:
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def add(self, other: Counts) -> None:
+        self.requests += other.requests
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+
+
+@dataclass(slots=True)
+class Batch:
+    """Counts and last-used times taken out of the aggregate for one write."""
+
+    counts: dict[UsageKey, Counts] = field(default_factory=dict)
+    last_used: dict[int, str] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.counts or self.last_used)
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc).replace(microsecond=0, tzinfo=None)
+
+
+class UsageRecorder:
+    """Aggregates usage in memory and flushes it to a :class:`Store`."""
+
+    def __init__(self, store: Store, *, flush_interval: float = 1.0,
+                 retention_days: int | None = None) -> None:
+        self._store = store
+        self._flush_interval = flush_interval
+        self._retention_days = retention_days
+        self._pending = Batch()
+        self._writes: set[asyncio.Task[None]] = set()
+        self._stopping: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._pruned_day: str | None = None
+
+    def record(self, principal: Principal, model: str, prompt_tokens: int, completion_tokens: int) -> None:
+        """Count one finished request. Synchronous and cheap: no I/O."""
+        now = utc_now()
+        key = (principal.key_id, now.date().isoformat(), model)
+        counts = self._pending.counts.get(key)
+        if counts is None:
+            counts = self._pending.counts[key] = Counts()
+        counts.requests += 1
+        counts.prompt_tokens += prompt_tokens
+        counts.completion_tokens += completion_tokens
+        self._pending.last_used[principal.key_id] = now.isoformat()
+
+    @property
+    def pending_counts(self) -> dict[UsageKey, Counts]:
+        """A copy of what has not been written yet (for tests and shutdown checks)."""
+        return {key: Counts(c.requests, c.prompt_tokens, c.completion_tokens)
+                for key, c in self._pending.counts.items()}
+
+    async def flush(self) -> None:
+        """Write everything pending, and wait for writes already under way.
+
+        Raises the database error if this call's own write failed; its counts
+        are then pending again for the next flush.
+        """
+        batch, self._pending = self._pending, Batch()
+        own: asyncio.Task[None] | None = None
+        if batch:
+            own = asyncio.get_running_loop().create_task(self._write(batch))
+            self._writes.add(own)
+            own.add_done_callback(self._writes.discard)
+        if self._writes:
+            # Shielded: a cancelled caller must not cut a write off between
+            # COMMIT and the bookkeeping, which could count twice.
+            await asyncio.shield(asyncio.gather(*self._writes, return_exceptions=True))
+        if own is not None and own.exception() is not None:
+            raise own.exception()  # type: ignore[misc]
+
+    async def _write(self, batch: Batch) -> None:
+        try:
+            await self._store.write_usage(batch)
+        except BaseException:
+            self._restore(batch)
+            raise
+
+    def _restore(self, batch: Batch) -> None:
+        for key, counts in batch.counts.items():
+            self._pending.counts.setdefault(key, Counts()).add(counts)
+        for key_id, when in batch.last_used.items():
+            if when > self._pending.last_used.get(key_id, ""):
+                self._pending.last_used[key_id] = when
+
+    def start(self) -> None:
+        """Start the periodic flush (and daily pruning, if retention is set)."""
+        if self._task is not None:
+            return
+        self._stopping = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop the periodic flush and flush a last time."""
+        if self._task is not None and self._stopping is not None:
+            self._stopping.set()
+            # wait() rather than await: a loop shutting down may already have
+            # cancelled the task, and the last flush must happen regardless.
+            await asyncio.wait([self._task])
+            self._task = None
+        await self.flush()
+
+    async def _run(self) -> None:
+        assert self._stopping is not None
+        while not self._stopping.is_set():
+            await self._prune_daily()
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self._flush_interval)
+            except asyncio.TimeoutError:
+                pass
+            try:
+                await self.flush()
+            except Exception as exc:  # kept pending; the next round retries
+                log.warning("usage flush failed, will retry: %s", type(exc).__name__)
+
+    async def _prune_daily(self) -> None:
+        if self._retention_days is None:
+            return
+        today = utc_now().date().isoformat()
+        if today == self._pruned_day:
+            return
+        try:
+            await self._store.prune_usage(self._retention_days)
+            self._pruned_day = today
+        except Exception as exc:
+            log.warning("usage pruning failed, will retry: %s", type(exc).__name__)

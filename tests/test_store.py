@@ -1,0 +1,232 @@
+"""Store: schema, migrations, accounts, keys and the authentication matrix."""
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import stat
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import AsyncIterator
+
+import pytest
+
+from privatai.errors import AuthenticationFailed, PermissionDenied
+from privatai.keys import generate_key
+from privatai.store import SCHEMA_VERSION, AdminError, Principal, Store
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> str:
+    return str(tmp_path / "privatai.db")
+
+
+@pytest.fixture
+async def store(db_path: str) -> AsyncIterator[Store]:
+    store = await Store.open(db_path)
+    yield store
+    await store.close()
+
+
+def _tables(path: str) -> set[str]:
+    with sqlite3.connect(path) as db:
+        return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+# ---------------------------------------------------------------------- schema
+
+
+async def test_open_creates_schema_with_wal_and_owner_only_file(db_path: str) -> None:
+    store = await Store.open(db_path)
+    try:
+        assert await store.schema_version() == SCHEMA_VERSION
+        async with store._db.execute("PRAGMA journal_mode") as cursor:
+            assert (await cursor.fetchone())[0] == "wal"
+        async with store._db.execute("PRAGMA foreign_keys") as cursor:
+            assert (await cursor.fetchone())[0] == 1
+        async with store._db.execute("PRAGMA synchronous") as cursor:
+            assert (await cursor.fetchone())[0] == 1  # NORMAL
+        async with store._db.execute("PRAGMA busy_timeout") as cursor:
+            assert (await cursor.fetchone())[0] == 5000
+    finally:
+        await store.close()
+    assert _tables(db_path) == {"accounts", "api_keys", "usage_daily"}
+    assert stat.S_IMODE(Path(db_path).stat().st_mode) == 0o600
+
+
+async def test_migrations_run_once_and_reopen_keeps_data(db_path: str) -> None:
+    store = await Store.open(db_path)
+    await store.create_account("acme")
+    created = await store.create_key("acme", label="ci")
+    await store.close()
+
+    for _ in range(2):
+        store = await Store.open(db_path)
+        assert await store.schema_version() == SCHEMA_VERSION
+        assert [a.name for a in await store.list_accounts()] == ["acme"]
+        assert (await store.authenticate(created.key)).account_name == "acme"
+        await store.close()
+
+
+async def test_concurrent_first_opens_migrate_once(db_path: str) -> None:
+    stores = await asyncio.gather(*(Store.open(db_path) for _ in range(4)))
+    try:
+        assert [await s.schema_version() for s in stores] == [SCHEMA_VERSION] * 4
+        await stores[0].create_account("acme")
+        assert [a.name for a in await stores[3].list_accounts()] == ["acme"]
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_newer_schema_is_refused_clearly(db_path: str) -> None:
+    with sqlite3.connect(db_path) as db:
+        db.execute("PRAGMA user_version = 99")
+    with pytest.raises(AdminError, match="newer than this PrivatAI"):
+        await Store.open(db_path)
+
+
+# ---------------------------------------------------------------------- accounts and keys
+
+
+async def test_account_admin(store: Store) -> None:
+    account = await store.create_account("acme", plan="enterprise")
+    assert (account.name, account.plan, account.status) == ("acme", "enterprise", "active")
+    with pytest.raises(AdminError, match="already exists"):
+        await store.create_account("ACME")
+    with pytest.raises(AdminError, match="no account named 'nope'"):
+        await store.get_account("nope")
+    with pytest.raises(AdminError, match="no account"):
+        await store.set_account_status("nope", "suspended")
+    assert (await store.set_account_status("acme", "suspended")).status == "suspended"
+    assert (await store.set_account_status("acme", "active")).status == "active"
+
+
+async def test_keys_several_per_account_and_lookup(store: Store) -> None:
+    await store.create_account("acme")
+    await store.create_account("other")
+    first = await store.create_key("acme", label="alice")
+    second = await store.create_key("acme", label="bob")
+    await store.create_key("other")
+    assert first.key != second.key
+    assert [k.label for k in await store.list_keys("acme")] == ["alice", "bob"]
+    assert len(await store.list_keys()) == 3
+    assert (await store.find_key(str(first.info.id))).id == first.info.id
+    assert (await store.find_key(first.info.prefix)).id == first.info.id
+    assert (await store.find_key(first.info.prefix + "…")).id == first.info.id
+    assert (await store.find_key(first.key)).id == first.info.id
+    with pytest.raises(AdminError, match="no such key"):
+        await store.find_key(generate_key())
+    with pytest.raises(AdminError, match="neither a key id nor a key prefix"):
+        await store.find_key("acme")
+    with pytest.raises(AdminError, match="no key with id"):
+        await store.find_key("999")
+    with pytest.raises(AdminError, match="no account"):
+        await store.create_key("nope")
+    with pytest.raises(AdminError, match="not in the future"):
+        await store.create_key("acme", expires_at=datetime(2000, 1, 1, tzinfo=timezone.utc))
+
+
+async def test_ambiguous_prefix_is_refused(store: Store) -> None:
+    await store.create_account("acme")
+    by_first_char: dict[str, int] = {}
+    # 63 keys guarantee two share the first character after "privat_".
+    while True:
+        created = await store.create_key("acme")
+        char = created.info.prefix[7]
+        if char in by_first_char:
+            break
+        by_first_char[char] = created.info.id
+    with pytest.raises(AdminError, match="matches several keys"):
+        await store.find_key("privat_" + char)
+    assert (await store.find_key(created.info.prefix)).id == created.info.id
+
+
+async def test_revoke(store: Store) -> None:
+    await store.create_account("acme")
+    created = await store.create_key("acme")
+    revoked = await store.revoke_key(created.info.prefix)
+    assert revoked.status == "revoked" and revoked.revoked_at is not None
+    with pytest.raises(AdminError, match="already revoked"):
+        await store.revoke_key(str(created.info.id))
+
+
+# ---------------------------------------------------------------------- authentication
+
+
+async def test_auth_matrix(store: Store) -> None:
+    await store.create_account("acme", plan="pro")
+    await store.create_account("frozen")
+    good = await store.create_key("acme")
+    revoked = await store.create_key("acme")
+    await store.revoke_key(revoked.info.prefix)
+    suspended = await store.create_key("frozen")
+    await store.set_account_status("frozen", "suspended")
+
+    principal = await store.authenticate(good.key)
+    assert principal == Principal(good.info.id, good.info.prefix, good.info.account_id, "acme", "pro")
+
+    for bad in (None, "", "privat_short", "sk-" + "a" * 48, good.key + "x", good.key[:-1],
+                generate_key(), revoked.key):
+        with pytest.raises(AuthenticationFailed) as failed:
+            await store.authenticate(bad)
+        assert failed.value.status == 401
+        assert failed.value.code == "invalid_api_key"
+        assert good.key[7:] not in failed.value.message
+
+    with pytest.raises(PermissionDenied, match="suspended") as denied:
+        await store.authenticate(suspended.key)
+    assert denied.value.status == 403
+
+    await store.set_account_status("frozen", "active")
+    assert (await store.authenticate(suspended.key)).account_name == "frozen"
+
+
+async def test_expiry_applies_even_to_a_cached_key(db_path: str) -> None:
+    store = await Store.open(db_path, cache_ttl=60)
+    try:
+        await store.create_account("acme")
+        # Stored to the second, so this expires 1 to 2 s from now.
+        created = await store.create_key(
+            "acme", expires_at=datetime.now(timezone.utc) + timedelta(seconds=2))
+        assert created.info.status == "active"
+        await store.authenticate(created.key)
+        await asyncio.sleep(2.1)  # past the expiry; the cache entry is still live
+        with pytest.raises(AuthenticationFailed, match="expired"):
+            await store.authenticate(created.key)
+        assert (await store.find_key(created.key)).status == "expired"
+    finally:
+        await store.close()
+
+
+async def test_revocation_by_another_process_applies_within_ttl(db_path: str) -> None:
+    server = await Store.open(db_path, cache_ttl=1.0)
+    admin = await Store.open(db_path)  # a second connection, as the CLI would have
+    try:
+        await admin.create_account("acme")
+        created = await admin.create_key("acme")
+        await server.authenticate(created.key)
+        await admin.revoke_key(created.info.prefix)
+        # Within the TTL the cached principal still serves: no SQLite on the hot path.
+        await server.authenticate(created.key)
+        await asyncio.sleep(1.1)
+        with pytest.raises(AuthenticationFailed, match="revoked"):
+            await server.authenticate(created.key)
+    finally:
+        await admin.close()
+        await server.close()
+
+
+async def test_unknown_keys_are_cached_apart_and_bounded(db_path: str) -> None:
+    store = await Store.open(db_path, cache_size=3)
+    try:
+        await store.create_account("acme")
+        created = await store.create_key("acme")
+        await store.authenticate(created.key)
+        for _ in range(20):
+            with pytest.raises(AuthenticationFailed):
+                await store.authenticate(generate_key())
+        assert len(store._unknown._entries) == 3
+        # The flood did not evict the real key.
+        assert len(store._known._entries) == 1
+    finally:
+        await store.close()

@@ -1,0 +1,221 @@
+"""Usage recording: exact under concurrency, never lost, only numbers stored."""
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import sqlite3
+from datetime import date, timedelta
+from pathlib import Path
+from typing import AsyncIterator
+
+import pytest
+
+from privatai.config import StoreConfig
+from privatai.protocol import parse_chat_request
+from privatai.store import Principal, Store
+from privatai.tokens import count_completion, count_prompt
+from privatai.usage import Batch, Counts, utc_now
+
+ISO_SECONDS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> str:
+    return str(tmp_path / "privatai.db")
+
+
+@pytest.fixture
+async def store(db_path: str) -> AsyncIterator[Store]:
+    store = await Store.open(db_path, flush_interval=0.01)
+    yield store
+    await store.close()
+
+
+async def _principals(store: Store, n: int, account: str = "acme") -> list[Principal]:
+    await store.create_account(account)
+    return [await store.authenticate((await store.create_key(account, label=f"k{i}")).key)
+            for i in range(n)]
+
+
+def _db_totals(path: str) -> dict[tuple[int, str], tuple[int, int, int]]:
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT key_id, model, sum(requests), sum(prompt_tokens), sum(completion_tokens)"
+                          " FROM usage_daily GROUP BY key_id, model").fetchall()
+    return {(k, m): (r, p, c) for k, m, r, p, c in rows}
+
+
+async def test_concurrent_records_are_exact(store: Store, db_path: str) -> None:
+    principals = await _principals(store, 5)
+    models = ["phi4-mini", "llama3.2", "smollm2"]
+    expected: dict[tuple[int, str], list[int]] = {}
+    store.recorder.start()
+
+    async def client(seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(100):
+            principal, model = rng.choice(principals), rng.choice(models)
+            prompt, completion = rng.randrange(0, 5000), rng.randrange(0, 5000)
+            store.recorder.record(principal, model, prompt, completion)
+            totals = expected.setdefault((principal.key_id, model), [0, 0, 0])
+            totals[0] += 1
+            totals[1] += prompt
+            totals[2] += completion
+            await asyncio.sleep(rng.random() / 1000)  # interleave with the background flushes
+
+    await asyncio.gather(*(client(seed) for seed in range(50)))
+    await store.recorder.stop()
+    assert store.recorder.pending_counts == {}
+    assert _db_totals(db_path) == {key: tuple(v) for key, v in expected.items()}
+    assert sum(v[0] for v in expected.values()) == 5000
+
+
+async def test_failed_flush_keeps_counts_pending(store: Store, db_path: str) -> None:
+    [principal] = await _principals(store, 1)
+    with sqlite3.connect(db_path) as db:
+        db.execute("CREATE TRIGGER fail BEFORE INSERT ON usage_daily BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
+    store.recorder.record(principal, "m", 10, 20)
+    with pytest.raises(sqlite3.Error, match="disk says no"):
+        await store.recorder.flush()
+    store.recorder.record(principal, "m", 1, 2)
+    assert [(c.requests, c.prompt_tokens, c.completion_tokens)
+            for c in store.recorder.pending_counts.values()] == [(2, 11, 22)]
+
+    # The background task keeps retrying without losing or doubling anything.
+    store.recorder.start()
+    await asyncio.sleep(0.1)
+    with sqlite3.connect(db_path) as db:
+        db.execute("DROP TRIGGER fail")
+    await store.recorder.stop()
+    assert _db_totals(db_path) == {(principal.key_id, "m"): (2, 11, 22)}
+
+
+async def test_cancelled_flush_neither_loses_nor_doubles(store: Store, db_path: str) -> None:
+    [principal] = await _principals(store, 1)
+    for _ in range(200):
+        store.recorder.record(principal, "m", 3, 4)
+        flush = asyncio.ensure_future(store.recorder.flush())
+        await asyncio.sleep(0)
+        flush.cancel()
+    await store.recorder.flush()
+    assert _db_totals(db_path) == {(principal.key_id, "m"): (200, 600, 800)}
+
+
+async def test_stop_flushes_even_if_the_loop_cancelled_the_task(store: Store, db_path: str) -> None:
+    [principal] = await _principals(store, 1)
+    store.recorder.start()
+    store.recorder.record(principal, "m", 1, 1)
+    assert store.recorder._task is not None
+    store.recorder._task.cancel()  # what a shutting-down event loop does to pending tasks
+    await asyncio.sleep(0)
+    await store.recorder.stop()
+    assert _db_totals(db_path) == {(principal.key_id, "m"): (1, 1, 1)}
+
+
+async def test_usage_survives_close_and_reopen(db_path: str) -> None:
+    store = await Store.open(db_path)
+    [principal] = await _principals(store, 1)
+    store.recorder.start()
+    store.recorder.record(principal, "m", 5, 7)
+    await store.close()  # stops the recorder, which flushes a last time
+
+    store = await Store.open(db_path)
+    try:
+        usage = await store.usage_for_key(principal.key_id)
+        assert {k: usage[k] for k in ("requests", "prompt_tokens", "completion_tokens", "tokens_used")} == {
+            "requests": 1, "prompt_tokens": 5, "completion_tokens": 7, "tokens_used": 12}
+    finally:
+        await store.close()
+
+
+async def test_usage_json_has_the_seed_shape(store: Store) -> None:
+    alice, bob = await _principals(store, 2)
+    assert await store.usage_for_key(alice.key_id) == {
+        "tokens_used": 0, "prompt_tokens": 0, "completion_tokens": 0, "requests": 0, "last_used": None}
+
+    store.recorder.record(alice, "phi4-mini", 100, 50)
+    store.recorder.record(alice, "phi4-mini", 1, 2)
+    store.recorder.record(alice, "llama3.2", 10, 20)
+    store.recorder.record(bob, "llama3.2", 1000, 2000)
+    # Not flushed yet: the query flushes first, so it is exact.
+    usage = await store.usage_for_key(alice.key_id)
+    assert set(usage) == {"tokens_used", "prompt_tokens", "completion_tokens", "requests", "last_used"}
+    assert (usage["requests"], usage["prompt_tokens"], usage["completion_tokens"], usage["tokens_used"]) == (
+        3, 111, 72, 183)
+    assert ISO_SECONDS.fullmatch(usage["last_used"])
+
+    by_model = await store.usage_for_key(alice.key_id, by_model=True)
+    assert by_model["models"] == {
+        "llama3.2": {"tokens_used": 30, "prompt_tokens": 10, "completion_tokens": 20, "requests": 1},
+        "phi4-mini": {"tokens_used": 153, "prompt_tokens": 101, "completion_tokens": 52, "requests": 2},
+    }
+
+    account = await store.usage_for_account(alice.account_id, by_model=True)
+    assert (account["requests"], account["tokens_used"]) == (4, 3183)
+    assert account["models"]["llama3.2"]["requests"] == 2
+    assert ISO_SECONDS.fullmatch(account["last_used"])
+
+
+async def test_period_filters_and_pruning(store: Store) -> None:
+    [principal] = await _principals(store, 1)
+    today = utc_now().date()
+    days = [today - timedelta(days=n) for n in (0, 10, 399, 401, 800)]
+    batch = Batch()
+    for n, day in enumerate(days):
+        batch.counts[(principal.key_id, day.isoformat(), "m")] = Counts(1, 10 ** n, 0)
+    await store.write_usage(batch)
+
+    def prompt(usage: dict) -> int:
+        return usage["prompt_tokens"]
+
+    assert prompt(await store.usage_for_key(principal.key_id)) == 11111
+    assert prompt(await store.usage_for_key(principal.key_id, since=today - timedelta(days=10))) == 11
+    assert prompt(await store.usage_for_key(principal.key_id, until=today - timedelta(days=10))) == 11110
+    assert prompt(await store.usage_for_key(principal.key_id, since=days[2], until=days[1])) == 110
+    assert prompt(await store.usage_for_key(principal.key_id, since=date(1999, 1, 1),
+                                            until=date(1999, 1, 2))) == 0
+
+    assert await store.prune_usage(400) == 2
+    assert prompt(await store.usage_for_key(principal.key_id)) == 111
+
+
+async def test_recorder_prunes_at_start_when_retention_is_set(db_path: str) -> None:
+    store = await Store.from_config(StoreConfig(path=db_path, usage_retention_days=30, flush_interval=0.01))
+    try:
+        [principal] = await _principals(store, 1)
+        old = (utc_now().date() - timedelta(days=31)).isoformat()
+        await store.write_usage(Batch({(principal.key_id, old, "m"): Counts(1, 1, 1)}))
+        store.recorder.start()
+        await asyncio.sleep(0.1)
+        assert (await store.usage_for_key(principal.key_id))["requests"] == 0
+    finally:
+        await store.close()
+
+
+async def test_only_counts_are_stored(db_path: str) -> None:
+    canary = "CANARY-7f3a9c prompt text that must never be stored"
+    store = await Store.open(db_path)
+    await store.create_account("acme")
+    created = await store.create_key("acme", label="ci")
+    principal = await store.authenticate(created.key)
+    request = parse_chat_request(
+        ('{"model": "m", "messages": [{"role": "user", "content": "%s"}]}' % canary).encode())
+    store.recorder.record(principal, request.model or "m", count_prompt(request),
+                          count_completion(canary + " answer", canary + " thinking", '{"q": "%s"}' % canary))
+    await store.recorder.flush()
+
+    files = [Path(db_path), Path(db_path + "-wal")]
+    assert files[1].exists()  # the WAL is inspected before the checkpoint at close
+    for _ in range(2):
+        for file in files:
+            if file.exists():
+                data = file.read_bytes()
+                assert b"CANARY-7f3a9c" not in data
+                assert created.key.encode() not in data
+                assert created.key[12:].encode() not in data  # the part no listing shows
+        with sqlite3.connect(db_path) as db:
+            dump = "\n".join(db.iterdump())
+        assert "CANARY" not in dump and created.key not in dump
+        await store.close()
+        store = await Store.open(db_path)
+    await store.close()

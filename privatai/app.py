@@ -1,7 +1,9 @@
 """create_app(config) -> Sanic: routes, middleware, listeners."""
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 import time
 from sanic import Request, Sanic
 from sanic.exceptions import SanicException
@@ -11,11 +13,15 @@ from sanic.response import HTTPResponse, json
 from .api.chat import chat_completions
 from .api.health import healthz, readyz
 from .api.models import get_model, list_models
+from .api.usage import usage
+from .middleware.auth import authenticate
 from .config import Config
 from .errors import InvalidRequest, NotFound, PayloadTooLarge, PrivatAIError
 from .logs import describe_error
 from .router import Router
 from .state import AppState
+from .store import Store
+from . import tokens
 
 log = logging.getLogger("privatai.app")
 
@@ -71,6 +77,7 @@ def create_app(config: Config, *, name: str = "privatai") -> Sanic:
         app.add_route(chat_completions, f"{prefix}/chat/completions", methods=["POST"], name=f"{tag}_chat")
         app.add_route(list_models, f"{prefix}/models", methods=["GET"], name=f"{tag}_models")
         app.add_route(get_model, f"{prefix}/models/<model_id:path>", methods=["GET"], name=f"{tag}_model")
+        app.add_route(usage, f"{prefix}/usage", methods=["GET"], name=f"{tag}_usage")
     app.add_route(healthz, "/healthz", methods=["GET"], name="healthz")
     app.add_route(readyz, "/readyz", methods=["GET"], name="readyz")
 
@@ -78,6 +85,8 @@ def create_app(config: Config, *, name: str = "privatai") -> Sanic:
     async def start_clock(request: Request) -> None:
         # First in the chain: nothing before it sees the request.
         request.ctx.started = time.perf_counter()
+
+    app.on_request(authenticate, priority=900)
 
     @app.on_response
     async def access(request: Request, response: HTTPResponse) -> None:
@@ -89,10 +98,24 @@ def create_app(config: Config, *, name: str = "privatai") -> Sanic:
 
     @app.before_server_start
     async def open_resources(app: Sanic) -> None:
-        await app.ctx.state.router.start()
+        state: AppState = app.ctx.state
+        state.store = await Store.from_config(config.store)
+        state.recorder = state.store.recorder
+        state.recorder.start()
+        # Load the tokenizer now rather than on the first request that needs it.
+        await asyncio.to_thread(tokens.encoding)
+        await state.router.start()
+        # SIGHUP re-reads backends.yaml; open streams keep running.
+        asyncio.get_running_loop().add_signal_handler(
+            signal.SIGHUP, lambda: state.spawn(state.reload()))
 
     @app.after_server_stop
     async def close_resources(app: Sanic) -> None:
-        await app.ctx.state.router.close()
+        # Sanic has let open streams finish (GRACEFUL_SHUTDOWN_TIMEOUT) by now,
+        # so their usage is recorded: flush it and close the database last.
+        state: AppState = app.ctx.state
+        await state.router.close()
+        if state.store is not None:
+            await state.store.close()
 
     return app

@@ -1,8 +1,13 @@
-"""`privatai serve | check | keys | accounts | usage ...`"""
+"""`privatai serve | quickstart | reload | accounts | keys | usage`"""
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
+import shlex
+import signal
 import sys
+from pathlib import Path
 
 from .config import Config, load_config
 from .errors import ConfigError
@@ -16,15 +21,18 @@ def _load(path: str) -> Config:
         raise SystemExit(2) from None
 
 
+def _address(config: Config, args: argparse.Namespace) -> tuple[str, int]:
+    host = args.host or config.server.host
+    port = args.port if args.port is not None else config.server.port
+    return host, port
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args.config)
     from .app import create_app
     from .logs import setup_logging
 
-    if args.host:
-        config.server.host = args.host
-    if args.port is not None:
-        config.server.port = args.port
+    config.server.host, config.server.port = _address(config, args)
     setup_logging(config.logging.level, config.logging.format)
     app = create_app(config)
     host, port = config.server.host, config.server.port
@@ -34,14 +42,94 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _quickstart(config: Config) -> str:
+    from .store import AdminError, Store
+
+    store = await Store.open(config.store.path)
+    try:
+        try:
+            await store.get_account("demo")
+        except AdminError:
+            await store.create_account("demo")
+        return (await store.create_key("demo", label="quickstart")).key
+    finally:
+        await store.close()
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    """A key for trying the gateway out, printed to this terminal (never to a log)."""
+    config = _load(args.config)
+    key = asyncio.run(_quickstart(config))
+    host, port = _address(config, args)
+    body = '{"messages": [{"role": "user", "content": "Hello, how are you?"}]}'
+    print(f"""
+A new API key for account 'demo' (shown only now; list keys with `privatai keys list`):
+
+    {key}
+
+When the server below says it is listening, try it from another terminal:
+
+    curl -X POST http://{host}:{port}/api/v1/chat/completions \\
+      -H "Authorization: Bearer {key}" \\
+      -H "Content-Type: application/json" \\
+      -d {shlex.quote(body)}
+
+Or with the OpenAI SDK: OpenAI(base_url="http://{host}:{port}/api/v1", api_key="{key}")
+""", flush=True)
+    return 0
+
+
+def _serving_pids(config_path: Path) -> list[int]:
+    """PIDs of `privatai serve` processes started with this configuration file."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            cwd = (entry / "cwd").resolve()
+        except OSError:
+            continue
+        words = [a.decode(errors="replace") for a in argv if a]
+        if "serve" not in words or not any("privatai" in w for w in words):
+            continue
+        configured = words[words.index("--config") + 1] if "--config" in words[:-1] else "backends.yaml"
+        if (cwd / configured).resolve() == config_path:
+            pids.append(int(entry.name))
+    return pids
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Validate the file, then tell the running server to re-read it (SIGHUP)."""
+    _load(args.config)
+    path = Path(args.config).resolve()
+    pids = [args.pid] if args.pid else _serving_pids(path)
+    if not pids:
+        print(f"privatai: no running `privatai serve --config {path}` found (use --pid)", file=sys.stderr)
+        return 1
+    for pid in pids:
+        os.kill(pid, signal.SIGHUP)
+    print(f"Configuration is valid; asked {len(pids)} server process(es) to reload it.")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from . import admin_cli
+
     parser = argparse.ArgumentParser(prog="privatai", description="Privacy-first OpenAI-compatible LLM gateway")
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the gateway")
-    serve.add_argument("--config", default="backends.yaml", help="path to backends.yaml")
-    serve.add_argument("--host", help="bind address (overrides server.host)")
-    serve.add_argument("--port", type=int, help="port (overrides server.port)")
-    serve.set_defaults(func=cmd_serve)
+    for name, func, help in (("serve", cmd_serve, "run the gateway"),
+                             ("quickstart", cmd_quickstart, "create a demo account key and print how to call the API")):
+        command = sub.add_parser(name, help=help, description=help)
+        command.add_argument("--config", default="backends.yaml", help="path to backends.yaml")
+        command.add_argument("--host", help="bind address (overrides server.host)")
+        command.add_argument("--port", type=int, help="port (overrides server.port)")
+        command.set_defaults(func=func)
+    reload = sub.add_parser("reload", help="validate backends.yaml and make the running server re-read it")
+    reload.add_argument("--config", default="backends.yaml", help="path to backends.yaml")
+    reload.add_argument("--pid", type=int, help="the server's process id (default: found by its --config)")
+    reload.set_defaults(func=cmd_reload)
+    admin_cli.register(sub)
     return parser
 
 

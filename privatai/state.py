@@ -1,16 +1,20 @@
 """What one server process holds: config, router, store; shared by handlers."""
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Coroutine
 
 from sanic import Request
 
 from .config import Config
 from .events import Usage
-from .logs import access_log
+from .logs import access_log, describe_error
 from .router import Router
+
+log = logging.getLogger("privatai.state")
 
 
 @dataclass
@@ -20,6 +24,41 @@ class AppState:
     store: Any = None      # privatai.store.Store once opened
     recorder: Any = None   # privatai.store.UsageRecorder once opened
     started_wall: float = field(default_factory=time.time)
+    # Called with the new config after a reload (the web-chat limits use it).
+    on_reload: Callable[[Config], None] | None = None
+    _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        """Run a background task, holding a reference until it ends."""
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def reload(self) -> bool:
+        """Re-read the configuration file (SIGHUP, `privatai reload`).
+
+        An invalid file keeps the running configuration and says why. Backends,
+        routing, web-chat limits and the thinking field take effect at once;
+        the listening address and the database path need a restart.
+        """
+        from .config import load_config
+        from .errors import ConfigError
+        try:
+            config = load_config(self.config.source)
+            await self.router.reload(config)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            return False
+        except Exception as exc:  # noqa: BLE001 - a backend that cannot start
+            log.error("reload refused, keeping the running configuration: %s", describe_error(exc))
+            return False
+        config.server.host, config.server.port = self.config.server.host, self.config.server.port
+        config.store.path = self.config.store.path
+        self.config = config
+        if self.on_reload is not None:
+            self.on_reload(config)
+        log.info("configuration reloaded from %s: %d backend(s)", config.source, len(config.backends))
+        return True
 
     def record_usage(self, principal: Any, model: str, usage: Usage) -> None:
         if self.recorder is not None:

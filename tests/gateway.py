@@ -61,6 +61,11 @@ class Gateway:
                               capture_output=True, text=True, timeout=120, cwd=ROOT, env=self.env,
                               check=check)
 
+    def create_key(self, account: str = "test", *extra: str) -> str:
+        """A fresh API key for ``account`` (created if missing), via the real CLI."""
+        self.cli("accounts", "create", account, check=False)
+        return self.cli("keys", "create", account, *extra).stdout.strip()
+
     def start(self, timeout: float = 120.0) -> "Gateway":
         out = self.output_path.open("ab")
         self.proc = subprocess.Popen(

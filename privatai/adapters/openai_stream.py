@@ -377,38 +377,41 @@ class OpenAIStreamAdapter(Adapter):
     # -- discovery and health -----------------------------------------------
 
     async def list_models(self) -> list[str]:
-        payload = await self._get_json(self.base_url + "/models")
-        data = payload.get("data") if isinstance(payload, dict) else None
+        status, body = await self._get(self.base_url + "/models")
+        if status != 200:
+            raise classify(status, parse_error_body(body), started=False)
+        try:
+            data = orjson.loads(body).get("data")
+        except (orjson.JSONDecodeError, AttributeError):
+            data = None
         if not isinstance(data, list):
             raise BackendUnavailable("The backend's model list has an unexpected shape.")
         return [str(m["id"]) for m in data if isinstance(m, dict) and "id" in m]
 
     async def probe(self) -> None:
-        if self.health_path is None:
-            await self._get_json(self.base_url + "/models")
-        else:
-            await self._get_json(self.server_root() + self.health_path, expect_json=False)
+        if self.health_path is not None:
+            status, body = await self._get(self.server_root() + self.health_path)
+            # A server without a health route (llama-cpp-python's
+            # llama_cpp.server) answers 404: the model list decides then.
+            if status != 404:
+                if status != 200:
+                    raise classify(status, parse_error_body(body), started=False)
+                return
+        await self.list_models()
 
-    async def _get_json(self, url: str, *, expect_json: bool = True) -> Any:
+    async def _get(self, url: str) -> tuple[int, bytes]:
+        """Status and (capped) body of a small GET; unreachable -> BackendUnavailable."""
         session = self._client()
         headers = {k: v for k, v in self._headers.items() if k != "Content-Type"}
         headers["Accept"] = "application/json"
         try:
             async with asyncio.timeout(self.config.connect_timeout + PROBE_TIMEOUT):
                 async with session.get(url, headers=headers) as response:
-                    body = await _read_capped(response, MAX_LIST_BODY)
-                    if response.status != 200:
-                        raise classify(response.status, parse_error_body(body), started=False)
+                    return response.status, await _read_capped(response, MAX_LIST_BODY)
         except TimeoutError:
             raise BackendUnavailable("The backend did not answer in time.") from None
         except (aiohttp.ClientError, OSError) as exc:
             raise BackendUnavailable(f"The backend is unreachable ({type(exc).__name__}).") from None
-        if not expect_json:
-            return None
-        try:
-            return orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise BackendUnavailable("The backend answered with invalid JSON.") from None
 
 
 _DONE = object()

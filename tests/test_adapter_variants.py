@@ -9,10 +9,19 @@ import pytest
 from privatai.adapters.base import Adapter
 from privatai.errors import BackendError, BackendUnavailable, ConfigError, InvalidRequest, UpstreamRejected
 from privatai.events import Finish, TextDelta, ThinkingDelta, ToolCallDelta, Usage
-
 from tests.adapter_helpers import (
-    API_KEY, API_KEY_ENV, WEATHER_TOOL, backend_config, chat, collect, finish_of, started_adapter,
-    text_of, thinking_of, tool_calls_of, usage_of,
+    API_KEY,
+    API_KEY_ENV,
+    WEATHER_TOOL,
+    backend_config,
+    chat,
+    collect,
+    finish_of,
+    started_adapter,
+    text_of,
+    thinking_of,
+    tool_calls_of,
+    usage_of,
 )
 from tests.fakes import Drop, ErrorLine, FakeBackend, FakeLlamaCpp, FakeOllama, FakeOpenAI, FakeVLLM, Raw, Sleep
 

@@ -12,10 +12,20 @@ import pytest
 from privatai.adapters.base import Adapter
 from privatai.errors import BackendError, BackendUnavailable, UpstreamRejected
 from privatai.events import Finish, TextDelta, ThinkingDelta, ToolCallDelta, Usage
-
 from tests.adapter_helpers import (
-    API_KEY, API_KEY_ENV, WEATHER_TOOL, backend_config, chat, closed_port, collect, finish_of,
-    started_adapter, text_of, thinking_of, tool_calls_of, usage_of,
+    API_KEY,
+    API_KEY_ENV,
+    WEATHER_TOOL,
+    backend_config,
+    chat,
+    closed_port,
+    collect,
+    finish_of,
+    started_adapter,
+    text_of,
+    thinking_of,
+    tool_calls_of,
+    usage_of,
 )
 from tests.fakes import FAKES, ErrorLine, FakeBackend, Hang, Sleep
 
@@ -116,7 +126,8 @@ async def test_tool_round_trip(pair: tuple[FakeBackend, Adapter]) -> None:
     assert fake.last_body["tools"] == [WEATHER_TOOL]
 
     fake.reply(TextDelta("Sunny, 21 °C."))
-    history = question + [
+    history = [
+        *question,
         {"role": "assistant", "content": None, "tool_calls": [
             {"id": call["id"], "type": "function",
              "function": {"name": "get_weather", "arguments": '{"place": {"city": "Tokyo"}, "unit": "C"}'}}]},

@@ -13,6 +13,7 @@ import importlib.metadata
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import AsyncIterator, Iterator
 
@@ -21,7 +22,6 @@ import pytest
 from privatai.adapters.base import Adapter
 from privatai.config import BackendConfig
 from privatai.events import TextDelta
-
 from tests.adapter_helpers import chat, closed_port, collect, finish_of, started_adapter, text_of, usage_of
 
 pytestmark = pytest.mark.slow
@@ -41,34 +41,31 @@ def smollm2_gguf() -> Path:
 
 
 @pytest.fixture(scope="module")
-def server_url() -> Iterator[str]:
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     pytest.importorskip("llama_cpp.server.app", reason="needs llama-cpp-python[server]")
     port = closed_port()
-    log = open(Path("/tmp") / f"privatai-llama-server-{port}.log", "wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf()), "--host", "127.0.0.1",
-         "--port", str(port), "--n_ctx", "2048", "--n_threads", "1",
-         # By default a new request interrupts the running one, which would
-         # hide whether closing our stream stopped the generation.
-         "--interrupt_requests", "False"],
-        stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_ready(url, process)
-        yield url
-    finally:
-        process.terminate()
+    with open(tmp_path_factory.mktemp("llama-server") / "server.log", "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf()), "--host", "127.0.0.1",
+             "--port", str(port), "--n_ctx", "2048", "--n_threads", "1",
+             # By default a new request interrupts the running one, which would
+             # hide whether closing our stream stopped the generation.
+             "--interrupt_requests", "False"],
+            stdout=log, stderr=subprocess.STDOUT)
         try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+            _wait_ready(url, process)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 90) -> None:
-    import urllib.request
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

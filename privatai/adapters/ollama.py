@@ -34,7 +34,12 @@ from ..config import BackendConfig
 from ..errors import BackendError, BackendUnavailable, InvalidRequest, PrivatAIError
 from ..events import Event, Finish, TextDelta, ThinkingDelta, ToolCallDelta, Usage
 from ..protocol import (
-    AssistantMessage, ChatRequest, DeveloperMessage, Message, SystemMessage, ToolMessage,
+    AssistantMessage,
+    ChatRequest,
+    DeveloperMessage,
+    Message,
+    SystemMessage,
+    ToolMessage,
     text_of,
 )
 from .base import Adapter

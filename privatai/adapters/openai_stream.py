@@ -170,7 +170,7 @@ class ChunkMapper:
     :class:`UpstreamStreamError`).
     """
 
-    __slots__ = ("_splitter", "_calls", "_last_call", "finish_reason", "usage")
+    __slots__ = ("_calls", "_last_call", "_splitter", "finish_reason", "usage")
 
     def __init__(self, think_tags: bool = False) -> None:
         self._splitter = ThinkTagSplitter() if think_tags else None

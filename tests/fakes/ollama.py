@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -35,7 +35,7 @@ class FakeOllama(FakeBackend):
         model = body.get("model", "fake-model")
 
         def line(message: dict[str, Any], **extra: Any) -> bytes:
-            created = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+            created = datetime.now(UTC).isoformat().replace("+00:00", "Z")
             payload = {"model": model, "created_at": created,
                        "message": {"role": "assistant", "content": "", **message}, "done": False, **extra}
             return json.dumps(payload).encode() + b"\n"

@@ -11,7 +11,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar, Self
 
 from aiohttp import web
 
@@ -51,7 +51,7 @@ class ErrorLine:
     type: str = "server_error"
 
 
-Step = Union[TextDelta, ThinkingDelta, ToolCallDelta, Raw, Sleep, Hang, Drop, ErrorLine]
+Step = TextDelta | ThinkingDelta | ToolCallDelta | Raw | Sleep | Hang | Drop | ErrorLine
 
 
 @dataclass
@@ -185,7 +185,7 @@ class FakeBackend:
 
     # -- lifecycle -----------------------------------------------------------
 
-    async def start(self) -> FakeBackend:
+    async def start(self) -> Self:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
         # handler_cancellation: a client that leaves cancels the handler at
@@ -204,13 +204,13 @@ class FakeBackend:
             await self._runner.cleanup()
             self._runner = None
 
-    async def __aenter__(self) -> FakeBackend:
+    async def __aenter__(self) -> Self:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    def start_in_thread(self) -> FakeBackend:
+    def start_in_thread(self) -> Self:
         """Run the fake on its own event loop in a daemon thread, for tests whose
         own loop is blocked (a synchronous client, a server in the main loop)."""
         ready = threading.Event()
@@ -236,7 +236,7 @@ class FakeBackend:
             self._thread.join(10)
             self._thread = None
 
-    def __enter__(self) -> FakeBackend:
+    def __enter__(self) -> Self:
         return self.start_in_thread()
 
     def __exit__(self, *exc: object) -> None:

@@ -338,3 +338,27 @@ async def test_llamacpp_usage_absent_when_upstream_sends_none(llama: tuple[FakeB
                    b"data: [DONE]\n\n"), Drop())
     events = await collect(adapter.stream(chat("hi"), "m"))
     assert usage_of(events) is None
+
+
+async def test_unreadable_chunks_become_our_errors(llama: tuple[FakeBackend, Adapter],
+                                                   ollama: tuple[FakeBackend, Adapter]) -> None:
+    for (fake, adapter), garbage in ((llama, b'data: {"choices": "nonsense"}\n\n'), (ollama, b"[1, 2]\n")):
+        fake.reply(TextDelta("ok"), Raw(garbage))
+        stream = adapter.stream(chat("hi"), "m")
+        assert await anext(stream) == TextDelta("ok")
+        with pytest.raises(BackendError, match="cannot read"):
+            await anext(stream)
+        fake.reply(Raw(b"data: not json\n\n" if fake.kind == "llamacpp" else b"not json\n"))
+        with pytest.raises(BackendUnavailable):
+            await collect(adapter.stream(chat("hi"), "m"))
+
+
+async def test_ollama_behind_an_authenticating_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(API_KEY_ENV, API_KEY)
+    fake, adapter = await _open(FakeOllama(), api_key_env=API_KEY_ENV)
+    try:
+        await collect(adapter.stream(chat("hi"), "m"))
+    finally:
+        await adapter.close()
+        await fake.stop()
+    assert fake.requests[-1].headers["Authorization"] == f"Bearer {API_KEY}"

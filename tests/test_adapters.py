@@ -325,3 +325,12 @@ async def test_think_tags_in_content_become_thinking(pair: tuple[FakeBackend, Ad
     assert thinking_of(events) == "Step one, step two."
     assert text_of(events) == "The answer is 4."
     assert "<" not in text_of(events) + thinking_of(events)
+
+
+async def test_finished_responses_reuse_the_connection(pair: tuple[FakeBackend, Adapter]) -> None:
+    fake, adapter = pair
+    for _ in range(3):
+        fake.reply(TextDelta("ok"))
+        await collect(adapter.stream(chat("hi"), "m"))
+    peers = {r.peer for r in fake.requests if r.path == fake.chat_path}
+    assert len(peers) == 1, "each request opened a new connection"

@@ -43,7 +43,14 @@ from ..protocol import (
     text_of,
 )
 from .base import Adapter
-from .openai_stream import EXTRA_CONNECTIONS, PROBE_TIMEOUT, new_call_id, normalize_finish, tools_to_upstream
+from .openai_stream import (
+    EXTRA_CONNECTIONS,
+    PROBE_TIMEOUT,
+    auth_headers,
+    new_call_id,
+    normalize_finish,
+    tools_to_upstream,
+)
 from .think_tags import ThinkTagSplitter
 from .upstream_errors import classify, error_details
 
@@ -131,6 +138,53 @@ def build_chat_body(request: ChatRequest, model: str) -> dict[str, Any]:
     return body
 
 
+class LineMapper:
+    """Ollama's streamed ``/api/chat`` lines -> our events, for one response."""
+
+    __slots__ = ("_calls", "_splitter", "done")
+
+    def __init__(self, think_tags: bool = False) -> None:
+        self._splitter = ThinkTagSplitter() if think_tags else None
+        self._calls = 0
+        self.done: dict[str, Any] | None = None  # the final line, once seen
+
+    def feed(self, part: dict[str, Any]) -> list[Event]:
+        message = part.get("message") or {}
+        events: list[Event] = []
+        thinking = message.get("thinking")
+        if thinking:
+            events.append(ThinkingDelta(thinking))
+        content = message.get("content")
+        if content:
+            if self._splitter is not None:
+                events.extend(self._splitter.feed(content))
+            else:
+                events.append(TextDelta(content))
+        for call in message.get("tool_calls") or ():
+            # Whole calls, possibly without id or index (older releases).
+            function = call.get("function") or {}
+            arguments = function.get("arguments")
+            if not isinstance(arguments, str):
+                arguments = orjson.dumps(arguments if arguments is not None else {}).decode()
+            events.append(ToolCallDelta(self._calls, call.get("id") or new_call_id(),
+                                        function.get("name"), arguments))
+            self._calls += 1
+        if part.get("done"):
+            self.done = part
+        return events
+
+    def finish(self) -> list[Event]:
+        """Held-back text, :class:`Finish` (``tool_calls`` after calls, as Ollama
+        says ``stop``), then :class:`Usage` from the final line's counts."""
+        last = self.done or {}
+        events: list[Event] = self._splitter.flush() if self._splitter is not None else []
+        events.append(Finish(normalize_finish(last.get("done_reason"), self._calls > 0)))
+        prompt, completion = last.get("prompt_eval_count"), last.get("eval_count")
+        if prompt is not None or completion is not None:
+            events.append(Usage(int(prompt or 0), int(completion or 0)))
+        return events
+
+
 class OllamaAdapter(Adapter):
     kind = "ollama"
 
@@ -138,6 +192,8 @@ class OllamaAdapter(Adapter):
         super().__init__(config)
         assert config.url, "config validation requires a url for this kind"
         self.host = config.url.rstrip("/")
+        # For an Ollama behind an authenticating proxy.
+        self._headers = auth_headers(config)
         self._client: AsyncClient | None = None
 
     async def start(self) -> None:
@@ -156,7 +212,7 @@ class OllamaAdapter(Adapter):
             # Only connecting has a fixed timeout: first-token and idle
             # deadlines are applied around each line in stream().
             timeout = httpx.Timeout(None, connect=self.config.connect_timeout)
-            self._client = AsyncClient(host=self.host, timeout=timeout,
+            self._client = AsyncClient(host=self.host, timeout=timeout, headers=self._headers,
                                        transport=AiohttpTransport(client=session))
         return self._client
 
@@ -169,14 +225,14 @@ class OllamaAdapter(Adapter):
         # Nothing is sent until the first iteration.
         lines: AsyncIterator[dict[str, Any]] = await client._request(dict, "POST", "/api/chat",
                                                                     json=body, stream=True)
-        splitter = ThinkTagSplitter() if self.config.think_tags else None
+        mapper = LineMapper(self.config.think_tags)
         started = False
-        calls = 0
         try:
             while True:
                 try:
                     async with asyncio.timeout_at(loop.time() + idle if started else deadline):
                         part = await anext(lines)
+                    events = mapper.feed(part)
                 except StopAsyncIteration:
                     raise _failure(started, "The backend ended the response without finishing it.") from None
                 except TimeoutError:
@@ -187,34 +243,16 @@ class OllamaAdapter(Adapter):
                 except _TRANSPORT_ERRORS as exc:
                     raise _failure(started, "The backend closed the connection mid-response." if started
                                    else f"The backend is unreachable ({type(exc).__name__}).") from None
-                message = part.get("message") or {}
-                events: list[Event] = []
-                thinking = message.get("thinking")
-                if thinking:
-                    events.append(ThinkingDelta(thinking))
-                content = message.get("content")
-                if content:
-                    events.extend(splitter.feed(content) if splitter is not None else (TextDelta(content),))
-                for call in message.get("tool_calls") or ():
-                    function = call.get("function") or {}
-                    arguments = function.get("arguments")
-                    if not isinstance(arguments, str):
-                        arguments = orjson.dumps(arguments if arguments is not None else {}).decode()
-                    events.append(ToolCallDelta(calls, call.get("id") or new_call_id(),
-                                                function.get("name"), arguments))
-                    calls += 1
+                except (ValueError, AttributeError, TypeError):
+                    # Not JSON, or not the shape of a chat line.
+                    raise _failure(started, "The backend sent a line we cannot read.") from None
                 for event in events:
                     started = True
                     yield event
-                if part.get("done"):
+                if mapper.done is not None:
                     break
-            if splitter is not None:
-                for event in splitter.flush():
-                    yield event
-            yield Finish(normalize_finish(part.get("done_reason"), calls > 0))
-            prompt, completion = part.get("prompt_eval_count"), part.get("eval_count")
-            if prompt is not None or completion is not None:
-                yield Usage(int(prompt or 0), int(completion or 0))
+            for event in mapper.finish():
+                yield event
         finally:
             # Closing the package's generator closes the HTTP response, which
             # makes Ollama stop generating for a client that left.

@@ -54,6 +54,18 @@ class UpstreamStreamError(Exception):
         self.payload = payload
 
 
+def auth_headers(config: BackendConfig) -> dict[str, str]:
+    """``Authorization: Bearer`` from the environment variable named by
+    ``api_key_env`` (none without it). The key lives only in this header."""
+    if not config.api_key_env:
+        return {}
+    key = os.environ.get(config.api_key_env)
+    if not key:
+        raise ConfigError("environment", f"backend {config.name!r}: api_key_env",
+                          f"the environment variable {config.api_key_env} is not set")
+    return {"Authorization": f"Bearer {key}"}
+
+
 def reasoning_effort_of(request: ChatRequest) -> str | None:
     """The requested reasoning effort, from ``reasoning_effort`` or Ollama-style ``think``."""
     if request.reasoning_effort is not None:
@@ -259,13 +271,8 @@ class OpenAIStreamAdapter(Adapter):
         super().__init__(config)
         assert config.url, "config validation requires a url for this kind"
         self.base_url = self.api_base(config.url)
-        self._headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
-        if config.api_key_env:
-            key = os.environ.get(config.api_key_env)
-            if not key:
-                raise ConfigError("environment", f"backend {config.name!r}: api_key_env",
-                                  f"the environment variable {config.api_key_env} is not set")
-            self._headers["Authorization"] = f"Bearer {key}"
+        self._headers = {"Content-Type": "application/json", "Accept": "text/event-stream",
+                         **auth_headers(config)}
         self._session: aiohttp.ClientSession | None = None
 
     @classmethod
@@ -319,7 +326,6 @@ class OpenAIStreamAdapter(Adapter):
         except (aiohttp.ClientError, OSError) as exc:
             raise BackendUnavailable(f"The backend is unreachable ({type(exc).__name__}).") from None
 
-        finished = False
         started = False
         try:
             if response.status != 200:
@@ -336,7 +342,8 @@ class OpenAIStreamAdapter(Adapter):
                 except TimeoutError:
                     if mapper.finish_reason is not None:
                         break
-                    raise _stream_failure(started, "The backend stopped sending tokens.") from None
+                    raise _stream_failure(started, "The backend stopped sending tokens." if started
+                                          else "The backend did not answer in time.") from None
                 except (aiohttp.ClientError, OSError):
                     # A connection lost after the finish reason lost nothing.
                     if mapper.finish_reason is not None:
@@ -359,20 +366,19 @@ class OpenAIStreamAdapter(Adapter):
                         events = mapper.feed(chunk)
                     except UpstreamStreamError as exc:
                         raise classify(None, error_details(exc.payload), started=started) from None
+                    except (AttributeError, TypeError, ValueError):
+                        # Valid JSON, but not the shape of a chunk.
+                        raise _stream_failure(started, "The backend sent a chunk we cannot read.") from None
                     for event in events:
                         started = True
                         yield event
             for event in mapper.finish():
                 yield event
-            finished = True
         finally:
-            # A client that left (aclose / cancellation) or an error: close
-            # the connection outright so the upstream stops generating. Only
-            # a fully read response may go back to the pool.
-            if finished and response.content.at_eof():
-                response.release()
-            else:
-                response.close()
+            # aiohttp has already returned a fully read connection to the
+            # pool; one still streaming (the client left, or an error) is
+            # closed outright, so the upstream stops generating.
+            response.close()
 
     # -- discovery and health -----------------------------------------------
 

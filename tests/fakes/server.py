@@ -93,6 +93,8 @@ class Recorded:
     path: str
     headers: dict[str, str]
     json: Any
+    # The client's (host, port): the same port twice means a reused connection.
+    peer: tuple[str, int] | None = None
 
 
 @dataclass
@@ -252,7 +254,9 @@ class FakeBackend:
                 body = await request.json() if raw else None
             except ValueError:
                 body = raw.decode("utf-8", "replace")
-        self.requests.append(Recorded(request.method, request.path, dict(request.headers), body))
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        self.requests.append(Recorded(request.method, request.path, dict(request.headers), body,
+                                      tuple(peer[:2]) if peer else None))
         denied = self.check_auth(request)
         if denied is not None:
             return denied

@@ -329,7 +329,11 @@ class OpenAIStreamAdapter(Adapter):
         started = False
         try:
             if response.status != 200:
-                body = await _read_capped(response)
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        body = await _read_capped(response)
+                except (TimeoutError, aiohttp.ClientError, OSError):
+                    body = b""
                 raise classify(response.status, parse_error_body(body), started=False)
             mapper = ChunkMapper(self.config.think_tags)
             content = response.content
@@ -338,7 +342,7 @@ class OpenAIStreamAdapter(Adapter):
             while not done:
                 try:
                     async with asyncio.timeout_at(loop.time() + idle if started else deadline):
-                        data = await content.readany()
+                        received = await content.readany()
                 except TimeoutError:
                     if mapper.finish_reason is not None:
                         break
@@ -349,11 +353,11 @@ class OpenAIStreamAdapter(Adapter):
                     if mapper.finish_reason is not None:
                         break
                     raise _stream_failure(started, "The backend closed the connection mid-response.") from None
-                if not data:
+                if not received:
                     if mapper.finish_reason is None:
                         raise _stream_failure(started, "The backend ended the response without finishing it.")
                     break
-                lines = (pending + data).split(b"\n")
+                lines = (pending + received).split(b"\n")
                 pending = lines.pop()
                 for line in lines:
                     chunk = _sse_payload(line)

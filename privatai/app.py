@@ -9,7 +9,8 @@ from sanic.handlers import ErrorHandler
 from sanic.response import HTTPResponse, json
 
 from .api.chat import chat_completions
-from .api.health import healthz, readyz
+from .api.health import first_probe, healthz, readyz
+from .api.metrics import metrics_endpoint
 from .api.models import get_model, list_models
 from .config import Config
 from .errors import InvalidRequest, NotFound, PayloadTooLarge, PrivatAIError
@@ -73,6 +74,8 @@ def create_app(config: Config, *, name: str = "privatai") -> Sanic:
         app.add_route(get_model, f"{prefix}/models/<model_id:path>", methods=["GET"], name=f"{tag}_model")
     app.add_route(healthz, "/healthz", methods=["GET"], name="healthz")
     app.add_route(readyz, "/readyz", methods=["GET"], name="readyz")
+    if config.metrics.enabled:
+        app.add_route(metrics_endpoint(config.metrics), "/metrics", methods=["GET"], name="metrics")
 
     @app.on_request(priority=1000)
     async def start_clock(request: Request) -> None:
@@ -90,6 +93,7 @@ def create_app(config: Config, *, name: str = "privatai") -> Sanic:
     @app.before_server_start
     async def open_resources(app: Sanic) -> None:
         await app.ctx.state.router.start()
+        app.add_task(first_probe(app.ctx.state), name="privatai-first-probe")
 
     @app.after_server_stop
     async def close_resources(app: Sanic) -> None:

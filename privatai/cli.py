@@ -34,6 +34,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    from .check import run_check
+    from .logs import setup_logging
+
+    # Only warnings, and through the scrubbing filter: no upstream text on the terminal.
+    setup_logging("WARNING", config.logging.format)
+    return run_check(config)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="privatai", description="Privacy-first OpenAI-compatible LLM gateway")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -42,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="bind address (overrides server.host)")
     serve.add_argument("--port", type=int, help="port (overrides server.port)")
     serve.set_defaults(func=cmd_serve)
+    check = sub.add_parser("check", help="validate the config and probe every backend")
+    check.add_argument("--config", default="backends.yaml", help="path to backends.yaml")
+    check.set_defaults(func=cmd_check)
     return parser
 
 

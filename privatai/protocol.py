@@ -75,7 +75,9 @@ class ToolMessage(msgspec.Struct, tag_field="role", tag="tool"):
 Message = Union[SystemMessage, DeveloperMessage, UserMessage, AssistantMessage, ToolMessage]
 
 
-class FunctionDef(msgspec.Struct):
+class FunctionDef(msgspec.Struct, omit_defaults=True):
+    # omit_defaults: unset fields are left out upstream, not sent as null
+    # (strict servers reject "strict": null).
     name: str
     description: str | None = None
     parameters: dict[str, Any] | None = None

@@ -122,17 +122,7 @@ def build_chat_body(request: ChatRequest, model: str) -> dict[str, Any]:
         # OpenAI wraps the schema as {"name", "schema", "strict"}; Ollama wants the schema.
         schema = fmt.json_schema.get("schema", fmt.json_schema)
         body["format"] = schema
-    options: dict[str, Any] = {}
-    if request.temperature is not None:
-        options["temperature"] = request.temperature
-    if request.top_p is not None:
-        options["top_p"] = request.top_p
-    if request.max_output_tokens is not None:
-        options["num_predict"] = request.max_output_tokens
-    if request.stop is not None:
-        options["stop"] = request.stop_list
-    if request.seed is not None:
-        options["seed"] = request.seed
+    options = request.sampling_options(max_tokens_key="num_predict")
     if options:
         body["options"] = options
     return body

@@ -99,16 +99,7 @@ def build_body(request: ChatRequest, model: str) -> dict[str, Any]:
         body["tools"] = tools_to_openai(request.tools)
     if request.tool_choice is not None:
         body["tool_choice"] = request.tool_choice
-    if request.temperature is not None:
-        body["temperature"] = request.temperature
-    if request.top_p is not None:
-        body["top_p"] = request.top_p
-    if request.max_output_tokens is not None:
-        body["max_tokens"] = request.max_output_tokens
-    if request.stop is not None:
-        body["stop"] = request.stop_list
-    if request.seed is not None:
-        body["seed"] = request.seed
+    body.update(request.sampling_options())
     if request.response_format is not None:
         body["response_format"] = response_format_to_openai(request)
     return body

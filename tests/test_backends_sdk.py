@@ -162,3 +162,18 @@ def test_mid_stream_error_arrives_in_band(setup: Setup) -> None:
                 received.append(chunk.choices[0].delta.content or "")
     assert "".join(received) == "partial"
     assert "crashed" in str(info.value.message)
+
+
+def test_discovered_models_are_merged_into_models(tmp_path_factory: pytest.TempPathFactory) -> None:
+    with FAKES["ollama"](models=("llama3.2:latest", "qwen3:8b")) as fake:
+        backend = {"name": "ollama", "kind": "ollama", "url": fake.url, "models": ["configured"],
+                   "discover_models": True}
+        gateway = Gateway(tmp_path_factory.mktemp("gw-discovery"), {"backends": [backend]})
+        key = gateway.create_key()
+        with gateway:
+            client = openai.OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0)
+            assert sorted(m.id for m in client.models.list().data) == ["configured", "llama3.2:latest", "qwen3:8b"]
+            fake.reply(TextDelta("hi"))
+            reply = client.chat.completions.create(model="qwen3:8b", messages=[{"role": "user", "content": "x"}])
+            assert reply.choices[0].message.content == "hi"
+            assert fake.last_body["model"] == "qwen3:8b"

@@ -33,8 +33,10 @@ import openai
 import pytest
 
 from privatai.audit import Canaries, new_canary, scan_bytes, scan_file, scan_tree, walk_files
+from privatai.events import TextDelta, ThinkingDelta, ToolCallDelta
 from privatai.logs import NOISY_LOGGERS, describe_error, loop_exception_handler, setup_logging
-from tests.gateway import ROOT, Gateway, embedded_backend
+from tests.fakes import Drop, ErrorLine, FakeBackend, FakeLlamaCpp, FakeOllama, FakeOpenAI, FakeVLLM, Hang, Raw, Sleep
+from tests.gateway import ROOT, Gateway, embedded_backend, free_port
 
 MODEL = "smollm2-135m"
 MAX_BODY = 64 * 1024
@@ -201,6 +203,7 @@ class Audit:
     gateway: Gateway
     key: str
     tmpdir: Path
+    fakes: dict[str, FakeBackend]
     canaries: Canaries = field(default_factory=Canaries)
     done: set[str] = field(default_factory=set)
 
@@ -235,23 +238,55 @@ HOSTILE_ENV = {
 }
 
 
+UPSTREAM_KEY_ENV = "PRIVACY_AUDIT_UPSTREAM_KEY"
+# The key the gateway sends to an OpenAI-compatible upstream: a secret too.
+UPSTREAM_KEY = new_canary()
+TIMEOUT = 1.5  # first_token_timeout and idle_timeout of the llama.cpp fake
+
+
 @pytest.fixture(scope="module")
 def audit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Audit]:
     workdir = tmp_path_factory.mktemp("privacy-audit")
     tmpdir = workdir / "tmp"
     tmpdir.mkdir()
+    fakes: dict[str, FakeBackend] = {"ollama": FakeOllama(), "llamacpp": FakeLlamaCpp(),
+                                     "vllm": FakeVLLM(reasoning_field="reasoning_content"),
+                                     "openai": FakeOpenAI(api_key=UPSTREAM_KEY)}
+    for fake in fakes.values():
+        fake.start_in_thread()
+    backends = [embedded_backend()]
+    for kind, fake in fakes.items():
+        backend: dict[str, Any] = {"name": f"fake-{kind}", "kind": kind, "url": fake.url,
+                                   "models": [{"name": f"fake-{kind}", "upstream": fake.models[0]}]}
+        if kind == "openai":
+            backend["api_key_env"] = UPSTREAM_KEY_ENV
+        if kind == "llamacpp":
+            backend.update(first_token_timeout=TIMEOUT, idle_timeout=TIMEOUT)
+        backends.append(backend)
+    # Nothing listens there: "backend down".
+    backends.append({"name": "down", "kind": "ollama", "url": f"http://127.0.0.1:{free_port()}",
+                     "models": ["down-model"], "connect_timeout": 1})
     config = {
         "default_model": MODEL,
-        "backends": [embedded_backend()],
+        "backends": backends,
         "server": {"max_body_bytes": MAX_BODY, "keepalive_interval": 1},
         "store": {"flush_interval": 0.2},
         "logging": {"level": "DEBUG", "third_party_level": "DEBUG", "hashed_client_ip": True},
+        # Scripted failures must not open a backend's circuit for the next scenario.
+        "routing": {"failure_threshold": 1000},
     }
-    env = {**HOSTILE_ENV, "TMPDIR": str(tmpdir), "TEMP": str(tmpdir), "TMP": str(tmpdir)}
+    env = {**HOSTILE_ENV, "TMPDIR": str(tmpdir), "TEMP": str(tmpdir), "TMP": str(tmpdir),
+           UPSTREAM_KEY_ENV: UPSTREAM_KEY}
     gateway = Gateway(workdir, config, env)
     key = gateway.create_key("privacy-audit")
-    with gateway:
-        yield Audit(gateway, key, tmpdir)
+    try:
+        with gateway:
+            audit = Audit(gateway, key, tmpdir, fakes)
+            audit.canaries.values["upstream API key"] = UPSTREAM_KEY
+            yield audit
+    finally:
+        for fake in fakes.values():
+            fake.stop_in_thread()
 
 
 SCENARIOS: dict[str, Callable[[Audit], None]] = {}
@@ -420,6 +455,148 @@ def client_disconnect(a: Audit) -> None:
     time.sleep(0.5)
 
 
+@dataclass
+class Received:
+    """What a client got from a streamed request."""
+
+    status: int
+    raw: str
+    content: str = ""
+    thinking: str = ""
+    arguments: str = ""
+    error: bool = False
+
+
+def stream(a: Audit, body: dict[str, Any], *, leave_after: int | None = None) -> Received:
+    """A streamed request with httpx; ``leave_after`` content events, then disconnect."""
+    with httpx.stream("POST", a.gateway.base_url + "/chat/completions", json={**body, "stream": True},
+                      headers=a.headers(), timeout=60) as response:
+        got = Received(response.status_code, "")
+        events = 0
+        for line in response.iter_lines():
+            got.raw += line + "\n"
+            if not line.startswith("data: {"):
+                continue
+            data = json.loads(line[6:])
+            got.error = got.error or "error" in data
+            for choice in data.get("choices") or ():
+                delta = choice.get("delta") or {}
+                got.content += delta.get("content") or ""
+                got.thinking += delta.get("thinking") or ""
+                got.arguments += "".join((c.get("function") or {}).get("arguments") or ""
+                                         for c in delta.get("tool_calls") or ())
+                events += bool(delta.get("content"))
+            if leave_after is not None and events >= leave_after:
+                break
+    return got
+
+
+def ask(a: Audit, model: str, tag: str) -> dict[str, Any]:
+    return {"model": model, "max_tokens": 50,
+            "messages": [{"role": "user", "content": f"Question {a.canary(f'prompt ({tag})')}"}]}
+
+
+@scenario
+def thinking_and_answer_streamed(a: Audit) -> None:
+    thinking, answer = a.canary("thinking (backend output)"), a.canary("answer (backend output)")
+    a.fakes["vllm"].reply(ThinkingDelta(f"Let me think about {thinking}."), TextDelta(f"It is {answer}."))
+    got = stream(a, ask(a, "fake-vllm", "thinking"))
+    # Positive control: the client receives both.
+    assert got.status == 200 and thinking in got.thinking and answer in got.content
+
+
+@scenario
+def tool_calls_from_backends(a: Audit) -> None:
+    for kind in ("llamacpp", "ollama", "openai"):
+        arguments = json.dumps({"city": a.canary(f"tool call arguments (backend output, {kind})")})
+        a.fakes[kind].reply(ToolCallDelta(0, name="get_weather", arguments=arguments))
+        got = stream(a, ask(a, f"fake-{kind}", f"tool call, {kind}"))
+        assert got.status == 200 and json.loads(got.arguments) == json.loads(arguments), kind
+    arguments = json.dumps({"city": a.canary("tool call arguments (backend output, non-streamed)")})
+    a.fakes["vllm"].reply(TextDelta("Checking."), ToolCallDelta(0, name="get_weather", arguments=arguments))
+    response = a.post(ask(a, "fake-vllm", "tool call, non-streamed"))
+    assert response.status_code == 200
+    assert json.loads(response.json()["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]) \
+        == json.loads(arguments)
+
+
+@scenario
+def backend_errors_echo_the_prompt(a: Audit) -> None:
+    for kind, status in (("llamacpp", 400), ("vllm", 500), ("openai", 401), ("ollama", 404), ("vllm", 400)):
+        body = ask(a, f"fake-{kind}", f"upstream {status}, {kind}")
+        prompt = body["messages"][0]["content"]
+        a.fakes[kind].fail(status, f"could not process '{prompt}' (see {a.canary(f'upstream error {status}')})")
+        response = a.post(body)
+        assert response.status_code >= 400, (kind, status)
+    # Positive control: the upstream text does reach the client that sent it.
+    body = ask(a, "fake-llamacpp", "upstream 400, echoed")
+    a.fakes["llamacpp"].fail(400, f"bad request: {body['messages'][0]['content']}")
+    response = a.post(body)
+    assert response.status_code == 400 and body["messages"][0]["content"] in response.text
+
+
+@scenario
+def failures_mid_stream(a: Audit) -> None:
+    scripts = {
+        "vllm": lambda text, tag: (TextDelta(text), ErrorLine(f"CUDA error while decoding {a.canary(tag)}")),
+        "ollama": lambda text, tag: (TextDelta(text), ErrorLine(f"runner crashed on {a.canary(tag)}")),
+        "llamacpp": lambda text, tag: (TextDelta(text), Drop()),
+        "openai": lambda text, tag: (TextDelta(text), Raw(f"data: {{broken {a.canary(tag)}\n\n".encode())),
+    }
+    for kind, script in scripts.items():
+        text = a.canary(f"answer before the failure ({kind})")
+        a.fakes[kind].reply(*script(text, f"upstream in-band error ({kind})"))
+        got = stream(a, ask(a, f"fake-{kind}", f"mid-stream failure, {kind}"))
+        assert got.status == 200 and text in got.content and got.error, (kind, got.raw)
+        assert "[DONE]" in got.raw
+
+
+@scenario
+def timeouts(a: Audit) -> None:
+    slow = a.canary("answer after the first-token timeout")
+    a.fakes["llamacpp"].reply(Sleep(TIMEOUT + 2), TextDelta(slow))
+    response = a.post(ask(a, "fake-llamacpp", "first-token timeout, non-streamed"))
+    assert response.status_code >= 500 and slow not in response.text
+    a.fakes["llamacpp"].reply(Sleep(TIMEOUT + 2), TextDelta(slow))
+    got = stream(a, ask(a, "fake-llamacpp", "first-token timeout, streamed"))
+    assert (got.error or got.status >= 500) and slow not in got.raw
+    before = a.canary("answer before the idle timeout")
+    a.fakes["llamacpp"].reply(TextDelta(before), Hang())
+    got = stream(a, ask(a, "fake-llamacpp", "idle timeout"))
+    assert got.error and before in got.content
+
+
+@scenario
+def backend_down(a: Audit) -> None:
+    response = a.post(ask(a, "down-model", "backend down"))
+    assert response.status_code == 503
+    got = stream(a, ask(a, "down-model", "backend down, streamed"))
+    assert got.status == 503
+
+
+@scenario
+def client_disconnects_from_backend_stream(a: Audit) -> None:
+    fake = a.fakes["ollama"]
+    text = a.canary("answer before the client left")
+    fake.reply(TextDelta(text), Sleep(0.2), TextDelta(a.canary("answer never delivered")), Hang())
+    got = stream(a, ask(a, "fake-ollama", "client leaves"), leave_after=1)
+    assert text in got.content
+    deadline = time.monotonic() + 10
+    while not fake.streams[-1].client_closed and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # The gateway closed the upstream request when its client left.
+    assert fake.streams[-1].client_closed
+
+
+@scenario
+def upstream_key_is_sent_not_logged(a: Audit) -> None:
+    answer = a.canary("answer (openai upstream)")
+    a.fakes["openai"].reply(TextDelta(answer))
+    response = a.post(ask(a, "fake-openai", "openai upstream"))
+    assert response.status_code == 200 and answer in response.text
+    assert a.fakes["openai"].requests[-1].headers["Authorization"] == f"Bearer {UPSTREAM_KEY}"
+
+
 def run_scenario(audit: Audit, name: str) -> None:
     SCENARIOS[name](audit)
     audit.done.add(name)
@@ -452,6 +629,11 @@ def test_audit_command_passes_on_the_gateway(audit: Audit) -> None:
 
 
 ACCESS = re.compile(r"privatai\.access: request (.*)$", re.MULTILINE)
+FIELD = re.compile(r"(\w+)=(.*?)(?= \w+=|$)")
+
+
+def access_fields(line: str) -> dict[str, str]:
+    return dict(FIELD.findall(line))
 
 
 @pytest.mark.slow
@@ -463,13 +645,16 @@ def test_access_lines_hold_only_the_allowed_fields(audit: Audit) -> None:
     allowed = {"method", "route", "status", "ms", "bytes", "model", "backend", "key", "client",
                "tokens_in", "tokens_out", "error"}
     for line in lines:
-        fields = dict(part.split("=", 1) for part in line.split())
+        fields = access_fields(line)
         assert set(fields) <= allowed, line
         assert "127.0.0.1" not in line
         # hashed_client_ip: a 16-hex keyed hash, the same for every request from here.
         assert re.fullmatch(r"[0-9a-f]{16}", fields["client"]), line
         assert fields["route"].startswith("/") and "?" not in fields["route"]
-    assert len({dict(p.split("=", 1) for p in line.split())["client"] for line in lines}) == 1
+    assert len({access_fields(line)["client"] for line in lines}) == 1
+    # An error is named by its class and status only.
+    errors = {access_fields(line)["error"] for line in lines if "error=" in line}
+    assert errors and all(re.fullmatch(r"[A-Za-z]+( \(status \d+\))?", e) for e in errors), errors
     assert any("route=/v1/chat/completions status=200" in line and f"key={audit.key[:12]}" in line
                for line in lines)
 
@@ -504,6 +689,11 @@ def test_no_canary_anywhere(audit: Audit) -> None:
     assert "DEBUG aiosqlite:" in output and "privatai.access: request" in output
     assert "status=413" in output and "status=401" in output and "status=404" in output
 
+    # /metrics ends up in a Prometheus database: it must be as clean.
+    metrics = httpx.get(f"{audit.gateway.url}/metrics", timeout=10)
+    assert metrics.status_code == 200 and "privatai_requests" in metrics.text
+    assert not scan_bytes("/metrics", metrics.content, audit.canaries).found
+
     time.sleep(1)  # the usage flush (0.2 s) has written the WAL
     running = scan_everything(audit)
     assert running["TMPDIR"].files == 0, sorted(str(p) for p in walk_files(audit.tmpdir))
@@ -517,7 +707,8 @@ def test_no_canary_anywhere(audit: Audit) -> None:
         assert results["gateway output"].nbytes > 10_000
     # The usage of the audit key was counted (numbers only).
     rows = sqlite3.connect(db).execute("SELECT model, requests, prompt_tokens FROM usage_daily").fetchall()
-    assert rows and all(model == MODEL for model, _, _ in rows)
+    served = {MODEL, "down-model", *(f"fake-{kind}" for kind in audit.fakes)}
+    assert rows and {model for model, _, _ in rows} <= served
 
     # Positive control for the file scanner: a file written with a canary in
     # the state directory is found.

@@ -196,6 +196,23 @@ def test_interpreter_hooks_print_no_content(isolated_logging: None, capsys: pyte
     assert "exception ignored (unraisable): ValueError" in text
 
 
+def test_sanic_debug_mode_is_refused() -> None:
+    """Debug mode would put tracebacks with request values into responses and
+    logs; however it gets turned on, the server refuses to start."""
+    from sanic.application.constants import Mode
+    from sanic_testing.testing import SanicTestClient
+
+    from privatai.app import create_app
+    from privatai.config import parse_config
+
+    config = parse_config({"backends": [{"name": "e", "kind": "embedded", "models": ["m"]}],
+                           "store": {"path": ":memory:"}})
+    app = create_app(config, name="debug_refused")
+    app.state.mode = Mode.DEBUG
+    with pytest.raises(RuntimeError, match="debug mode is not allowed"):
+        SanicTestClient(app).get("/healthz")
+
+
 # -- the live gateway ----------------------------------------------------------------
 
 @dataclass
@@ -275,8 +292,12 @@ def audit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Audit]:
         # Scripted failures must not open a backend's circuit for the next scenario.
         "routing": {"failure_threshold": 1000},
     }
+    home = workdir / "home"
+    home.mkdir()
+    # A fresh TMPDIR and HOME: any temp file or cache (llama.cpp, tiktoken,
+    # Python) shows up here.
     env = {**HOSTILE_ENV, "TMPDIR": str(tmpdir), "TEMP": str(tmpdir), "TMP": str(tmpdir),
-           UPSTREAM_KEY_ENV: UPSTREAM_KEY}
+           "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"), UPSTREAM_KEY_ENV: UPSTREAM_KEY}
     gateway = Gateway(workdir, config, env)
     key = gateway.create_key("privacy-audit")
     try:
@@ -697,6 +718,8 @@ def test_no_canary_anywhere(audit: Audit) -> None:
     time.sleep(1)  # the usage flush (0.2 s) has written the WAL
     running = scan_everything(audit)
     assert running["TMPDIR"].files == 0, sorted(str(p) for p in walk_files(audit.tmpdir))
+    home = audit.gateway.workdir / "home"
+    assert not list(walk_files(home)), sorted(str(p) for p in walk_files(home))
     assert audit.gateway.stop() == 0
     stopped = scan_everything(audit)
     db = Path(audit.gateway.config["store"]["path"])
@@ -729,7 +752,7 @@ class LeakyServer:
     request (headers and body) into its log file and the Authorization header
     into a file next to its database."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, leak: bool = True) -> None:
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         self.log = workdir / "leaky.log"
@@ -751,7 +774,7 @@ class LeakyServer:
 
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
                 with server.log.open("a") as log:
-                    log.write(f"GET {self.path}\n")
+                    log.write(f"GET {self.path if leak else ''}\n")
                 if self.path.endswith("/models"):
                     self._answer(200, b'{"object":"list","data":[{"id":"m","object":"model"}]}')
                 else:
@@ -760,8 +783,10 @@ class LeakyServer:
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with server.log.open("a") as log:
-                    log.write(f"POST {self.path} {body.decode(errors='replace')}\n")
-                (server.state / "sessions.txt").open("a").write(self.headers.get("Authorization", "") + "\n")
+                    log.write(f"POST {body.decode(errors='replace') if leak else len(body)}\n")
+                if leak:
+                    with (server.state / "sessions.txt").open("a") as sessions:
+                        sessions.write(self.headers.get("Authorization", "") + "\n")
                 if b'"stream": true' in body or b'"stream":true' in body:
                     chunk = {"choices": [{"index": 0, "delta": {"content": "Hello there."}}]}
                     data = f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
@@ -798,7 +823,23 @@ def test_audit_command_finds_a_leak(tmp_path: Path) -> None:
     assert re.search(rf"{re.escape(str(leaky.log))}\s+prompt\s+\d+x", findings)
     assert re.search(r"state/ \(all other files\)\s+API key used by the audit\s+\d+x", findings)
     # Counts only: no line of the leaked log is reproduced.
-    assert "POST /v1/chat/completions {" not in done.stdout
+    assert "POST {" not in done.stdout
+
+
+def test_audit_command_passes_a_clean_server_but_not_an_unread_journal(tmp_path: Path) -> None:
+    with LeakyServer(tmp_path, leak=False) as clean:
+        config = tmp_path / "backends.yaml"
+        config.write_text(f"backends: [{{name: e, kind: embedded, models: [m]}}]\n"
+                          f"store: {{path: {clean.state / 'privatai.db'}}}\n")
+        command = [sys.executable, "-m", "privatai", "audit", "--url", clean.url, "--key", "privat_" + "K" * 40,
+                   "--config", str(config), "--log-file", str(clean.log), "--settle", "0"]
+        passed = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT)
+        # A journal that yields nothing (no journald here, or no permission)
+        # must not count as clean while the server logs at INFO.
+        unread = subprocess.run(command + ["--journal-unit", "privatai-audit-test"], capture_output=True,
+                                text=True, timeout=120, cwd=ROOT)
+    assert passed.returncode == 0 and "Result: PASS" in passed.stdout, passed.stdout + passed.stderr
+    assert unread.returncode == 2 and "Result: INCOMPLETE" in unread.stdout, unread.stdout + unread.stderr
 
 
 def test_audit_command_usage_errors(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from sanic.exceptions import SanicException
 from sanic.handlers import ErrorHandler
 from sanic.response import HTTPResponse, json
 
+from .api import webchat
 from .api.chat import chat_completions
 from .api.health import first_probe, healthz, readyz
 from .api.metrics import metrics_endpoint
@@ -50,6 +51,11 @@ class OpenAIErrorHandler(ErrorHandler):
     """Every error as OpenAI's error JSON; logged by class and status only."""
 
     def default(self, request: Request, exception: Exception) -> HTTPResponse:
+        if isinstance(exception, asyncio.CancelledError):
+            # The client went away (Sanic's RequestCancelled): not a server
+            # error. Nobody reads this response; 499 is nginx's name for it.
+            request.ctx.error = "client_disconnected"
+            return json(PrivatAIError("Client closed the request.").to_dict(), status=499)
         error = to_api_error(exception)
         if error.status >= 500:
             log.error("request failed: %s", describe_error(exception))
@@ -83,6 +89,8 @@ def create_app(config: Config, *, name: str = "privatai") -> Sanic:
     app.add_route(readyz, "/readyz", methods=["GET"], name="readyz")
     if config.metrics.enabled:
         app.add_route(metrics_endpoint(config.metrics), "/metrics", methods=["GET"], name="metrics")
+    if config.web_chat.enabled:
+        webchat.register(app)
 
     @app.on_request(priority=1000)
     async def start_clock(request: Request) -> None:

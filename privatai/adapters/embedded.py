@@ -47,10 +47,11 @@ class EmbeddedAdapter(Adapter):
         super().__init__(config)
         self._llm: Any = None
         self._lock = asyncio.Lock()
-        # One thread: the model is used by one generation at a time anyway.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="privatai-llama")
+        self._executor: ThreadPoolExecutor | None = None
 
     async def start(self) -> None:
+        # One thread: the model is used by one generation at a time anyway.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="privatai-llama")
         path = Path(self.config.model_path) if self.config.model_path else bundled_model_path()
         threads = self.config.n_threads or max(1, (os.cpu_count() or 2) // 2)
         loop = asyncio.get_running_loop()
@@ -67,7 +68,9 @@ class EmbeddedAdapter(Adapter):
         return Llama(model_path=str(path), n_ctx=self.config.n_ctx, n_threads=threads, verbose=False)
 
     async def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
         if self._llm is not None:
             self._llm.close()
             self._llm = None

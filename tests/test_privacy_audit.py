@@ -291,6 +291,7 @@ def audit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Audit]:
         "logging": {"level": "DEBUG", "third_party_level": "DEBUG", "hashed_client_ip": True},
         # Scripted failures must not open a backend's circuit for the next scenario.
         "routing": {"failure_threshold": 1000},
+        "web_chat": {"models": [MODEL, "fake-ollama"], "requests_per_minute": 3, "max_tokens": 40},
     }
     home = workdir / "home"
     home.mkdir()
@@ -618,6 +619,37 @@ def upstream_key_is_sent_not_logged(a: Audit) -> None:
     assert a.fakes["openai"].requests[-1].headers["Authorization"] == f"Bearer {UPSTREAM_KEY}"
 
 
+@scenario
+def web_chat(a: Audit) -> None:
+    """The keyless web chat: streamed only, rate-limited per client."""
+    url = a.gateway.url + "/webchat/api/chat/completions"
+    headers = {"X-Forwarded-For": a.canary("forwarded for (web chat)"), "User-Agent": a.canary("web chat UA")}
+
+    def post(body: dict[str, Any]) -> httpx.Response:
+        return httpx.post(url, json=body, headers=headers, timeout=120)
+
+    response = post({"model": MODEL, "stream": True, "max_tokens": 30, "messages": [
+        {"role": "user", "content": f"Repeat exactly: {a.canary('prompt (web chat)')}"}]})
+    assert response.status_code == 200
+    text = "".join(json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+                   for line in response.text.splitlines() if line.startswith("data: {") and '"choices"' in line)
+    a.canaries.add_completion("completion (web chat)", text)
+    answer = a.canary("answer (web chat, backend output)")
+    a.fakes["ollama"].reply(TextDelta(answer))
+    response = post({"model": "fake-ollama", "stream": True, "messages": [
+        {"role": "user", "content": a.canary("prompt (web chat, fake)")}]})
+    assert response.status_code == 200 and answer in response.text
+    response = post({"model": MODEL, "messages": [{"role": "user", "content": a.canary("prompt (web chat, 400)")}]})
+    assert response.status_code == 400
+    statuses = []
+    for n in range(2):
+        a.fakes["ollama"].reply(TextDelta("ok"))
+        statuses.append(post({"model": "fake-ollama", "stream": True, "messages": [
+            {"role": "user", "content": a.canary(f"prompt (web chat, limit {n})")}]}).status_code)
+    # requests_per_minute: 3
+    assert statuses == [200, 429]
+
+
 def run_scenario(audit: Audit, name: str) -> None:
     SCENARIOS[name](audit)
     audit.done.add(name)
@@ -675,7 +707,7 @@ def test_access_lines_hold_only_the_allowed_fields(audit: Audit) -> None:
     assert len({access_fields(line)["client"] for line in lines}) == 1
     # An error is named by its class and status only.
     errors = {access_fields(line)["error"] for line in lines if "error=" in line}
-    assert errors and all(re.fullmatch(r"[A-Za-z]+( \(status \d+\))?", e) for e in errors), errors
+    assert errors and all(re.fullmatch(r"[A-Za-z_]+( \(status \d+\))?", e) for e in errors), errors
     assert any("route=/v1/chat/completions status=200" in line and f"key={audit.key[:12]}" in line
                for line in lines)
 

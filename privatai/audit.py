@@ -2,11 +2,13 @@
 
 The audit sends unique canary strings through the real API (prompts, a
 streamed prompt, tool definitions and tool arguments, a malformed body, an
-unknown model name, bad keys, a query string, a header), records what came
-back (the completion text the model wrote becomes a canary too), then scans
-the places a deployment keeps things: the SQLite database with its ``-wal``
-and ``-shm`` files and the rest of its directory, the log files given, and the
-systemd journal of the unit. Any canary found there is a finding.
+unknown model name, bad keys, a query string, headers, the web chat when it
+is on), records what came back (the completion text the model wrote becomes
+a canary too), then scans the places a deployment keeps things: the SQLite
+database with its ``-wal`` and ``-shm`` files and the rest of its directory,
+the log files given, the systemd journal of the unit, and ``/metrics`` (a
+Prometheus server stores it).
+Any canary found there is a finding.
 
 The report prints counts only, never the surrounding text of a finding (that
 text would be someone's content); the canaries themselves are ours and are
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -213,6 +216,7 @@ class Prober:
                  timeout: float, max_tokens: int) -> None:
         base = url.rstrip("/")
         self.api = base if base.endswith(("/v1", "/api/v1")) else f"{base}/v1"
+        self.root = re.sub(r"(/api)?/v1$", "", base)
         self.key = key
         self.model = model
         self.canaries = canaries
@@ -293,6 +297,43 @@ class Prober:
             probe.note = f"{len(probe.received)} characters received"
         self.canaries.add_completion(f"completion: {name}", probe.received)
 
+    def web_chat(self) -> None:
+        """One streamed web-chat request, when the deployment has the web chat on."""
+        try:
+            models = self.client.get(f"{self.root}/webchat/api/models")
+        except httpx.HTTPError:
+            return
+        if models.status_code != 200:
+            return
+        probe = Probe("web chat, streamed (no key)", (200, 429))
+        body = {"stream": True, "max_tokens": self.max_tokens,
+                "messages": [{"role": "user", "content": f"Repeat exactly: {self.canaries.add('web chat prompt')}"}]}
+        try:
+            response = self.client.post(f"{self.root}/webchat/api/chat/completions", json=body)
+        except httpx.HTTPError as exc:
+            probe.note = f"request failed: {type(exc).__name__}"
+            self.probes.append(probe)
+            return
+        probe.status = response.status_code
+        for line in response.text.splitlines():
+            if line.startswith("data: {"):
+                for choice in orjson.loads(line[6:]).get("choices") or ():
+                    probe.received += (choice.get("delta") or {}).get("content") or ""
+        probe.note = f"{len(probe.received)} characters received" if probe.status == 200 else "rate-limited"
+        self.probes.append(probe)
+        self.canaries.add_completion("completion: web chat", probe.received)
+
+    def metrics(self, token: str | None) -> ScanResult | None:
+        """/metrics as Prometheus would scrape it (its database is another copy)."""
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        try:
+            response = self.client.get(f"{self.root}/metrics", headers=headers)
+        except httpx.HTTPError:
+            return None
+        if response.status_code != 200:
+            return ScanResult(f"{self.root}/metrics", note=f"skipped: HTTP {response.status_code}")
+        return scan_bytes(f"{self.root}/metrics", response.content, self.canaries)
+
     def run(self) -> None:
         c = self.canaries
         prompt = c.add("prompt")
@@ -334,6 +375,7 @@ class Prober:
                    path=f"/chat/completions?q={c.add('query string')}",
                    headers={"User-Agent": c.add("user agent"), "X-Forwarded-For": "198.51.100.7",
                             "Cookie": f"session={c.add('cookie')}"})
+        self.web_chat()
         probe = Probe("unknown route", (404,))
         try:
             probe.status = self.client.get(f"{self.api}/models/{c.add('route path')}",
@@ -409,11 +451,13 @@ def audit(args: argparse.Namespace) -> int:
             print(f"privatai audit: the key was not accepted (GET /models answered {status})", file=sys.stderr)
             return EXIT_USAGE
         prober.run()
+        # Usage is written in batches; give the server time to write (and the
+        # journal time to receive) whatever it would keep.
+        time.sleep(args.settle if args.settle is not None else config.store.flush_interval + 1.5)
+        metrics = prober.metrics(os.environ.get(config.metrics.token_env) or None) \
+            if config.metrics.enabled else None
     finally:
         prober.close()
-    # Usage is written in batches; give the server time to write (and the
-    # journal time to receive) whatever it would keep.
-    time.sleep(args.settle if args.settle is not None else config.store.flush_interval + 1.5)
 
     results: list[ScanResult] = []
     notes: list[str] = []
@@ -444,6 +488,8 @@ def audit(args: argparse.Namespace) -> int:
             if not data and config.logging.level in ("DEBUG", "INFO"):
                 result.error = "no lines since the audit started (unit name? permission to read the journal?)"
             results.append(result)
+    if metrics is not None:
+        results.append(metrics)
     notes.append("temporary files of the service (PrivateTmp) and core dumps are not visible from here; "
                  "the server disables core dumps itself (RLIMIT_CORE 0)")
     if any(r.error for r in results):

@@ -672,6 +672,8 @@ def test_audit_command_passes_on_the_gateway(audit: Audit) -> None:
                           capture_output=True, text=True, timeout=600, cwd=ROOT, env=audit.gateway.env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Result: PASS" in done.stdout and "UNEXPECTED" not in done.stdout
+    assert "web chat, streamed (no key)" in done.stdout
+    assert re.search(r"/metrics\s+1\s+[1-9]\d*\s+0", done.stdout), done.stdout
     assert "usage is recorded against the key " + key[:12] in done.stdout
     # Its canaries join ours for the final scan.
     for line in done.stdout.splitlines():

@@ -398,6 +398,23 @@ def response_format_schema(a: Audit) -> None:
 
 
 @scenario
+def schema_llama_cpp_cannot_parse(a: Audit) -> None:
+    """A quote in a property name made llama.cpp print the whole grammar (with
+    the schema's names and constants) to stderr, then crash the process."""
+    name = a.canary("schema property with a quote") + '"'
+    schema = {"type": "object", "properties": {name: {"const": a.canary("schema constant") + "\\"}}}
+    response = a.post({"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "JSON"}],
+                       "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}})
+    assert response.status_code == 400, response.text
+    tool = {"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {a.canary("tool parameter with a quote") + '"': {"type": "string"}}}}}
+    response = a.post({"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "call f"}],
+                       "tools": [tool], "tool_choice": {"type": "function", "function": {"name": "f"}}})
+    assert response.status_code == 400, response.text
+    assert a.gateway.proc is not None and a.gateway.proc.poll() is None
+
+
+@scenario
 def malformed_json(a: Audit) -> None:
     canary = a.canary("malformed JSON body")
     response = a.post(f'{{"model": "{MODEL}", "messages": [{{"role": "user", "content": "{canary}"'.encode())

@@ -89,14 +89,7 @@ class EmbeddedAdapter(Adapter):
             "messages": [message_to_openai(m) for m in request.messages],
             "stream": True,
         }
-        for name in ("temperature", "top_p", "seed"):
-            value = getattr(request, name)
-            if value is not None:
-                kwargs[name] = value
-        if request.max_output_tokens is not None:
-            kwargs["max_tokens"] = request.max_output_tokens
-        if request.stop_list:
-            kwargs["stop"] = request.stop_list
+        kwargs.update(request.sampling_options())
         if request.tools:
             kwargs["tools"] = tools_to_openai(request.tools)
             if request.tool_choice is not None:

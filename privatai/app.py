@@ -19,7 +19,7 @@ from .api.usage import usage
 from .middleware.auth import authenticate
 from .config import Config
 from .errors import InvalidRequest, NotFound, PayloadTooLarge, PrivatAIError
-from .logs import describe_error
+from .logs import describe_error, loop_exception_handler
 from .router import Router
 from .state import AppState
 from .store import Store
@@ -109,6 +109,11 @@ def create_app(config: Config, *, name: str = "privatai") -> Sanic:
 
     @app.before_server_start
     async def open_resources(app: Sanic) -> None:
+        if app.state.is_debug:
+            # Debug mode puts tracebacks (with request values) into responses and logs.
+            raise RuntimeError("Sanic debug mode is not allowed: it can expose request content")
+        # asyncio's default handler logs reprs that can quote a prompt.
+        asyncio.get_running_loop().set_exception_handler(loop_exception_handler)
         state: AppState = app.ctx.state
         state.store = await Store.from_config(config.store)
         state.recorder = state.store.recorder

@@ -46,6 +46,9 @@ class StoreConfig(_Section):
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
+    # Level of every other library's loggers (httpx, httpcore, sanic...). DEBUG
+    # helps with connection problems; their records are scrubbed at any level.
+    third_party_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
     # Off by default: no client address at all. When on, a keyed hash of it.
     hashed_client_ip: bool = False
 

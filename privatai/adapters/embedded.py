@@ -21,6 +21,7 @@ from ..errors import BackendError, BackendUnavailable, UpstreamRejected
 from ..events import Event, Finish, TextDelta, ToolCallDelta
 from ..protocol import ChatRequest, message_to_openai, tools_to_openai
 from .base import Adapter
+from .llama_guard import check_grammars, quiet_llama_log
 
 _END = object()
 
@@ -65,6 +66,7 @@ class EmbeddedAdapter(Adapter):
                 "llama-cpp-python is not installed: pip install 'privatai[embedded]'.") from None
         if not path.is_file():
             raise BackendUnavailable(f"Model file not found: {path}")
+        quiet_llama_log()
         return Llama(model_path=str(path), n_ctx=self.config.n_ctx, n_threads=threads, verbose=False)
 
     async def close(self) -> None:
@@ -113,10 +115,13 @@ class EmbeddedAdapter(Adapter):
                 # changes the numerics, so the same request with the same seed
                 # could answer differently; it also drops the last prompt.
                 llm.reset()
+                check_grammars(llm, kwargs)
                 for chunk in llm.create_chat_completion(**kwargs):
                     if stop.is_set():
                         break
                     loop.call_soon_threadsafe(queue.put_nowait, chunk)
+            except UpstreamRejected as exc:
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
             except ValueError as exc:  # llama-cpp raises ValueError for a prompt over n_ctx
                 loop.call_soon_threadsafe(queue.put_nowait, UpstreamRejected(str(exc)))
             except Exception as exc:  # noqa: BLE001 - crosses the thread; typed below

@@ -75,3 +75,14 @@ async def test_concurrent_requests_take_turns_in_arrival_order(adapter: Embedded
         await asyncio.sleep(0.01)
     await asyncio.gather(*tasks)
     assert order == [0, 1, 2, 3]
+
+
+async def test_tool_call_history_with_null_content_is_accepted(adapter: EmbeddedAdapter) -> None:
+    body = {"max_tokens": 4, "messages": [
+        {"role": "user", "content": "What is the weather in Berlin?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Berlin"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "Sunny"}]}
+    import json
+    events = [e async for e in adapter.stream(parse_chat_request(json.dumps(body).encode()), "smollm2-135m")]
+    assert isinstance(events[-1], Finish)

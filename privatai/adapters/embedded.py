@@ -86,7 +86,9 @@ class EmbeddedAdapter(Adapter):
 
     def _arguments(self, request: ChatRequest) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
-            "messages": [message_to_openai(m) for m in request.messages],
+            # Chat templates concatenate content: the null content of an
+            # assistant tool-call turn (as the SDKs send it) must be "".
+            "messages": [{**m, "content": m["content"] or ""} for m in map(message_to_openai, request.messages)],
             "stream": True,
         }
         kwargs.update(request.sampling_options())

@@ -348,8 +348,7 @@ class Prober:
         arguments = orjson.dumps({"query": c.add("tool call arguments (history)")}).decode()
         self.completion("tools: definitions, tool call and result in history", [
             {"role": "user", "content": f"Look this up: {c.add('prompt with tools')}"},
-            # content "" rather than None: llama.cpp's chat templates fail on None.
-            {"role": "assistant", "content": "", "tool_calls": [
+            {"role": "assistant", "content": None, "tool_calls": [
                 {"id": "call_audit", "type": "function", "function": {"name": tool_name, "arguments": arguments}}]},
             {"role": "tool", "tool_call_id": "call_audit", "content": f"Result: {c.add('tool result')}"},
             {"role": "user", "content": "Now call the tool again with the same query."}],

@@ -346,9 +346,7 @@ def tool_messages(a: Audit, tag: str) -> tuple[list[dict[str, Any]], list[dict[s
     arguments = json.dumps({"city": a.canary(f"tool call arguments in history ({tag})")})
     messages = [
         {"role": "user", "content": f"Weather in {a.canary(f'prompt with tools ({tag})')}?"},
-        # content "" rather than None: the embedded model's chat template
-        # cannot render None (see the report).
-        {"role": "assistant", "content": "", "tool_calls": [
+        {"role": "assistant", "content": None, "tool_calls": [
             {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": arguments}}]},
         {"role": "tool", "tool_call_id": "call_1", "content": f"Sunny, {a.canary(f'tool result ({tag})')}"},
         {"role": "user", "content": "And tomorrow? Call the tool again."},

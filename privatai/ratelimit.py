@@ -187,6 +187,13 @@ class WebChatLimiter:
         # Least recently used first, so pruning looks only at the front.
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
 
+    def reconfigure(self, config: WebChatConfig) -> None:
+        """New limits from a reload; clients keep what they have used so far."""
+        self.config = config
+        self._trusted = parse_networks(config.trusted_proxies)
+        for entry in self._entries.values():
+            entry.starts = deque(entry.starts, maxlen=config.requests_per_minute)
+
     # -- identity -------------------------------------------------------
 
     def identity(self, peer_ip: str, forwarded_for: str | None = None) -> str:

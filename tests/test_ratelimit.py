@@ -366,3 +366,21 @@ async def test_streams_released_in_finally_on_cancellation() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     limiter.admit(me).release()
+
+
+def test_reconfigure_applies_new_limits_and_keeps_usage() -> None:
+    from privatai.config import WebChatConfig
+    from privatai.errors import RateLimited
+    from privatai.ratelimit import WebChatLimiter
+
+    now = [1000.0]
+    limiter = WebChatLimiter(WebChatConfig(requests_per_minute=1, concurrent_streams=5), clock=lambda: now[0])
+    client = limiter.identity("203.0.113.9")
+    limiter.admit(client).release(10)
+    with pytest.raises(RateLimited):
+        limiter.admit(client)
+    limiter.reconfigure(WebChatConfig(requests_per_minute=3, concurrent_streams=5))
+    limiter.admit(client).release(10)
+    limiter.admit(client).release(10)
+    with pytest.raises(RateLimited):
+        limiter.admit(client)  # the first request still counts in this minute

@@ -100,6 +100,7 @@ def register(app: Sanic) -> None:
     state: AppState = app.ctx.state
     limiter = WebChatLimiter(effective_config(state.config))
     app.ctx.webchat_limiter = limiter
+    state.on_reload = lambda config: limiter.reconfigure(effective_config(config))
     files = load_static()
     page = files[PAGE_NAME]
     # The page is served at /webchat only, with its CSP; /static/ has the assets.

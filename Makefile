@@ -28,7 +28,7 @@ system-test-deps:
 		$(SUDO) apt-get update && $(SUDO) apt-get install -y chromium systemd; fi
 
 serve: install
-	$(VENV)/bin/privatai quickstart --config $(CONFIG)
+	$(VENV)/bin/privatai quickstart --config $(CONFIG) --host $(HOST) --port $(PORT)
 	$(VENV)/bin/privatai serve --config $(CONFIG) --host $(HOST) --port $(PORT)
 
 test: install-test system-test-deps

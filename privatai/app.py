@@ -11,7 +11,8 @@ from sanic.handlers import ErrorHandler
 from sanic.response import HTTPResponse, json
 
 from .api.chat import chat_completions
-from .api.health import healthz, readyz
+from .api.health import first_probe, healthz, readyz
+from .api.metrics import metrics_endpoint
 from .api.models import get_model, list_models
 from .api.usage import usage
 from .middleware.auth import authenticate
@@ -80,6 +81,8 @@ def create_app(config: Config, *, name: str = "privatai") -> Sanic:
         app.add_route(usage, f"{prefix}/usage", methods=["GET"], name=f"{tag}_usage")
     app.add_route(healthz, "/healthz", methods=["GET"], name="healthz")
     app.add_route(readyz, "/readyz", methods=["GET"], name="readyz")
+    if config.metrics.enabled:
+        app.add_route(metrics_endpoint(config.metrics), "/metrics", methods=["GET"], name="metrics")
 
     @app.on_request(priority=1000)
     async def start_clock(request: Request) -> None:
@@ -108,6 +111,18 @@ def create_app(config: Config, *, name: str = "privatai") -> Sanic:
         # SIGHUP re-reads backends.yaml; open streams keep running.
         asyncio.get_running_loop().add_signal_handler(
             signal.SIGHUP, lambda: state.spawn(state.reload()))
+        app.add_task(first_probe(state), name="privatai-first-probe")
+
+    @app.before_server_stop
+    async def draining(app: Sanic) -> None:
+        # Sanic has removed its SIGTERM handler by now, and a repeated SIGTERM
+        # (a supervisor, an impatient operator) would stop the loop in the
+        # middle of the drain, skipping the usage flush below: ignore it. A
+        # second Ctrl-C still quits at once.
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, log.warning,
+                                "shutdown in progress: letting open streams finish")
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
 
     @app.after_server_stop
     async def close_resources(app: Sanic) -> None:

@@ -1,4 +1,4 @@
-"""`privatai serve | quickstart | reload | accounts | keys | usage`"""
+"""`privatai serve | quickstart | reload | check | accounts | keys | usage`"""
 from __future__ import annotations
 
 import argparse
@@ -113,6 +113,16 @@ def cmd_reload(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    from .check import run_check
+    from .logs import setup_logging
+
+    # Only warnings, and through the scrubbing filter: no upstream text on the terminal.
+    setup_logging("WARNING", config.logging.format)
+    return run_check(config)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import admin_cli
 
@@ -130,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     reload.add_argument("--pid", type=int, help="the server's process id (default: found by its --config)")
     reload.set_defaults(func=cmd_reload)
     admin_cli.register(sub)
+    check = sub.add_parser("check", help="validate the config and probe every backend")
+    check.add_argument("--config", default="backends.yaml", help="path to backends.yaml")
+    check.set_defaults(func=cmd_check)
     return parser
 
 

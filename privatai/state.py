@@ -12,6 +12,7 @@ from sanic import Request
 from .config import Config
 from .events import Usage
 from .logs import access_log, describe_error
+from .metrics import Metrics
 from .router import Router
 
 log = logging.getLogger("privatai.state")
@@ -24,9 +25,17 @@ class AppState:
     store: Any = None      # privatai.store.Store once opened
     recorder: Any = None   # privatai.store.UsageRecorder once opened
     started_wall: float = field(default_factory=time.time)
+    metrics: Metrics | None = None  # made in __post_init__ unless metrics are disabled
+    # Set once every backend has been probed after start: until then /readyz says "starting".
+    backends_checked: bool = False
     # Called with the new config after a reload (the web-chat limits use it).
     on_reload: Callable[[Config], None] | None = None
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        if self.metrics is None and self.config.metrics.enabled:
+            # A getter, not the router: a reload may replace state.router.
+            self.metrics = Metrics(lambda: self.router)
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         """Run a background task, holding a reference until it ends."""
@@ -74,11 +83,12 @@ class AppState:
         principal = getattr(request.ctx, "principal", None)
         info = getattr(request.ctx, "route", None)
         usage = getattr(request.ctx, "usage", None)
+        duration = time.perf_counter() - started if started else None
         fields: dict[str, Any] = {
             "method": request.method,
             "route": "/" + route.lstrip("/"),
             "status": status,
-            "ms": round((time.perf_counter() - started) * 1000, 1) if started else None,
+            "ms": round(duration * 1000, 1) if duration is not None else None,
         }
         if nbytes is not None:
             fields["bytes"] = nbytes
@@ -96,3 +106,6 @@ class AppState:
         if error is not None:
             fields["error"] = error
         access_log.info("request", extra={"fields": fields})
+        if self.metrics is not None:
+            self.metrics.observe(fields["route"], status, model, info.backend if info is not None else None,
+                                 duration, usage, getattr(request.ctx, "ttft", None))

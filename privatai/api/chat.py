@@ -137,6 +137,8 @@ async def _stream(request: Request, state: AppState, events: AsyncIterator[Event
             else:
                 frame = encoder.encode(event)
                 await response.send(frame)
+                if not sent:  # the first content event is out: time to first token, for metrics
+                    request.ctx.ttft = time.perf_counter() - request.ctx.started
                 sent += len(frame)
                 meter.delivered(event)
             try:
@@ -151,6 +153,7 @@ async def _stream(request: Request, state: AppState, events: AsyncIterator[Event
         return None
     except Exception as exc:
         if response is None:
+            request.ctx.streaming = False  # so the access middleware logs the error response
             raise  # nothing sent yet: the error handler answers with a status
         # Once streaming began, errors go in-band; the SDK raises on them.
         error = exc if isinstance(exc, PrivatAIError) else PrivatAIError("Internal server error.")

@@ -1,6 +1,8 @@
 """Liveness and readiness, outside the API key check."""
 from __future__ import annotations
 
+import asyncio
+
 from sanic import Request
 from sanic.response import HTTPResponse, json
 
@@ -8,14 +10,41 @@ from ..state import AppState
 
 
 async def healthz(request: Request) -> HTTPResponse:
-    """Liveness only: the process answers."""
+    """Liveness only: the process answers. Never looks at backends, so a dead
+    backend does not get the gateway restarted."""
     return json({"status": "ok"})
 
 
 async def readyz(request: Request) -> HTTPResponse:
-    """Ready when a healthy backend serves the default model."""
+    """Ready when a healthy backend serves the default model.
+
+    "starting" until the router has started (adapters opened, the embedded
+    model loaded) and every backend has answered or failed one probe: a
+    backend nobody has asked yet is not known to be healthy.
+    """
     state: AppState = request.app.ctx.state
-    ready = state.router.ready()
-    backends = {name: ("up" if b.failures == 0 else "down") for name, b in state.router.backends.items()}
-    return json({"status": "ready" if ready else "unavailable", "backends": backends},
-                status=200 if ready else 503)
+    router = state.router
+    threshold = state.config.routing.failure_threshold
+    backends: dict[str, str] = {}
+    for name, backend in router.backends.items():
+        if not state.backends_checked:
+            backends[name] = "unknown"
+        elif backend.failures == 0:
+            backends[name] = "up"
+        elif backend.failures < threshold:
+            backends[name] = "failing"  # still routed to; the circuit opens at the threshold
+        else:
+            backends[name] = "down"
+    if not state.backends_checked:
+        status = "starting"
+    else:
+        status = "ready" if router.ready() else "unavailable"
+    return json({"status": status, "backends": backends}, status=200 if status == "ready" else 503)
+
+
+async def first_probe(state: AppState) -> None:
+    """Probe every backend once, right after the router started; the health
+    loop's first round comes only after ``routing.health_interval``."""
+    router = state.router
+    await asyncio.gather(*(router.probe(backend) for backend in router.backends.values()))
+    state.backends_checked = True

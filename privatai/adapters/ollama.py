@@ -1,0 +1,286 @@
+"""Ollama through its native ``/api/chat`` (NDJSON), with the ``ollama`` package.
+
+``url`` is the server root (``http://127.0.0.1:11434``). The package's
+``AsyncClient`` runs on an aiohttp transport (``httpx_aiohttp``) for speed.
+
+We call ``AsyncClient._request(dict, ...)`` rather than ``chat()``: ``chat()``
+validates the request and every streamed line through pydantic models that
+silently drop fields we need (tool-call ``id``s in responses, ``tool_call_id``
+on tool results, nested tool-schema keys such as ``properties`` of an object
+parameter or ``anyOf``), and costs a model construction per token. ``_request``
+keeps the package's error semantics: HTTP errors raise ``ResponseError`` with
+the status, an error line mid-stream raises it with status -1. The tests pin
+this down, so an ``ollama`` upgrade that changes it fails loudly.
+
+Mapping: OpenAI messages -> Ollama messages (tool-call arguments as JSON
+objects, tool results with ``tool_name`` and ``tool_call_id``); ``think`` from
+``think`` or ``reasoning_effort``; ``format`` from ``response_format``;
+``options`` only for what the client set (no defaults of ours, so the model's
+own apply). Ollama sends tool calls whole: each becomes one fragment with an
+``id`` (generated when the server sends none) and our own index.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any, AsyncIterator
+
+import aiohttp
+import httpx
+import orjson
+from httpx_aiohttp import AiohttpTransport
+from ollama import AsyncClient, ResponseError
+
+from ..config import BackendConfig
+from ..errors import BackendError, BackendUnavailable, InvalidRequest, PrivatAIError
+from ..events import Event, Finish, TextDelta, ThinkingDelta, ToolCallDelta, Usage
+from ..protocol import (
+    AssistantMessage,
+    ChatRequest,
+    DeveloperMessage,
+    Message,
+    SystemMessage,
+    ToolMessage,
+    text_of,
+)
+from .base import Adapter
+from .openai_stream import (
+    EXTRA_CONNECTIONS,
+    PROBE_TIMEOUT,
+    auth_headers,
+    new_call_id,
+    normalize_finish,
+    tools_to_upstream,
+)
+from .think_tags import ThinkTagSplitter
+from .upstream_errors import classify, error_details
+
+_EFFORT_TO_THINK: dict[str, bool | str] = {
+    "none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high",
+}
+
+_TRANSPORT_ERRORS = (httpx.TransportError, aiohttp.ClientError, OSError)
+
+
+def messages_to_ollama(messages: list[Message]) -> list[dict[str, Any]]:
+    """Our messages in Ollama's form. Tool results get the ``tool_name`` of the
+    call they answer, looked up by id in the assistant turns before them."""
+    names: dict[str, str] = {}
+    out: list[dict[str, Any]] = []
+    for i, message in enumerate(messages):
+        if isinstance(message, AssistantMessage):
+            item: dict[str, Any] = {"role": "assistant", "content": text_of(message.content)}
+            thinking = message.thinking or message.reasoning_content
+            if thinking:
+                item["thinking"] = thinking
+            if message.tool_calls:
+                calls = []
+                for j, call in enumerate(message.tool_calls):
+                    names[call.id] = call.function.name
+                    arguments = _arguments_object(call.function.arguments,
+                                                  f"messages[{i}].tool_calls[{j}].function.arguments")
+                    calls.append({"id": call.id, "function": {"index": j, "name": call.function.name,
+                                                              "arguments": arguments}})
+                item["tool_calls"] = calls
+            out.append(item)
+        elif isinstance(message, ToolMessage):
+            item = {"role": "tool", "content": text_of(message.content), "tool_call_id": message.tool_call_id}
+            if message.tool_call_id in names:
+                item["tool_name"] = names[message.tool_call_id]
+            out.append(item)
+        else:
+            role = "system" if isinstance(message, (SystemMessage, DeveloperMessage)) else "user"
+            out.append({"role": role, "content": text_of(message.content)})
+    return out
+
+
+def _arguments_object(arguments: str, param: str) -> dict[str, Any]:
+    """Ollama wants the arguments of a past call as an object, not a JSON string."""
+    if not arguments.strip():
+        return {}
+    try:
+        value = orjson.loads(arguments)
+    except orjson.JSONDecodeError:
+        raise InvalidRequest("Tool-call arguments must be a JSON object.", param=param) from None
+    if not isinstance(value, dict):
+        raise InvalidRequest("Tool-call arguments must be a JSON object.", param=param)
+    return value
+
+
+def build_chat_body(request: ChatRequest, model: str) -> dict[str, Any]:
+    """The ``/api/chat`` body for one request."""
+    body: dict[str, Any] = {"model": model, "messages": messages_to_ollama(request.messages), "stream": True}
+    # Ollama has no tool_choice; "none" is honoured by not offering the tools.
+    if request.tools and request.tool_choice != "none":
+        body["tools"] = tools_to_upstream(request.tools)
+    think = request.think if request.think is not None else _EFFORT_TO_THINK.get(request.reasoning_effort or "")
+    if think is not None:
+        body["think"] = think
+    fmt = request.response_format
+    if fmt is not None and fmt.type == "json_object":
+        body["format"] = "json"
+    elif fmt is not None and fmt.type == "json_schema" and fmt.json_schema is not None:
+        # OpenAI wraps the schema as {"name", "schema", "strict"}; Ollama wants the schema.
+        schema = fmt.json_schema.get("schema", fmt.json_schema)
+        body["format"] = schema
+    options: dict[str, Any] = {}
+    if request.temperature is not None:
+        options["temperature"] = request.temperature
+    if request.top_p is not None:
+        options["top_p"] = request.top_p
+    if request.max_output_tokens is not None:
+        options["num_predict"] = request.max_output_tokens
+    if request.stop is not None:
+        options["stop"] = request.stop_list
+    if request.seed is not None:
+        options["seed"] = request.seed
+    if options:
+        body["options"] = options
+    return body
+
+
+class LineMapper:
+    """Ollama's streamed ``/api/chat`` lines -> our events, for one response."""
+
+    __slots__ = ("_calls", "_splitter", "done")
+
+    def __init__(self, think_tags: bool = False) -> None:
+        self._splitter = ThinkTagSplitter() if think_tags else None
+        self._calls = 0
+        self.done: dict[str, Any] | None = None  # the final line, once seen
+
+    def feed(self, part: dict[str, Any]) -> list[Event]:
+        message = part.get("message") or {}
+        events: list[Event] = []
+        thinking = message.get("thinking")
+        if thinking:
+            events.append(ThinkingDelta(thinking))
+        content = message.get("content")
+        if content:
+            if self._splitter is not None:
+                events.extend(self._splitter.feed(content))
+            else:
+                events.append(TextDelta(content))
+        for call in message.get("tool_calls") or ():
+            # Whole calls, possibly without id or index (older releases).
+            function = call.get("function") or {}
+            arguments = function.get("arguments")
+            if not isinstance(arguments, str):
+                arguments = orjson.dumps(arguments if arguments is not None else {}).decode()
+            events.append(ToolCallDelta(self._calls, call.get("id") or new_call_id(),
+                                        function.get("name"), arguments))
+            self._calls += 1
+        if part.get("done"):
+            self.done = part
+        return events
+
+    def finish(self) -> list[Event]:
+        """Held-back text, :class:`Finish` (``tool_calls`` after calls, as Ollama
+        says ``stop``), then :class:`Usage` from the final line's counts."""
+        last = self.done or {}
+        events: list[Event] = self._splitter.flush() if self._splitter is not None else []
+        events.append(Finish(normalize_finish(last.get("done_reason"), self._calls > 0)))
+        prompt, completion = last.get("prompt_eval_count"), last.get("eval_count")
+        if prompt is not None or completion is not None:
+            events.append(Usage(int(prompt or 0), int(completion or 0)))
+        return events
+
+
+class OllamaAdapter(Adapter):
+    kind = "ollama"
+
+    def __init__(self, config: BackendConfig) -> None:
+        super().__init__(config)
+        assert config.url, "config validation requires a url for this kind"
+        self.host = config.url.rstrip("/")
+        # For an Ollama behind an authenticating proxy.
+        self._headers = auth_headers(config)
+        self._client: AsyncClient | None = None
+
+    async def start(self) -> None:
+        self._ollama()
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    def _ollama(self) -> AsyncClient:
+        if self._client is None:
+            session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.config.max_concurrency + EXTRA_CONNECTIONS,
+                                               limit_per_host=0))
+            # Only connecting has a fixed timeout: first-token and idle
+            # deadlines are applied around each line in stream().
+            timeout = httpx.Timeout(None, connect=self.config.connect_timeout)
+            self._client = AsyncClient(host=self.host, timeout=timeout, headers=self._headers,
+                                       transport=AiohttpTransport(client=session))
+        return self._client
+
+    async def stream(self, request: ChatRequest, model: str) -> AsyncIterator[Event]:
+        body = build_chat_body(request, model)
+        client = self._ollama()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.first_token_timeout
+        idle = self.config.idle_timeout
+        # Nothing is sent until the first iteration.
+        lines: AsyncIterator[dict[str, Any]] = await client._request(dict, "POST", "/api/chat",
+                                                                    json=body, stream=True)
+        mapper = LineMapper(self.config.think_tags)
+        started = False
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout_at(loop.time() + idle if started else deadline):
+                        part = await anext(lines)
+                    events = mapper.feed(part)
+                except StopAsyncIteration:
+                    raise _failure(started, "The backend ended the response without finishing it.") from None
+                except TimeoutError:
+                    raise _failure(started, "The backend stopped sending tokens." if started
+                                   else "The backend did not answer in time.") from None
+                except ResponseError as exc:
+                    raise _response_error(exc, started) from None
+                except _TRANSPORT_ERRORS as exc:
+                    raise _failure(started, "The backend closed the connection mid-response." if started
+                                   else f"The backend is unreachable ({type(exc).__name__}).") from None
+                except (ValueError, AttributeError, TypeError):
+                    # Not JSON, or not the shape of a chat line.
+                    raise _failure(started, "The backend sent a line we cannot read.") from None
+                for event in events:
+                    started = True
+                    yield event
+                if mapper.done is not None:
+                    break
+            for event in mapper.finish():
+                yield event
+        finally:
+            # Closing the package's generator closes the HTTP response, which
+            # makes Ollama stop generating for a client that left.
+            await lines.aclose()  # type: ignore[attr-defined]
+
+    async def list_models(self) -> list[str]:
+        try:
+            async with asyncio.timeout(self.config.connect_timeout + PROBE_TIMEOUT):
+                listing = await self._ollama().list()
+        except ResponseError as exc:
+            raise _response_error(exc, False) from None
+        except (TimeoutError, *_TRANSPORT_ERRORS) as exc:
+            raise BackendUnavailable(f"The backend is unreachable ({type(exc).__name__}).") from None
+        return [m.model for m in listing.models if m.model]
+
+    async def probe(self) -> None:
+        # /api/tags is cheap (a directory listing) and proves the server answers.
+        await self.list_models()
+
+
+def _failure(started: bool, message: str) -> PrivatAIError:
+    return BackendError(message) if started else BackendUnavailable(message)
+
+
+def _response_error(exc: ResponseError, started: bool) -> PrivatAIError:
+    details = error_details({"error": str(exc.error)})
+    if exc.status_code == -1:
+        # An error line inside a 200 stream: the response has begun upstream.
+        message = details[0]
+        return BackendError(f"The backend failed mid-response: {message}")
+    return classify(exc.status_code, details, started=started)

@@ -1,0 +1,92 @@
+"""`privatai check`: start, probe and list the models of every configured backend.
+
+It prints one row per model and backend. A failure shows the error's class and
+status only (:func:`privatai.logs.describe_error`): upstream error text can
+echo a prompt, and this output ends up in terminals, CI logs and tickets.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+
+from .adapters import create_adapter
+from .config import BackendConfig, Config
+from .logs import describe_error
+
+OK = "ok"
+# Ollama lists "llama3.2:latest" for a model pulled and requested as "llama3.2".
+_IMPLICIT_TAG = ":latest"
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    model: str
+    backend: str
+    kind: str
+    status: str
+    latency_ms: float | None
+
+
+def _served(upstream: str, listed: set[str]) -> bool:
+    return upstream in listed or upstream + _IMPLICIT_TAG in listed
+
+
+async def check_backend(config: BackendConfig) -> list[Row]:
+    """Rows for one backend: its configured models, then any it lists for discovery."""
+    configured = config.model_map()
+    latency: float | None = None
+    listed: list[str] = []
+    error: str | None = None
+    try:
+        adapter = create_adapter(config)
+    except Exception as exc:  # noqa: BLE001 - a missing extra or module is a result, not a crash
+        error = describe_error(exc)
+    else:
+        try:
+            await adapter.start()
+            started = time.perf_counter()
+            await asyncio.wait_for(adapter.probe(), timeout=config.connect_timeout)
+            latency = (time.perf_counter() - started) * 1000
+            listed = await asyncio.wait_for(adapter.list_models(), timeout=config.connect_timeout)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a row
+            error = describe_error(exc)
+        finally:
+            with contextlib.suppress(Exception):
+                await adapter.close()
+
+    def row(model: str, status: str) -> Row:
+        return Row(model, config.name, config.kind, status, latency)
+
+    if error is not None:
+        return [row(model, f"error: {error}") for model in configured] or [row("(discovery)", f"error: {error}")]
+    available = set(listed)
+    rows = [row(public, OK if _served(upstream, available) else "error: model not listed by backend")
+            for public, upstream in configured.items()]
+    if config.discover_models:
+        known = set(configured.values())
+        rows += [row(name, OK) for name in listed if name not in known]
+    return rows or [row("(discovery)", "error: backend lists no models")]
+
+
+async def check_all(config: Config) -> list[Row]:
+    # Concurrently: a row of unreachable backends costs one connect_timeout, not one each.
+    results = await asyncio.gather(*(check_backend(backend) for backend in config.backends))
+    return [row for rows in results for row in rows]
+
+
+def format_table(rows: list[Row]) -> str:
+    header = ("MODEL", "BACKEND", "KIND", "STATUS", "LATENCY")
+    cells = [header] + [(r.model, r.backend, r.kind, r.status,
+                         f"{r.latency_ms:.1f} ms" if r.latency_ms is not None else "-") for r in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
+                     for line in cells)
+
+
+def run_check(config: Config) -> int:
+    """Print the table; 0 when every row is ok, 1 otherwise."""
+    rows = asyncio.run(check_all(config))
+    print(format_table(rows), flush=True)
+    return 0 if all(r.status == OK for r in rows) else 1

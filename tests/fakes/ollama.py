@@ -1,0 +1,84 @@
+"""A fake of Ollama's native API: ``/api/chat`` NDJSON, ``/api/tags``, ``/api/version``."""
+from __future__ import annotations
+
+import json
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from privatai.events import TextDelta, ThinkingDelta, ToolCallDelta
+
+from .server import ErrorLine, FakeBackend, Raw, Reply, StreamRecord
+
+
+class FakeOllama(FakeBackend):
+    """Tool calls arrive whole, with ``id`` and ``function.index`` as current
+    releases send them, or without either (``tool_ids=False``) as older ones do.
+    After a tool call ``done_reason`` is still ``stop``."""
+
+    kind = "ollama"
+    chat_path = "/api/chat"
+
+    def __init__(self, *, tool_ids: bool = True, models: tuple[str, ...] = ("fake-model:latest",)) -> None:
+        super().__init__(models=models)
+        self.tool_ids = tool_ids
+
+    def error_body(self, status: int, message: str, error_type: str | None) -> Any:
+        return {"error": message}
+
+    async def render(self, request: web.Request, body: Any, reply: Reply,
+                     record: StreamRecord) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        model = body.get("model", "fake-model")
+
+        def line(message: dict[str, Any], **extra: Any) -> bytes:
+            created = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+            payload = {"model": model, "created_at": created,
+                       "message": {"role": "assistant", "content": "", **message}, "done": False, **extra}
+            return json.dumps(payload).encode() + b"\n"
+
+        calls = 0
+        for step in reply.steps:
+            if isinstance(step, TextDelta):
+                await response.write(line({"content": step.text}))
+            elif isinstance(step, ThinkingDelta):
+                await response.write(line({"thinking": step.text}))
+            elif isinstance(step, ToolCallDelta):
+                call: dict[str, Any] = {"function": {"name": step.name,
+                                                     "arguments": json.loads(step.arguments or "{}")}}
+                if self.tool_ids:
+                    call["id"] = step.id or "call_" + secrets.token_hex(4)
+                    call["function"] = {"index": calls, **call["function"]}
+                calls += 1
+                await response.write(line({"tool_calls": [call]}))
+            elif isinstance(step, Raw):
+                await response.write(step.data)
+            elif isinstance(step, ErrorLine):
+                await response.write(json.dumps({"error": step.message}).encode() + b"\n")
+                await response.write_eof()
+                return response
+            elif not await self.control(request, step, record):
+                return response
+        prompt, completion = reply.usage_counts(body.get("messages") or [])
+        # Ollama knows only stop and length; a tool call ends with "stop".
+        reason = "length" if reply.finish_reason() == "length" else "stop"
+        await response.write(line({}, done=True, done_reason=reason, total_duration=123456789,
+                                  load_duration=1234567, prompt_eval_count=prompt,
+                                  prompt_eval_duration=2345678, eval_count=completion,
+                                  eval_duration=34567890))
+        await response.write_eof()
+        return response
+
+    async def handle_other(self, request: web.Request) -> web.StreamResponse:
+        if request.method == "GET" and request.path == "/api/tags":
+            return web.json_response({"models": [
+                {"name": m, "model": m, "modified_at": "2026-01-01T00:00:00Z", "size": 1000,
+                 "digest": "0" * 64, "details": {"format": "gguf", "family": "llama",
+                                                 "parameter_size": "1B", "quantization_level": "Q4_K_M"}}
+                for m in self.models]})
+        if request.method == "GET" and request.path == "/api/version":
+            return web.json_response({"version": "0.12.6"})
+        return await super().handle_other(request)

@@ -1,0 +1,315 @@
+"""The scriptable fake-backend server every kind builds on.
+
+A fake is an aiohttp.web app on 127.0.0.1 with a free port. Each chat request
+consumes the next scripted :class:`Reply` (or a default greeting), records the
+request, and records whether and when the client closed the connection.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Self
+
+from aiohttp import web
+
+from privatai.events import TextDelta, ThinkingDelta, ToolCallDelta
+
+
+@dataclass(frozen=True)
+class Raw:
+    """Bytes sent verbatim: bring your own framing (``data: ...\\n\\n`` or a JSON line)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Sleep:
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Hang:
+    """Send nothing more and keep the connection open until the client leaves."""
+
+
+@dataclass(frozen=True)
+class Drop:
+    """Close the TCP connection abruptly, mid-response."""
+
+
+@dataclass(frozen=True)
+class ErrorLine:
+    """An in-band error, in the kind's own format, followed by what that kind
+    does next (llama.cpp closes without ``[DONE]``, vLLM sends ``[DONE]``,
+    Ollama ends the NDJSON body)."""
+
+    message: str
+    code: int = 500
+    type: str = "server_error"
+
+
+Step = TextDelta | ThinkingDelta | ToolCallDelta | Raw | Sleep | Hang | Drop | ErrorLine
+
+
+@dataclass
+class Reply:
+    """One scripted answer to a chat request.
+
+    ``steps`` are our own events (a :class:`ToolCallDelta` with a ``name`` is a
+    whole call, which the fake fragments as its kind does; one without a name
+    is a raw argument fragment) or the control steps above. ``finish`` None
+    means ``tool_calls`` if the reply has tool calls, else ``stop``.
+    ``usage`` is (prompt, completion); None means "count the steps".
+    A ``status`` other than 200 answers with that HTTP status and the kind's
+    error body built from ``error``.
+    """
+
+    steps: list[Step] = field(default_factory=list)
+    finish: str | None = None
+    usage: tuple[int, int] | None = None
+    status: int = 200
+    error: str = ""
+    error_type: str | None = None
+
+    def finish_reason(self) -> str:
+        if self.finish is not None:
+            return self.finish
+        calls = any(isinstance(s, ToolCallDelta) and s.name is not None for s in self.steps)
+        return "tool_calls" if calls else "stop"
+
+    def usage_counts(self, messages: list[Any]) -> tuple[int, int]:
+        if self.usage is not None:
+            return self.usage
+        produced = sum(isinstance(s, (TextDelta, ThinkingDelta, ToolCallDelta)) for s in self.steps)
+        return 10 * max(1, len(messages)), produced
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: dict[str, str]
+    json: Any
+    # The client's (host, port): the same port twice means a reused connection.
+    peer: tuple[str, int] | None = None
+
+
+@dataclass
+class StreamRecord:
+    """What happened to one chat response's connection."""
+
+    started_at: float = field(default_factory=time.monotonic)
+    completed: bool = False
+    closed_at: float | None = None
+    _closed: threading.Event = field(default_factory=threading.Event)
+
+    def mark_closed(self) -> None:
+        if self.closed_at is None:
+            self.closed_at = time.monotonic()
+            self._closed.set()
+
+    @property
+    def client_closed(self) -> bool:
+        return self._closed.is_set()
+
+
+class FakeBackend:
+    """Base class: subclasses add the routes and the wire format of one kind."""
+
+    kind: ClassVar[str]
+    chat_path: ClassVar[str]
+    default_text: ClassVar[str] = "Hello from the fake backend."
+
+    def __init__(self, *, models: tuple[str, ...] = ("fake-model",)) -> None:
+        self.models = list(models)
+        self.healthy = True
+        self.replies: deque[Reply] = deque()
+        self.requests: list[Recorded] = []
+        self.streams: list[StreamRecord] = []
+        self.port: int | None = None
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+        self._thread_loop: asyncio.AbstractEventLoop | None = None
+
+    # -- scripting -----------------------------------------------------------
+
+    def reply(self, *steps: Step, finish: str | None = None,
+              usage: tuple[int, int] | None = None) -> Reply:
+        """Queue the answer to the next chat request."""
+        reply = Reply(list(steps), finish=finish, usage=usage)
+        self.replies.append(reply)
+        return reply
+
+    def fail(self, status: int, message: str, *, error_type: str | None = None) -> Reply:
+        """Queue an HTTP error (the kind's error body) as the next answer."""
+        reply = Reply(status=status, error=message, error_type=error_type)
+        self.replies.append(reply)
+        return reply
+
+    def next_reply(self) -> Reply:
+        return self.replies.popleft() if self.replies else Reply([TextDelta(self.default_text)])
+
+    # -- what happened -------------------------------------------------------
+
+    @property
+    def root(self) -> str:
+        """``http://127.0.0.1:<port>``, the server root."""
+        assert self.port is not None, "fake not started"
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """What to put into a BackendConfig's ``url`` for this kind."""
+        return self.root
+
+    @property
+    def chat_bodies(self) -> list[Any]:
+        return [r.json for r in self.requests if r.path == self.chat_path]
+
+    @property
+    def last_body(self) -> Any:
+        return self.chat_bodies[-1]
+
+    async def wait_closed(self, timeout: float, stream: int = -1) -> float:
+        """Wait until the client closed chat response ``stream``; the seconds since
+        this call began. Raises TimeoutError if it did not close in time."""
+        begin = time.monotonic()
+        record = self.streams[stream]
+        while not record.client_closed:
+            if time.monotonic() - begin > timeout:
+                raise TimeoutError(f"client connection still open after {timeout} s")
+            await asyncio.sleep(0.002)
+        assert record.closed_at is not None
+        return max(0.0, record.closed_at - begin)
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def start(self) -> Self:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        # handler_cancellation: a client that leaves cancels the handler at
+        # once, which is how we observe the disconnect.
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def start_in_thread(self) -> Self:
+        """Run the fake on its own event loop in a daemon thread, for tests whose
+        own loop is blocked (a synchronous client, a server in the main loop)."""
+        ready = threading.Event()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._thread_loop = loop
+            loop.run_until_complete(self.start())
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self.stop())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name=f"fake-{self.kind}", daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("fake backend did not start")
+        return self
+
+    def stop_in_thread(self) -> None:
+        if self._thread is not None and self._thread_loop is not None:
+            self._thread_loop.call_soon_threadsafe(self._thread_loop.stop)
+            self._thread.join(10)
+            self._thread = None
+
+    def __enter__(self) -> Self:
+        return self.start_in_thread()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_in_thread()
+
+    # -- serving -------------------------------------------------------------
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        body: Any = None
+        if request.can_read_body:
+            raw = await request.read()
+            try:
+                body = await request.json() if raw else None
+            except ValueError:
+                body = raw.decode("utf-8", "replace")
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        self.requests.append(Recorded(request.method, request.path, dict(request.headers), body,
+                                      tuple(peer[:2]) if peer else None))
+        denied = self.check_auth(request)
+        if denied is not None:
+            return denied
+        if request.method == "POST" and request.path == self.chat_path:
+            return await self._chat(request, body)
+        return await self.handle_other(request)
+
+    async def _chat(self, request: web.Request, body: Any) -> web.StreamResponse:
+        reply = self.next_reply()
+        if reply.status != 200:
+            return web.json_response(self.error_body(reply.status, reply.error, reply.error_type),
+                                     status=reply.status)
+        record = StreamRecord()
+        self.streams.append(record)
+        try:
+            response = await self.render(request, body, reply, record)
+            record.completed = True
+            return response
+        except (asyncio.CancelledError, ConnectionResetError):
+            record.mark_closed()
+            raise
+
+    async def control(self, request: web.Request, step: Step, record: StreamRecord) -> bool:
+        """Run a control step; False when the response must end here."""
+        if isinstance(step, Sleep):
+            await asyncio.sleep(step.seconds)
+        elif isinstance(step, Hang):
+            while not _closing(request):
+                await asyncio.sleep(0.002)
+            record.mark_closed()
+            return False
+        elif isinstance(step, Drop):
+            assert request.transport is not None
+            request.transport.close()
+            return False
+        return True
+
+    # -- kind hooks ----------------------------------------------------------
+
+    def check_auth(self, request: web.Request) -> web.Response | None:
+        return None
+
+    async def handle_other(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response({"error": "not found"}, status=404)
+
+    def error_body(self, status: int, message: str, error_type: str | None) -> Any:
+        raise NotImplementedError
+
+    async def render(self, request: web.Request, body: Any, reply: Reply,
+                     record: StreamRecord) -> web.StreamResponse:
+        raise NotImplementedError
+
+
+def _closing(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()

@@ -1,0 +1,60 @@
+"""SIGTERM lets open streams finish, records their usage, and usage survives a restart."""
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.gateway import Gateway, embedded_backend
+
+pytestmark = pytest.mark.slow
+
+
+def stream_chat(gateway: Gateway, key: str, received: list[str], first: threading.Event,
+                result: dict[str, object]) -> None:
+    body = {"messages": [{"role": "user", "content": "Write a long story about a lighthouse."}],
+            "max_tokens": 120, "stream": True}
+    with httpx.stream("POST", f"{gateway.base_url}/chat/completions", json=body, timeout=120,
+                      headers={"Authorization": f"Bearer {key}"}) as response:
+        for line in response.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            received.append(line)
+            if line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
+                first.set()
+            if chunk.get("usage"):
+                result["usage"] = chunk["usage"]
+
+
+def test_sigterm_finishes_open_streams_and_keeps_their_usage(tmp_path: Path) -> None:
+    gateway = Gateway(tmp_path, {"backends": [embedded_backend()], "server": {"grace_period": 60}})
+    key = gateway.create_key()
+    gateway.start()
+    received: list[str] = []
+    first = threading.Event()
+    result: dict[str, object] = {}
+    thread = threading.Thread(target=stream_chat, args=(gateway, key, received, first, result))
+    thread.start()
+    assert first.wait(60)
+    assert gateway.proc is not None
+    gateway.proc.send_signal(signal.SIGTERM)
+    thread.join(120)
+    code = gateway.stop()
+    assert code == 0, gateway.output()
+    assert received[-1] == "data: [DONE]", "the open stream was cut by the shutdown"
+    usage = result["usage"]
+    assert isinstance(usage, dict) and usage["completion_tokens"] > 0
+
+    # After a restart the usage recorded during shutdown is there, exactly.
+    with gateway:
+        body = httpx.get(f"{gateway.base_url}/usage", headers={"Authorization": f"Bearer {key}"}, timeout=10).json()
+    assert body["requests"] == 1
+    assert body["prompt_tokens"] == usage["prompt_tokens"]
+    assert body["completion_tokens"] == usage["completion_tokens"]

@@ -76,12 +76,13 @@ class Plan:
     tokenize_prompt_chars: int = 16000  # prompt of the counted-by-us scenario
     tokenize_seconds: float = 3.0
     use_wrk: bool = True
+    settle_seconds: float = 0.5         # pause before measuring idle memory
 
 
-QUICK = Plan(latency_seconds=0.5, throughput_seconds=0.5, warmup_seconds=0.2, concurrency=8,
-             ttft_seconds=0.5, chunk_seconds=0.5, chunk_tokens=20, streams=20, stream_tokens=10,
-             stream_rate=20.0, stream_ramp=0.2, tokenize_prompt_chars=2000, tokenize_seconds=0.5,
-             use_wrk=False)
+QUICK = Plan(latency_seconds=0.3, throughput_seconds=0.3, warmup_seconds=0.1, concurrency=8,
+             ttft_seconds=0.3, chunk_seconds=0.3, chunk_tokens=20, streams=20, stream_tokens=6,
+             stream_rate=20.0, stream_ramp=0.1, tokenize_prompt_chars=2000, tokenize_seconds=0.3,
+             use_wrk=False, settle_seconds=0.1)
 
 
 # --------------------------------------------------------------------------
@@ -400,6 +401,9 @@ class Bench:
         self.fake = Process("fake", [sys.executable, "-m", "bench.fake_upstream", "--port", str(self.fake_port),
                                      "--tokens", str(self.plan.response_tokens)], self.workdir, ROOT)
         wait_http(self.fake_port, "/health", 15, self.fake.proc)
+        self.relay_port = free_port()
+        self.relay = Process("relay", [sys.executable, "-m", "bench.relay", "--port", str(self.relay_port),
+                                       "--upstream", f"http://127.0.0.1:{self.fake_port}"], self.workdir, ROOT)
         self.gateway_port = free_port()
         self.config_path = self.workdir / "backends.yaml"
         write_config(self.config_path, self.fake_port, self.gateway_port, self.plan, self.args.log_level)
@@ -410,9 +414,11 @@ class Bench:
         self.gateway = Process("gateway", [sys.executable, "-m", "privatai", "serve", "--config",
                                            str(self.config_path)], self.workdir, self.src)
         wait_http(self.gateway_port, "/healthz", 60, self.gateway.proc)
+        wait_http(self.relay_port, "/healthz", 60, self.relay.proc)
         headers = [f"Authorization: Bearer {key}"] if key else []
-        self.meter = Meter(self.gateway, self.fake)
+        self.meter = Meter(self.gateway, self.fake, self.relay)
         self.direct = Load(self.fake_port, [], self.workdir, self.plan.use_wrk, self.meter)
+        self.floor = Load(self.relay_port, [], self.workdir, self.plan.use_wrk, self.meter)
         self.via = Load(self.gateway_port, headers, self.workdir, self.plan.use_wrk, self.meter)
         limits = self.gateway.ps.rlimit(psutil.RLIMIT_NOFILE)
         self.results["setup"] = {
@@ -429,16 +435,18 @@ class Bench:
             raise RuntimeError(f"the gateway does not answer chat requests: {check}\n{self.gateway.output()[-3000:]}")
 
     def stop(self) -> None:
-        for process in ("gateway", "fake"):
+        for process in ("gateway", "relay", "fake"):
             if hasattr(self, process):
                 getattr(self, process).stop()
 
     # -- scenarios ---------------------------------------------------------------
 
-    def pair(self, name: str, run: Any) -> dict[str, Any]:
-        """Run one scenario directly against the fake, then through the gateway."""
+    def pair(self, name: str, run: Any, relay: bool = True) -> dict[str, Any]:
+        """Run one scenario directly against the fake, through the bare relay
+        (the floor), then through the gateway."""
         out: dict[str, Any] = {}
-        for side, load in (("direct", self.direct), ("gateway", self.via)):
+        sides = [("direct", self.direct)] + ([("relay", self.floor)] if relay else []) + [("gateway", self.via)]
+        for side, load in sides:
             self.log(f"{name}: {side}")
             with self.meter.measure() as cpu:
                 result = run(load, side)
@@ -461,13 +469,14 @@ class Bench:
         p = self.plan
         for concurrency, name in ((1, "ttft_c1"), (p.concurrency, "ttft_c64")):
             self.pair(name, lambda load, side, c=concurrency: load.loadgen(
-                chat_body(f"bench@{p.ttft_rate:g}" if side == "direct" else "bench-ttft",
+                chat_body("bench-ttft" if side == "gateway" else f"bench@{p.ttft_rate:g}",
                           stream=True, tokens=p.ttft_tokens),
                 concurrency=c, duration=p.ttft_seconds, warmup=p.warmup_seconds / 2, stream=True))
 
     def chunks(self) -> None:
         p = self.plan
-        model = {"direct": f"bench@{p.chunk_rate:g}", "gateway": "bench-chunks"}
+        model = {"direct": f"bench@{p.chunk_rate:g}", "relay": f"bench@{p.chunk_rate:g}",
+                 "gateway": "bench-chunks"}
         self.pair("stream_chunks_c64", lambda load, side: load.loadgen(
             chat_body(model[side], stream=True, tokens=p.chunk_tokens), concurrency=p.concurrency,
             duration=p.chunk_seconds, stream=True))
@@ -491,12 +500,13 @@ class Bench:
     def many_streams(self) -> None:
         p = self.plan
         seconds = p.stream_tokens / p.stream_rate
-        for side, load, model in (("direct", self.direct, f"bench@{p.stream_rate:g}"),
-                                  ("gateway", self.via, "bench-paced")):
+        paced = f"bench@{p.stream_rate:g}"
+        for side, load, model, process in (("direct", self.direct, paced, self.fake),
+                                           ("relay", self.floor, paced, self.relay),
+                                           ("gateway", self.via, "bench-paced", self.gateway)):
             self.log(f"streams_{p.streams}: {side} ({p.streams} x {p.stream_tokens} tokens at "
                      f"{p.stream_rate:g}/s)")
-            process = self.gateway if side == "gateway" else self.fake
-            time.sleep(0.5)
+            time.sleep(p.settle_seconds)
             idle = process.rss()
             samples: list[tuple[float, int]] = []
             connections: list[int] = []
@@ -542,8 +552,8 @@ class Bench:
                 "open_tcp_connections_max": max(connections) if connections else None,
             })
             self.results[f"streams_{side}"] = result
-        self.results["streams"] = {"direct": self.results.pop("streams_direct"),
-                                   "gateway": self.results.pop("streams_gateway")}
+        self.results["streams"] = {side: self.results.pop(f"streams_{side}")
+                                   for side in ("direct", "relay", "gateway")}
 
     def tokenizing(self) -> None:
         """The path where the backend reports no usage and we count with tiktoken."""
@@ -571,121 +581,130 @@ class Bench:
         def lat(name: str, side: str, q: str) -> float | None:
             return r[name][side]["latency_ms"].get(q)
 
-        def cpu_per_chunk(entry: dict[str, Any]) -> float | None:
-            frames = entry.get("frames") or 0
-            return round(entry["gateway_cpu_s"] / frames * 1e6, 2) if frames else None
+        def ttft(name: str, side: str, q: str) -> float | None:
+            return r[name][side]["ttft_ms"].get(q)
+
+        def per_chunk(name: str, side: str) -> float | None:
+            entry = r[name].get(side)
+            if not entry or not entry.get("frames"):
+                return None
+            return round(entry[f"{side}_cpu_s"] / entry["frames"] * 1e6, 2)
+
+        def per_request(name: str, side: str) -> float | None:
+            entry = r[name][side]
+            return round(entry[f"{side}_cpu_s"] / entry["ok"] * 1e6, 1) if entry["ok"] else None
 
         s: dict[str, Any] = {
             "added_p50_ms_c1": diff(lat("latency_c1", "gateway", "p50"), lat("latency_c1", "direct", "p50")),
             "added_p99_ms_c1": diff(lat("latency_c1", "gateway", "p99"), lat("latency_c1", "direct", "p99")),
-            "added_p50_ms_c64": diff(lat("throughput_c64", "gateway", "p50"),
-                                     lat("throughput_c64", "direct", "p50")),
-            "added_p99_ms_c64": diff(lat("throughput_c64", "gateway", "p99"),
-                                     lat("throughput_c64", "direct", "p99")),
+            "added_p50_ms_c64": diff(lat("throughput_c64", "gateway", "p50"), lat("throughput_c64", "direct", "p50")),
+            "added_p99_ms_c64": diff(lat("throughput_c64", "gateway", "p99"), lat("throughput_c64", "direct", "p99")),
+            "relay_added_p50_ms_c1": diff(lat("latency_c1", "relay", "p50"), lat("latency_c1", "direct", "p50")),
             "direct_rps_c64": r["throughput_c64"]["direct"]["rps"],
+            "relay_rps_c64": r["throughput_c64"]["relay"]["rps"],
             "gateway_rps_c64": r["throughput_c64"]["gateway"]["rps"],
-            "gateway_rps_c1": r["latency_c1"]["gateway"]["rps"],
             "gateway_rps_c64_ollama": r["throughput_c64_ollama"]["gateway"]["rps"],
-            "ttft_added_p50_ms_c1": diff(r["ttft_c1"]["gateway"]["ttft_ms"]["p50"],
-                                         r["ttft_c1"]["direct"]["ttft_ms"]["p50"]),
-            "ttft_added_p99_ms_c1": diff(r["ttft_c1"]["gateway"]["ttft_ms"]["p99"],
-                                         r["ttft_c1"]["direct"]["ttft_ms"]["p99"]),
-            "ttft_added_p50_ms_c64": diff(r["ttft_c64"]["gateway"]["ttft_ms"]["p50"],
-                                          r["ttft_c64"]["direct"]["ttft_ms"]["p50"]),
-            "cpu_us_per_chunk": cpu_per_chunk(r["stream_chunks_c64"]["gateway"]),
-            "cpu_us_per_chunk_instant": cpu_per_chunk(r["stream_instant_c64"]["gateway"]),
-            "cpu_us_per_chunk_ollama": cpu_per_chunk(r["stream_chunks_c64_ollama"]["gateway"]),
-            "cpu_us_per_chunk_streams": cpu_per_chunk(r["streams"]["gateway"]),
+            "gateway_vs_relay_rps_c64": pct(r["throughput_c64"]["gateway"]["rps"], r["throughput_c64"]["relay"]["rps"]),
+            "gateway_cpu_us_per_request_c1": per_request("latency_c1", "gateway"),
+            "gateway_cpu_us_per_request_c64": per_request("throughput_c64", "gateway"),
+            "relay_cpu_us_per_request_c64": per_request("throughput_c64", "relay"),
+            "ttft_added_p50_ms_c1": diff(ttft("ttft_c1", "gateway", "p50"), ttft("ttft_c1", "direct", "p50")),
+            "ttft_added_p99_ms_c1": diff(ttft("ttft_c1", "gateway", "p99"), ttft("ttft_c1", "direct", "p99")),
+            "ttft_added_p50_ms_c64": diff(ttft("ttft_c64", "gateway", "p50"), ttft("ttft_c64", "direct", "p50")),
+            "cpu_us_per_chunk": per_chunk("stream_chunks_c64", "gateway"),
+            "relay_cpu_us_per_chunk": per_chunk("stream_chunks_c64", "relay"),
+            "cpu_us_per_chunk_instant": per_chunk("stream_instant_c64", "gateway"),
+            "cpu_us_per_chunk_ollama": per_chunk("stream_chunks_c64_ollama", "gateway"),
+            "cpu_us_per_chunk_streams": per_chunk("streams", "gateway"),
+            "relay_cpu_us_per_chunk_streams": per_chunk("streams", "relay"),
             "streams": p.streams,
             "streams_ok": r["streams"]["gateway"]["ok"],
             "streams_errors": r["streams"]["gateway"]["errors"],
             "streams_direct_errors": r["streams"]["direct"]["errors"],
+            "streams_relay_errors": r["streams"]["relay"]["errors"],
             "rss_kib_per_stream": r["streams"]["gateway"]["rss_kib_per_stream"],
+            "relay_rss_kib_per_stream": r["streams"]["relay"]["rss_kib_per_stream"],
             "tokenize_rps_c64_backend_usage": r["tokenize"]["backend_usage_c64"]["rps"],
             "tokenize_rps_c64_counted": r["tokenize"]["counted_c64"]["rps"],
             "tokenize_added_p50_ms_c1": diff(r["tokenize"]["counted_c1"]["latency_ms"]["p50"],
                                              r["tokenize"]["backend_usage_c1"]["latency_ms"]["p50"]),
         }
-        for name in ("latency_c1", "throughput_c64"):
-            entry = r[name]["gateway"]
-            if entry["ok"]:
-                s[f"gateway_cpu_us_per_request_{name[-3:]}"] = round(entry["gateway_cpu_s"] * 1e6 / entry["ok"], 1)
-        s["targets"] = {
-            "added_p50_ms_c1": _check(s["added_p50_ms_c1"], TARGETS["added_p50_ms_c1"], "max"),
-            "gateway_rps_c64": _check(s["gateway_rps_c64"], TARGETS["gateway_rps_c64"], "min"),
-            "cpu_us_per_chunk": _check(s["cpu_us_per_chunk"], TARGETS["cpu_us_per_chunk"], "max"),
-            "streams_errors": _check(s["streams_errors"], TARGETS["streams_errors"], "max"),
-            "rss_kib_per_stream": _check(s["rss_kib_per_stream"], TARGETS["rss_kib_per_stream"], "max"),
-        }
+        s["targets"] = {key: _check(s[key], TARGETS[key], "min" if key == "gateway_rps_c64" else "max")
+                        for key in TARGETS}
         return s
 
     def report(self, summary: dict[str, Any]) -> str:
         r = self.results
         p = self.plan
         t = summary["targets"]
+        c = p.concurrency
 
-        def mark(key: str) -> str:
-            return {True: "met", False: "**missed**", None: "n/a"}[t[key]]
+        def mark(key: str, text: str) -> str:
+            return f"{text}: " + {True: "met", False: "**missed**", None: "n/a"}[t[key]]
 
-        def fmt(v: Any) -> str:
-            if v is None:
-                return "–"
-            if isinstance(v, float):
-                return f"{v:,.3f}".rstrip("0").rstrip(".") if abs(v) < 100 else f"{v:,.0f}"
-            return f"{v:,}" if isinstance(v, int) else str(v)
+        rows: list[list[str]] = []
 
-        rows: list[tuple[str, Any, Any, str, str]] = []
+        def row(label: str, direct: Any, relay: Any, gateway: Any, compare: str = "", target: str = "") -> None:
+            rows.append([label, fmt(direct), fmt(relay), fmt(gateway), compare, target])
 
-        def row(label: str, direct: Any, gateway: Any, compare: str = "", target: str = "") -> None:
-            rows.append((label, fmt(direct), fmt(gateway), compare, target))
+        def sides(name: str, *path: str) -> tuple[Any, Any, Any]:
+            def get(side: str) -> Any:
+                value: Any = r[name].get(side)
+                for key in path:
+                    value = None if value is None else value.get(key)
+                return value
+            return get("direct"), get("relay"), get("gateway")
 
-        for name, label in (("latency_c1", "concurrency 1"), ("throughput_c64", f"concurrency {p.concurrency}")):
-            d, g = r[name]["direct"]["latency_ms"], r[name]["gateway"]["latency_ms"]
+        for name, label in (("latency_c1", "concurrency 1"), ("throughput_c64", f"concurrency {c}")):
             for q in ("p50", "p99"):
-                added = diff(g[q], d[q])
-                target = f"added ≤ 1 ms: {mark('added_p50_ms_c1')}" if name == "latency_c1" and q == "p50" else ""
-                row(f"non-streaming latency {q}, {label} (ms)", d[q], g[q], f"+{fmt(added)} ms", target)
-        d, g = r["throughput_c64"]["direct"], r["throughput_c64"]["gateway"]
-        row(f"non-streaming throughput, concurrency {p.concurrency} (req/s)", d["rps"], g["rps"],
-            f"{fmt(pct(g['rps'], d['rps']))}× direct", f"≥ 2,000: {mark('gateway_rps_c64')}")
-        row(f"same, Ollama upstream (req/s)", None, r["throughput_c64_ollama"]["gateway"]["rps"],
-            f"{fmt(pct(r['throughput_c64_ollama']['gateway']['rps'], d['rps']))}× direct")
-        row("errors in the above (direct / gateway)", d["errors"] + r["latency_c1"]["direct"]["errors"],
-            g["errors"] + r["latency_c1"]["gateway"]["errors"])
-        for name, label in (("ttft_c1", "concurrency 1"), ("ttft_c64", f"concurrency {p.concurrency}")):
-            d, g = r[name]["direct"]["ttft_ms"], r[name]["gateway"]["ttft_ms"]
-            row(f"time to first token p50, {label} (ms)", d["p50"], g["p50"], f"+{fmt(diff(g['p50'], d['p50']))} ms")
-            row(f"time to first token p99, {label} (ms)", d["p99"], g["p99"], f"+{fmt(diff(g['p99'], d['p99']))} ms")
-        for name, label in (("stream_chunks_c64", f"paced at {p.chunk_rate:g} tokens/s"),
-                            ("stream_instant_c64", "instant upstream"),
-                            ("stream_chunks_c64_ollama", f"Ollama, paced at {p.chunk_rate:g} tokens/s")):
+                d, f, g = sides(name, "latency_ms", q)
+                target = mark("added_p50_ms_c1", "added ≤ 1 ms") if name == "latency_c1" and q == "p50" else ""
+                row(f"non-streaming latency {q}, {label} (ms)", d, f, g, f"+{fmt(diff(g, d))} ms", target)
+        d, f, g = sides("throughput_c64", "rps")
+        row(f"non-streaming throughput, concurrency {c} (req/s)", d, f, g,
+            f"{fmt(pct(g, f))}× relay, {fmt(pct(g, d))}× direct", mark("gateway_rps_c64", "≥ 2,000"))
+        og = r["throughput_c64_ollama"]["gateway"]["rps"]
+        row("same, Ollama upstream (req/s)", None, None, og, f"{fmt(pct(og, f))}× relay")
+        f, g = summary["relay_cpu_us_per_request_c64"], summary["gateway_cpu_us_per_request_c64"]
+        row(f"server CPU per request, concurrency {c} (µs)", None, f, g, f"{fmt(pct(g, f))}× relay")
+        errors = [sum(r[n][side]["errors"] for n in ("latency_c1", "throughput_c64")) for side in ("direct", "relay", "gateway")]
+        row("errors in the above", *errors)
+        for name, label in (("ttft_c1", "concurrency 1"), ("ttft_c64", f"concurrency {c}")):
+            for q in ("p50", "p99"):
+                d, f, g = sides(name, "ttft_ms", q)
+                row(f"time to first token {q}, {label} (ms)", d, f, g, f"+{fmt(diff(g, d))} ms")
+        for name, label in (("stream_chunks_c64", f"{c} streams paced at {p.chunk_rate:g} tokens/s"),
+                            ("stream_instant_c64", f"{c} streams, instant upstream"),
+                            ("stream_chunks_c64_ollama", f"{c} streams, Ollama upstream, {p.chunk_rate:g} tokens/s")):
+            f = None
+            if "relay" in r[name] and r[name]["relay"].get("frames"):
+                f = round(r[name]["relay"]["relay_cpu_s"] / r[name]["relay"]["frames"] * 1e6, 2)
             g = r[name]["gateway"]
-            frames = g.get("frames") or 0
-            direct_frames = r[name].get("direct", {}).get("frames")
-            per = round(g["gateway_cpu_s"] / frames * 1e6, 2) if frames else None
-            target = f"≤ 20 µs: {mark('cpu_us_per_chunk')}" if name == "stream_chunks_c64" else ""
-            row(f"gateway CPU per chunk, {p.concurrency} streams {label} (µs)", None, per,
-                f"{fmt(frames)} chunks ({fmt(direct_frames)} direct)", target)
-        d, g = r["streams"]["direct"], r["streams"]["gateway"]
-        row(f"{p.streams} streams × {p.stream_tokens} tokens at {p.stream_rate:g}/s: completed",
-            d["ok"], g["ok"])
-        row(f"{p.streams} streams: errors", d["errors"], g["errors"], "", f"0: {mark('streams_errors')}")
-        row(f"{p.streams} streams: resident memory per open stream (KiB)", d["rss_kib_per_stream"],
-            g["rss_kib_per_stream"], f"RSS {fmt(g['rss_idle_mib'])} → {fmt(g['rss_plateau_mib'])} MiB",
-            f"≤ 64 KiB: {mark('rss_kib_per_stream')}")
-        row(f"{p.streams} streams: gateway CPU per chunk (µs)", None, summary["cpu_us_per_chunk_streams"],
-            f"{fmt(g['frames'])} chunks")
-        row(f"{p.streams} streams: time to first token p99 (ms)", d["ttft_ms"]["p99"], g["ttft_ms"]["p99"])
+            per = round(g["gateway_cpu_s"] / g["frames"] * 1e6, 2) if g.get("frames") else None
+            target = mark("cpu_us_per_chunk", "≤ 20 µs") if name == "stream_chunks_c64" else ""
+            row(f"server CPU per chunk, {label} (µs)", None, f, per,
+                f"{fmt(pct(per, f))}× relay; {fmt(g.get('frames'))} chunks", target)
+        n = f"{p.streams} streams × {p.stream_tokens} tokens at {p.stream_rate:g}/s"
+        row(f"{n}: completed", *sides("streams", "ok"))
+        row(f"{n}: errors", *sides("streams", "errors"), "", mark("streams_errors", "0"))
+        g = r["streams"]["gateway"]
+        row(f"{n}: resident memory per open stream (KiB)", *sides("streams", "rss_kib_per_stream"),
+            f"gateway RSS {fmt(g['rss_idle_mib'])} → {fmt(g['rss_plateau_mib'])} MiB",
+            mark("rss_kib_per_stream", "≤ 64 KiB"))
+        row(f"{n}: server CPU per chunk (µs)", None, summary["relay_cpu_us_per_chunk_streams"],
+            summary["cpu_us_per_chunk_streams"],
+            f"{fmt(pct(summary['cpu_us_per_chunk_streams'], summary['relay_cpu_us_per_chunk_streams']))}× relay")
+        row(f"{n}: time to first token p99 (ms)", *sides("streams", "ttft_ms", "p99"))
         tk = r["tokenize"]
-        row(f"backend reports no usage, {tk['prompt_chars']:,}-char prompt: p50, concurrency 1 (ms)",
-            tk["backend_usage_c1"]["latency_ms"]["p50"], tk["counted_c1"]["latency_ms"]["p50"],
-            f"+{fmt(summary['tokenize_added_p50_ms_c1'])} ms for counting")
-        row(f"same, throughput at concurrency {p.concurrency} (req/s)", tk["backend_usage_c64"]["rps"],
-            tk["counted_c64"]["rps"], "left: backend usage; right: counted with tiktoken")
-
-        lines = ["| measure | direct to fake | through gateway | gateway vs direct | target |",
-                 "|---|---:|---:|---|---|"]
-        lines += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows]
+        row(f"no usage from the backend, {tk['prompt_chars']:,}-char prompt, p50 at concurrency 1 (ms): "
+            "with usage → counted", tk["backend_usage_c1"]["latency_ms"]["p50"], None,
+            tk["counted_c1"]["latency_ms"]["p50"], f"+{fmt(summary['tokenize_added_p50_ms_c1'])} ms to count")
+        row(f"same, throughput at concurrency {c} (req/s): with usage → counted",
+            tk["backend_usage_c64"]["rps"], None, tk["counted_c64"]["rps"],
+            f"{fmt(pct(tk['counted_c64']['rps'], tk['backend_usage_c64']['rps']))}×")
+        lines = ["| measure | direct to fake | bare relay (floor) | PrivatAI gateway | gateway vs others | target |",
+                 "|---|---:|---:|---:|---|---|"]
+        lines += ["| " + " | ".join(cells) + " |" for cells in rows]
         return "\n".join(lines)
 
     def run(self) -> dict[str, Any]:
@@ -722,6 +741,14 @@ class Bench:
         }
         document["table"] = self.report(summary)
         return document
+
+
+def fmt(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:,.3f}".rstrip("0").rstrip(".") if abs(v) < 100 else f"{v:,.0f}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
 
 
 def _check(value: float | None, target: float, kind: str) -> bool | None:

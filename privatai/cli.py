@@ -13,6 +13,9 @@ from .config import Config, load_config
 from .errors import ConfigError
 
 
+LISTEN_BACKLOG = 4096
+
+
 def _load(path: str) -> Config:
     try:
         return load_config(path)
@@ -37,8 +40,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(config)
     host, port = config.server.host, config.server.port
     print(f"PrivatAI listening on http://{host}:{port}/api/v1 (and /v1)", flush=True)
+    # Sanic's default listen backlog of 100 overflows when hundreds of clients
+    # connect at once (streams opening together): the kernel then drops their
+    # handshakes and they retry seconds later. The kernel caps this value at
+    # net.core.somaxconn.
     app.run(host=host, port=port, single_process=True, access_log=False, debug=False,
-            motd=False, auto_reload=False)
+            motd=False, auto_reload=False, backlog=LISTEN_BACKLOG)
     return 0
 
 

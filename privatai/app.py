@@ -6,7 +6,7 @@ import logging
 import signal
 import time
 from sanic import Request, Sanic
-from sanic.exceptions import SanicException
+from sanic.exceptions import RequestCancelled, SanicException
 from sanic.handlers import ErrorHandler
 from sanic.response import HTTPResponse, json
 
@@ -51,7 +51,9 @@ class OpenAIErrorHandler(ErrorHandler):
 
     def default(self, request: Request, exception: Exception) -> HTTPResponse:
         error = to_api_error(exception)
-        if error.status >= 500:
+        # RequestCancelled: the client closed the connection mid-request
+        # (normal under load, every load generator does it at the end).
+        if error.status >= 500 and not isinstance(exception, RequestCancelled):
             log.error("request failed: %s", describe_error(exception))
         return json(error.to_dict(), status=error.status, headers=error.headers)
 

@@ -10,6 +10,7 @@ from sanic.exceptions import RequestCancelled, SanicException
 from sanic.handlers import ErrorHandler
 from sanic.response import HTTPResponse, json
 
+from .api import webchat
 from .api.chat import chat_completions
 from .api.health import first_probe, healthz, readyz
 from .api.metrics import metrics_endpoint
@@ -18,7 +19,7 @@ from .api.usage import usage
 from .middleware.auth import authenticate
 from .config import Config
 from .errors import InvalidRequest, NotFound, PayloadTooLarge, PrivatAIError
-from .logs import describe_error
+from .logs import describe_error, loop_exception_handler
 from .router import Router
 from .state import AppState
 from .store import Store
@@ -50,6 +51,11 @@ class OpenAIErrorHandler(ErrorHandler):
     """Every error as OpenAI's error JSON; logged by class and status only."""
 
     def default(self, request: Request, exception: Exception) -> HTTPResponse:
+        if isinstance(exception, asyncio.CancelledError):
+            # The client went away (Sanic's RequestCancelled): not a server
+            # error. Nobody reads this response; 499 is nginx's name for it.
+            request.ctx.error = "client_disconnected"
+            return json(PrivatAIError("Client closed the request.").to_dict(), status=499)
         error = to_api_error(exception)
         # RequestCancelled: the client closed the connection mid-request
         # (normal under load, every load generator does it at the end).
@@ -85,6 +91,8 @@ def create_app(config: Config, *, name: str = "privatai") -> Sanic:
     app.add_route(readyz, "/readyz", methods=["GET"], name="readyz")
     if config.metrics.enabled:
         app.add_route(metrics_endpoint(config.metrics), "/metrics", methods=["GET"], name="metrics")
+    if config.web_chat.enabled:
+        webchat.register(app)
 
     @app.on_request(priority=1000)
     async def start_clock(request: Request) -> None:
@@ -103,6 +111,11 @@ def create_app(config: Config, *, name: str = "privatai") -> Sanic:
 
     @app.before_server_start
     async def open_resources(app: Sanic) -> None:
+        if app.state.is_debug:
+            # Debug mode puts tracebacks (with request values) into responses and logs.
+            raise RuntimeError("Sanic debug mode is not allowed: it can expose request content")
+        # asyncio's default handler logs reprs that can quote a prompt.
+        asyncio.get_running_loop().set_exception_handler(loop_exception_handler)
         state: AppState = app.ctx.state
         state.store = await Store.from_config(config.store)
         state.recorder = state.store.recorder

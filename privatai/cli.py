@@ -1,4 +1,4 @@
-"""`privatai serve | quickstart | reload | check | accounts | keys | usage`"""
+"""`privatai serve | quickstart | reload | check | accounts | keys | usage | audit`"""
 from __future__ import annotations
 
 import argparse
@@ -49,10 +49,12 @@ def _address(config: Config, args: argparse.Namespace) -> tuple[str, int]:
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args.config)
     from .app import create_app
+    from .hardening import disable_core_dumps
     from .logs import setup_logging
 
     config.server.host, config.server.port = _address(config, args)
-    setup_logging(config.logging.level, config.logging.format)
+    setup_logging(config.logging.level, config.logging.format, config.logging.third_party_level)
+    disable_core_dumps()
     app = create_app(config)
 
     @app.after_server_start
@@ -152,7 +154,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import admin_cli
+    from . import admin_cli, audit
 
     parser = argparse.ArgumentParser(prog="privatai", description="Privacy-first OpenAI-compatible LLM gateway")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -171,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate the config and probe every backend")
     check.add_argument("--config", default="backends.yaml", help="path to backends.yaml")
     check.set_defaults(func=cmd_check)
+    audit.register(sub)
     return parser
 
 

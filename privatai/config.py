@@ -27,7 +27,7 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000
-    workers: Literal[1] = 1
+    workers: PositiveInt = 1
     max_body_bytes: PositiveInt = 4 * 1024 * 1024
     # Sanic's RESPONSE_TIMEOUT; it is reset on every write, and streams send
     # keep-alive comments, so this bounds only a completely silent response.
@@ -46,6 +46,9 @@ class StoreConfig(_Section):
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
+    # Level of every other library's loggers (httpx, httpcore, sanic...). DEBUG
+    # helps with connection problems; their records are scrubbed at any level.
+    third_party_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
     # Off by default: no client address at all. When on, a keyed hash of it.
     hashed_client_ip: bool = False
 
@@ -174,6 +177,10 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 
 
 def _check(config: Config) -> None:
+    if config.server.workers != 1:
+        raise ConfigError(config.source, "server.workers",
+                          "must be 1: the web-chat limits and the usage batches live in this one "
+                          "process's memory; run several gateways behind a proxy instead")
     names: set[str] = set()
     for i, backend in enumerate(config.backends):
         where = f"backends[{i}]"

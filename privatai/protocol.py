@@ -75,7 +75,9 @@ class ToolMessage(msgspec.Struct, tag_field="role", tag="tool"):
 Message = Union[SystemMessage, DeveloperMessage, UserMessage, AssistantMessage, ToolMessage]
 
 
-class FunctionDef(msgspec.Struct):
+class FunctionDef(msgspec.Struct, omit_defaults=True):
+    # omit_defaults: unset fields are left out upstream, not sent as null
+    # (strict servers reject "strict": null).
     name: str
     description: str | None = None
     parameters: dict[str, Any] | None = None
@@ -125,6 +127,23 @@ class ChatRequest(msgspec.Struct, kw_only=True):
         if self.stop is None:
             return None
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    def sampling_options(self, max_tokens_key: str = "max_tokens") -> dict[str, Any]:
+        """The sampling options the client set, under OpenAI's names (the
+        output limit under ``max_tokens_key``). Unset ones are left out, so
+        the model's own defaults apply rather than ours."""
+        options: dict[str, Any] = {}
+        if self.temperature is not None:
+            options["temperature"] = self.temperature
+        if self.top_p is not None:
+            options["top_p"] = self.top_p
+        if self.max_output_tokens is not None:
+            options[max_tokens_key] = self.max_output_tokens
+        if self.stop is not None:
+            options["stop"] = self.stop_list
+        if self.seed is not None:
+            options["seed"] = self.seed
+        return options
 
     @property
     def include_usage(self) -> bool:

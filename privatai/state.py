@@ -11,7 +11,7 @@ from sanic import Request
 
 from .config import Config
 from .events import Usage
-from .logs import access_log, describe_error
+from .logs import access_log, describe_error, hash_client
 from .metrics import Metrics
 from .router import Router
 
@@ -74,7 +74,8 @@ class AppState:
             self.recorder.record(principal, model, usage.prompt_tokens, usage.completion_tokens)
 
     def log_access(self, request: Request, status: int, nbytes: int | None = None) -> None:
-        """One content-free line per request: never a body, header, query or address."""
+        """One content-free line per request: never a body, header, query or
+        address (a keyed hash of the address when ``hashed_client_ip`` is on)."""
         if getattr(request.ctx, "logged", False):
             return
         request.ctx.logged = True
@@ -99,6 +100,9 @@ class AppState:
             fields["backend"] = info.backend
         if principal is not None:
             fields["key"] = principal.key_prefix
+        if self.config.logging.hashed_client_ip:
+            # The socket peer, never a header a client can set.
+            fields["client"] = hash_client(request.ip)
         if usage is not None:
             fields["tokens_in"] = usage.prompt_tokens
             fields["tokens_out"] = usage.completion_tokens

@@ -32,8 +32,11 @@ def embedded_backend(**overrides: Any) -> dict[str, Any]:
 class Gateway:
     """A gateway process with its own config, database and captured output."""
 
-    def __init__(self, workdir: Path, config: dict[str, Any], env: dict[str, str] | None = None) -> None:
+    def __init__(self, workdir: Path, config: dict[str, Any], env: dict[str, str] | None = None,
+                 launcher: list[str] | None = None) -> None:
         self.workdir = workdir
+        # How `privatai serve ...` is started (e.g. inside a sandbox).
+        self.launcher = launcher or [sys.executable, "-m", "privatai"]
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         config = dict(config)
@@ -69,7 +72,7 @@ class Gateway:
     def start(self, timeout: float = 120.0) -> "Gateway":
         out = self.output_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "privatai", "serve", "--config", str(self.config_path)],
+            [*self.launcher, "serve", "--config", str(self.config_path)],
             stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=self.env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -40,7 +40,7 @@ def test_shipped_file_is_valid_and_defaults_to_embedded() -> None:
      "default_model", "not served"),
     ("backends: [\n", "line 2, column 1", "not valid YAML"),
     ("backends:\n  - name: a\n    kind: embedded\n    models: [m]\nserver:\n  workers: 4\n",
-     "server.workers", "Invalid enum value"),
+     "server.workers", "must be 1: the web-chat limits and the usage batches live in this one process"),
 ])
 def test_errors_name_file_path_and_reason(tmp_path: Path, text: str, path: str, reason: str) -> None:
     file = write(tmp_path, text)

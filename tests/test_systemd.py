@@ -384,3 +384,40 @@ def test_embedded_model_runs_with_the_units_proc_view(tmp_path: Path) -> None:
         pytest.skip("needs unshare(1) with mount and pid namespaces (root)")
     mount_proc = "mount -t proc -o subset=pid,hidepid=invisible proc /proc && test ! -e /proc/cpuinfo && exec \"$@\""
     _run_sandboxed(tmp_path, [unshare, "--mount", "--pid", "--fork", "sh", "-c", mount_proc, "sh"])
+
+
+@pytest.mark.slow
+@needs_analyze
+def test_real_gateway_serves_under_the_units_seccomp_rules(tmp_path: Path) -> None:
+    """`privatai serve` itself, with the embedded model, under the unit's
+    system-call and memory rules: a streamed answer, usage, a graceful stop."""
+    import ctypes.util
+    import json
+    import signal
+    import sys
+
+    import httpx
+
+    from tests.gateway import Gateway, embedded_backend
+
+    if ctypes.util.find_library("seccomp") is None:
+        pytest.skip("libseccomp not installed (Debian: libseccomp2)")
+    serve = tmp_path / "serve.py"
+    serve.write_text("import sys\nfrom privatai.cli import main\nraise SystemExit(main(sys.argv[1:]))\n")
+    gateway = Gateway(tmp_path / "gw", {"backends": [embedded_backend()]}, env={"PYTHONPATH": str(ROOT)},
+                      launcher=[sys.executable, str(ROOT / "tests" / "unit_sandbox.py"), str(UNIT), str(serve)])
+    key = gateway.create_key()
+    with gateway:
+        headers = {"Authorization": f"Bearer {key}"}
+        with httpx.stream("POST", f"{gateway.base_url}/chat/completions", headers=headers, timeout=120,
+                          json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8,
+                                "stream": True}) as response:
+            lines = [line for line in response.iter_lines() if line.startswith("data: ")]
+        assert lines[-1] == "data: [DONE]"
+        usage = json.loads(lines[-2][6:])["usage"]
+        assert usage["completion_tokens"] > 0
+        assert gateway.proc is not None
+        gateway.proc.send_signal(signal.SIGTERM)
+        assert gateway.proc.wait(60) == 0, gateway.output()
+        gateway.proc = None
+    assert "Traceback" not in gateway.output()

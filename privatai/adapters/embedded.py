@@ -21,6 +21,7 @@ from ..errors import BackendError, BackendUnavailable, UpstreamRejected
 from ..events import Event, Finish, TextDelta, ToolCallDelta
 from ..protocol import ChatRequest, message_to_openai, tools_to_openai
 from .base import Adapter
+from .llama_guard import check_grammars, quiet_llama_log
 
 _END = object()
 
@@ -47,10 +48,11 @@ class EmbeddedAdapter(Adapter):
         super().__init__(config)
         self._llm: Any = None
         self._lock = asyncio.Lock()
-        # One thread: the model is used by one generation at a time anyway.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="privatai-llama")
+        self._executor: ThreadPoolExecutor | None = None
 
     async def start(self) -> None:
+        # One thread: the model is used by one generation at a time anyway.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="privatai-llama")
         path = Path(self.config.model_path) if self.config.model_path else bundled_model_path()
         threads = self.config.n_threads or max(1, (os.cpu_count() or 2) // 2)
         loop = asyncio.get_running_loop()
@@ -64,10 +66,13 @@ class EmbeddedAdapter(Adapter):
                 "llama-cpp-python is not installed: pip install 'privatai[embedded]'.") from None
         if not path.is_file():
             raise BackendUnavailable(f"Model file not found: {path}")
+        quiet_llama_log()
         return Llama(model_path=str(path), n_ctx=self.config.n_ctx, n_threads=threads, verbose=False)
 
     async def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
         if self._llm is not None:
             self._llm.close()
             self._llm = None
@@ -84,14 +89,7 @@ class EmbeddedAdapter(Adapter):
             "messages": [message_to_openai(m) for m in request.messages],
             "stream": True,
         }
-        for name in ("temperature", "top_p", "seed"):
-            value = getattr(request, name)
-            if value is not None:
-                kwargs[name] = value
-        if request.max_output_tokens is not None:
-            kwargs["max_tokens"] = request.max_output_tokens
-        if request.stop_list:
-            kwargs["stop"] = request.stop_list
+        kwargs.update(request.sampling_options())
         if request.tools:
             kwargs["tools"] = tools_to_openai(request.tools)
             if request.tool_choice is not None:
@@ -117,10 +115,13 @@ class EmbeddedAdapter(Adapter):
                 # changes the numerics, so the same request with the same seed
                 # could answer differently; it also drops the last prompt.
                 llm.reset()
+                check_grammars(llm, kwargs)
                 for chunk in llm.create_chat_completion(**kwargs):
                     if stop.is_set():
                         break
                     loop.call_soon_threadsafe(queue.put_nowait, chunk)
+            except UpstreamRejected as exc:
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
             except ValueError as exc:  # llama-cpp raises ValueError for a prompt over n_ctx
                 loop.call_soon_threadsafe(queue.put_nowait, UpstreamRejected(str(exc)))
             except Exception as exc:  # noqa: BLE001 - crosses the thread; typed below

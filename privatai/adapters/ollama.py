@@ -41,6 +41,7 @@ from ..protocol import (
     SystemMessage,
     ToolMessage,
     text_of,
+    tools_to_openai,
 )
 from .base import Adapter
 from .openai_stream import (
@@ -50,7 +51,6 @@ from .openai_stream import (
     auth_headers,
     new_call_id,
     normalize_finish,
-    tools_to_upstream,
 )
 from .think_tags import ThinkTagSplitter
 from .upstream_errors import classify, error_details
@@ -112,7 +112,7 @@ def build_chat_body(request: ChatRequest, model: str) -> dict[str, Any]:
     body: dict[str, Any] = {"model": model, "messages": messages_to_ollama(request.messages), "stream": True}
     # Ollama has no tool_choice; "none" is honoured by not offering the tools.
     if request.tools and request.tool_choice != "none":
-        body["tools"] = tools_to_upstream(request.tools)
+        body["tools"] = tools_to_openai(request.tools)
     think = request.think if request.think is not None else _EFFORT_TO_THINK.get(request.reasoning_effort or "")
     if think is not None:
         body["think"] = think
@@ -123,17 +123,7 @@ def build_chat_body(request: ChatRequest, model: str) -> dict[str, Any]:
         # OpenAI wraps the schema as {"name", "schema", "strict"}; Ollama wants the schema.
         schema = fmt.json_schema.get("schema", fmt.json_schema)
         body["format"] = schema
-    options: dict[str, Any] = {}
-    if request.temperature is not None:
-        options["temperature"] = request.temperature
-    if request.top_p is not None:
-        options["top_p"] = request.top_p
-    if request.max_output_tokens is not None:
-        options["num_predict"] = request.max_output_tokens
-    if request.stop is not None:
-        options["stop"] = request.stop_list
-    if request.seed is not None:
-        options["seed"] = request.seed
+    options = request.sampling_options(max_tokens_key="num_predict")
     if options:
         body["options"] = options
     return body

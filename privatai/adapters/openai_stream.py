@@ -24,7 +24,7 @@ import orjson
 from ..config import BackendConfig
 from ..errors import BackendError, BackendUnavailable, ConfigError, PrivatAIError
 from ..events import Event, Finish, TextDelta, ThinkingDelta, ToolCallDelta, Usage
-from ..protocol import ChatRequest, Tool, message_to_openai
+from ..protocol import ChatRequest, message_to_openai, tools_to_openai
 from .base import Adapter
 from .think_tags import ThinkTagSplitter
 from .upstream_errors import MAX_ERROR_BODY, classify, error_details, parse_error_body
@@ -96,38 +96,13 @@ def build_body(request: ChatRequest, model: str) -> dict[str, Any]:
         "stream_options": {"include_usage": True},
     }
     if request.tools:
-        body["tools"] = tools_to_upstream(request.tools)
+        body["tools"] = tools_to_openai(request.tools)
     if request.tool_choice is not None:
         body["tool_choice"] = request.tool_choice
-    if request.temperature is not None:
-        body["temperature"] = request.temperature
-    if request.top_p is not None:
-        body["top_p"] = request.top_p
-    if request.max_output_tokens is not None:
-        body["max_tokens"] = request.max_output_tokens
-    if request.stop is not None:
-        body["stop"] = request.stop_list
-    if request.seed is not None:
-        body["seed"] = request.seed
+    body.update(request.sampling_options())
     if request.response_format is not None:
         body["response_format"] = response_format_to_openai(request)
     return body
-
-
-def tools_to_upstream(tools: list[Tool]) -> list[dict[str, Any]]:
-    """Tool definitions as OpenAI JSON, without the unset fields (no ``"strict": null``
-    for servers that validate strictly)."""
-    out = []
-    for tool in tools:
-        function: dict[str, Any] = {"name": tool.function.name}
-        if tool.function.description is not None:
-            function["description"] = tool.function.description
-        if tool.function.parameters is not None:
-            function["parameters"] = tool.function.parameters
-        if tool.function.strict is not None:
-            function["strict"] = tool.function.strict
-        out.append({"type": "function", "function": function})
-    return out
 
 
 def response_format_to_openai(request: ChatRequest) -> dict[str, Any]:

@@ -153,7 +153,6 @@ async def _stream(request: Request, state: AppState, events: AsyncIterator[Event
         return None
     except Exception as exc:
         if response is None:
-            request.ctx.streaming = False  # so the access middleware logs the error response
             raise  # nothing sent yet: the error handler answers with a status
         # Once streaming began, errors go in-band; the SDK raises on them.
         error = exc if isinstance(exc, PrivatAIError) else PrivatAIError("Internal server error.")
@@ -175,3 +174,7 @@ async def _stream(request: Request, state: AppState, events: AsyncIterator[Event
                 on_done(None)
         if response is not None:
             state.log_access(request, 200, sent)
+        else:
+            # Nothing was sent: the error handler's response (or a client
+            # disconnect) is logged by the access middleware as for any request.
+            request.ctx.streaming = False

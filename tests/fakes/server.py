@@ -194,7 +194,8 @@ class FakeBackend:
         # once, which is how we observe the disconnect.
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        # A restarted fake takes its old port again: a backend that comes back.
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port or 0)
         await site.start()
         server = site._server
         assert server is not None

@@ -1,0 +1,164 @@
+"""The public web chat: its page, its static files and its fair-use-limited API.
+
+Routes (the serving contract is ``privatai/web/README.md``)::
+
+    GET  /                              -> 302 /webchat
+    GET  /webchat, /webchat/            the page, with a strict CSP
+    GET  /webchat/static/<name>         chat.js, sse.js, chat.css (nothing else)
+    GET  /webchat/api/models            the web chat's model allowlist
+    POST /webchat/api/chat/completions  OpenAI chat, streamed only, no API key, rate-limited
+
+The page's files are read into memory once, when the app is built: a request
+can only ever get one of those few byte strings, so no path from the URL
+reaches the file system and directory traversal is impossible by
+construction.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+from sanic import Request, Sanic
+from sanic.response import HTTPResponse, empty, json, raw, redirect
+
+from ..config import Config, WebChatConfig, default_model
+from ..errors import InvalidRequest, NotFound
+from ..events import Usage
+from ..protocol import parse_chat_request
+from ..ratelimit import WebChatLimiter
+from ..state import AppState
+from .chat import run_chat
+from .models import model_object
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "web" / "static"
+PAGE_NAME = "index.html"
+CONTENT_TYPES = {
+    ".js": "text/javascript; charset=utf-8",  # ES modules: browsers refuse a wrong type
+    ".css": "text/css; charset=utf-8",
+    ".html": "text/html; charset=utf-8",
+}
+CSP = ("default-src 'self'; connect-src 'self'; img-src 'self' data:; style-src 'self'; "
+       "script-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+PAGE_HEADERS = {"Content-Security-Policy": CSP, **SECURITY_HEADERS}
+# The file names carry no content hash, so a browser must revalidate every
+# time (a cheap 304 thanks to the ETag) or it would run stale JS after an upgrade.
+CACHE_CONTROL = "no-cache"
+
+
+@dataclass(frozen=True, slots=True)
+class StaticFile:
+    body: bytes
+    content_type: str
+    etag: str
+    headers: dict[str, str]
+
+
+def load_static(directory: Path = STATIC_DIR) -> dict[str, StaticFile]:
+    """Every servable file of the page by name, read once."""
+    files: dict[str, StaticFile] = {}
+    for path in sorted(directory.iterdir()):
+        content_type = CONTENT_TYPES.get(path.suffix)
+        if content_type is None or not path.is_file():
+            continue
+        body = path.read_bytes()
+        etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+        headers = PAGE_HEADERS if path.name == PAGE_NAME else SECURITY_HEADERS
+        files[path.name] = StaticFile(body, content_type, etag, headers)
+    if PAGE_NAME not in files:
+        raise RuntimeError(f"the web chat page is missing: {directory / PAGE_NAME}")
+    return files
+
+
+def effective_config(config: Config) -> WebChatConfig:
+    """The web chat settings with the allowlist filled in: an empty ``models``
+    means the default model only (as backends.yaml documents), so a public,
+    keyless page never offers every model an operator serves by accident."""
+    web = config.web_chat
+    if web.models:
+        return web
+    fallback = default_model(config)
+    # Only backends that discover their models and no default_model leave
+    # nothing to fall back on; then the limiter allows what is served.
+    return msgspec.structs.replace(web, models=[fallback]) if fallback else web
+
+
+def _serve(request: Request, file: StaticFile) -> HTTPResponse:
+    headers = {**file.headers, "ETag": file.etag, "Cache-Control": CACHE_CONTROL}
+    if file.etag in request.headers.get("if-none-match", ""):
+        return empty(status=304, headers=headers)
+    return raw(file.body, content_type=file.content_type, headers=headers)
+
+
+def register(app: Sanic) -> None:
+    """Add the web chat's routes and its limiter (``app.ctx.webchat_limiter``)."""
+    state: AppState = app.ctx.state
+    limiter = WebChatLimiter(effective_config(state.config))
+    app.ctx.webchat_limiter = limiter
+    files = load_static()
+    page = files[PAGE_NAME]
+    # The page is served at /webchat only, with its CSP; /static/ has the assets.
+    assets = {name: file for name, file in files.items() if name != PAGE_NAME}
+
+    async def root(request: Request) -> HTTPResponse:
+        # 302, not 301: browsers cache a 301 forever, and an operator may
+        # later put something else at /.
+        return redirect("/webchat")
+
+    async def webchat_page(request: Request) -> HTTPResponse:
+        return _serve(request, page)
+
+    async def webchat_static(request: Request, name: str) -> HTTPResponse:
+        file = assets.get(name)
+        if file is None:
+            raise NotFound("Unknown file.")
+        return _serve(request, file)
+
+    async def webchat_models(request: Request) -> HTTPResponse:
+        created = int(state.started_wall)
+        models = limiter.allowed_models(state.router.models())
+        return json({"object": "list", "data": [model_object(m, created) for m in models]},
+                    headers={"Cache-Control": "no-store"})
+
+    async def webchat_chat(request: Request) -> HTTPResponse | None:
+        chat = parse_chat_request(request.body)
+        if not chat.stream:
+            # A streamed answer is charged for what was delivered even when
+            # the client leaves early; a non-streamed one that the client
+            # abandons is charged nothing, which would let anyone spend the
+            # GPU past tokens_per_day. The page always streams.
+            raise InvalidRequest("The web chat answers only as a stream (\"stream\": true); "
+                                 "use an API key for non-streamed answers.", param="stream")
+        # request.ip is the socket peer; the limiter believes X-Forwarded-For
+        # only when that peer is a configured trusted proxy.
+        forwarded = ",".join(request.headers.getall("x-forwarded-for", []))
+        identity = limiter.identity(request.ip, forwarded or None)
+        # Before any backend work: a refused request costs nothing upstream.
+        admission = limiter.admit(identity, chat.model, chat.max_output_tokens)
+        try:
+            # max_completion_tokens wins over max_tokens downstream, so it is
+            # cleared, or it would slip past the cap.
+            chat = msgspec.structs.replace(chat, model=admission.model, max_tokens=admission.max_tokens,
+                                           max_completion_tokens=None)
+
+            def on_done(usage: Usage | None) -> None:
+                admission.release(usage.total_tokens if usage is not None else 0)
+
+            return await run_chat(request, state, chat, on_done=on_done)
+        finally:
+            # run_chat calls on_done once the response has ended; this covers
+            # what happens before it can (an error in routing, cancellation).
+            # release() is idempotent, so the normal path is not charged twice.
+            admission.release()
+
+    app.add_route(root, "/", methods=["GET"], name="root")
+    # Sanic's routes are not strict about a trailing slash: this is /webchat/ too.
+    app.add_route(webchat_page, "/webchat", methods=["GET"], name="webchat_page")
+    app.add_route(webchat_static, "/webchat/static/<name>", methods=["GET"], name="webchat_static")
+    app.add_route(webchat_models, "/webchat/api/models", methods=["GET"], name="webchat_models")
+    app.add_route(webchat_chat, "/webchat/api/chat/completions", methods=["POST"], name="webchat_chat")

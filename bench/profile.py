@@ -3,6 +3,7 @@
     python -m bench.profile requests      # non-streaming POSTs, concurrency 64
     python -m bench.profile streams       # 64 streams paced at 200 tokens/s
     python -m bench.profile many          # 1000 streams at 20 tokens/s
+    python -m bench.profile ollama        # 64 streams from the Ollama (NDJSON) flavour
 
 Starts the fake upstream and the gateway exactly as ``bench/run.py`` does,
 runs the load while ``py-spy record`` samples the gateway process, and writes
@@ -55,7 +56,7 @@ def top(collapsed: Path, n: int = 25) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.split("\n")[0])
-    parser.add_argument("load", choices=["requests", "streams", "many"])
+    parser.add_argument("load", choices=["requests", "streams", "many", "ollama"])
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--native", action="store_true", help="py-spy --native (C frames too)")
     parser.add_argument("--src", default=str(Path(__file__).resolve().parent.parent))
@@ -86,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
                                        concurrency=plan.concurrency, duration=load_seconds)
         elif args.load == "streams":
             result = bench.via.loadgen(chat_body("bench-chunks", stream=True, tokens=plan.chunk_tokens),
+                                       concurrency=plan.concurrency, duration=load_seconds, stream=True)
+        elif args.load == "ollama":
+            result = bench.via.loadgen(chat_body("ollama-chunks", stream=True, tokens=plan.chunk_tokens),
                                        concurrency=plan.concurrency, duration=load_seconds, stream=True)
         else:
             result = bench.via.loadgen(chat_body("bench-paced", stream=True, tokens=plan.stream_tokens),

@@ -6,7 +6,7 @@ import logging
 import signal
 import time
 from sanic import Request, Sanic
-from sanic.exceptions import RequestCancelled, SanicException
+from sanic.exceptions import SanicException
 from sanic.handlers import ErrorHandler
 from sanic.response import HTTPResponse, json
 
@@ -57,9 +57,7 @@ class OpenAIErrorHandler(ErrorHandler):
             request.ctx.error = "client_disconnected"
             return json(PrivatAIError("Client closed the request.").to_dict(), status=499)
         error = to_api_error(exception)
-        # RequestCancelled: the client closed the connection mid-request
-        # (normal under load, every load generator does it at the end).
-        if error.status >= 500 and not isinstance(exception, RequestCancelled):
+        if error.status >= 500:
             log.error("request failed: %s", describe_error(exception))
         return json(error.to_dict(), status=error.status, headers=error.headers)
 

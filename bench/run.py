@@ -766,6 +766,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="gateway log level; WARNING leaves out the one-line access log (default)")
     parser.add_argument("--no-wrk", action="store_true", help="use bench/loadgen.py even if wrk is installed")
     parser.add_argument("--streams", type=int, help="concurrent long streams (default 1000)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the work directory (config, database, process logs) after a successful run")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else Plan()
     if args.no_wrk:
@@ -792,6 +794,10 @@ def main(argv: list[str] | None = None) -> int:
     for note in document["notes"]:
         print(f"\nnote: {note}")
     print(f"\nresults: {path}")
+    if args.keep:
+        print(f"work directory: {bench.workdir}")
+    else:
+        shutil.rmtree(bench.workdir, ignore_errors=True)
     return 0
 
 

@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             recorder.wait(timeout=args.seconds + 30)
     finally:
         bench.stop()
+        shutil.rmtree(bench.workdir, ignore_errors=True)
     print({k: result[k] for k in ("ok", "errors", "rps", "latency_ms", "frames")})
     collapsed = Path(f"{base}.txt")
     if collapsed.exists():

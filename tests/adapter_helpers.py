@@ -38,9 +38,14 @@ WEATHER_TOOL = {
 
 
 def chat(messages: list[dict[str, Any]] | str, **fields: Any) -> ChatRequest:
-    """A validated request, built the way the gateway builds it (from JSON)."""
+    """A validated request, built the way the gateway builds it (from JSON).
+
+    Streamed unless ``stream=False`` is given: most adapter tests are about the
+    streaming path, and a non-streamed request takes a different one.
+    """
     if isinstance(messages, str):
         messages = [{"role": "user", "content": messages}]
+    fields.setdefault("stream", True)
     return parse_chat_request(orjson.dumps({"model": "m", "messages": messages, **fields}))
 
 

@@ -19,7 +19,7 @@ def test_threaded_fakes_serve_a_blocking_client() -> None:
     with FakeVLLM() as vllm, FakeOllama() as ollama:
         vllm.reply(TextDelta("Hi"), usage=(3, 1))
         sse = _post(vllm.url + "/v1/chat/completions",
-                    {"model": "m", "messages": [], "stream_options": {"include_usage": True}})
+                    {"model": "m", "messages": [], "stream": True, "stream_options": {"include_usage": True}})
         ollama.reply(TextDelta("Hallo"))
         ndjson = _post(ollama.url + "/api/chat", {"model": "m", "messages": []})
     assert '"content": "Hi"' in sse
@@ -28,4 +28,5 @@ def test_threaded_fakes_serve_a_blocking_client() -> None:
     lines = [json.loads(line) for line in ndjson.splitlines()]
     assert lines[0]["message"]["content"] == "Hallo"
     assert lines[-1]["done"] is True and lines[-1]["done_reason"] == "stop"
-    assert vllm.chat_bodies == [{"model": "m", "messages": [], "stream_options": {"include_usage": True}}]
+    assert vllm.chat_bodies == [{"model": "m", "messages": [], "stream": True,
+                                 "stream_options": {"include_usage": True}}]

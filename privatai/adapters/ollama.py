@@ -18,6 +18,10 @@ objects, tool results with ``tool_name`` and ``tool_call_id``); ``think`` from
 ``options`` only for what the client set (no defaults of ours, so the model's
 own apply). Ollama sends tool calls whole: each becomes one fragment with an
 ``id`` (generated when the server sends none) and our own index.
+
+A client that asked for a non-streamed answer gets Ollama's non-streamed
+answer (one JSON object, read by the same :class:`LineMapper`): it arrives
+only when generation ends, so ``first_token_timeout`` bounds the whole call.
 """
 from __future__ import annotations
 
@@ -109,7 +113,8 @@ def _arguments_object(arguments: str, param: str) -> dict[str, Any]:
 
 def build_chat_body(request: ChatRequest, model: str) -> dict[str, Any]:
     """The ``/api/chat`` body for one request."""
-    body: dict[str, Any] = {"model": model, "messages": messages_to_ollama(request.messages), "stream": True}
+    body: dict[str, Any] = {"model": model, "messages": messages_to_ollama(request.messages),
+                            "stream": request.stream}
     # Ollama has no tool_choice; "none" is honoured by not offering the tools.
     if request.tools and request.tool_choice != "none":
         body["tools"] = tools_to_openai(request.tools)
@@ -207,7 +212,47 @@ class OllamaAdapter(Adapter):
                                        transport=AiohttpTransport(client=session))
         return self._client
 
-    async def stream(self, request: ChatRequest, model: str) -> AsyncIterator[Event]:
+    def stream(self, request: ChatRequest, model: str) -> AsyncIterator[Event]:
+        if request.stream:
+            return self._stream(request, model)
+        return self._complete(request, model)
+
+    async def _complete(self, request: ChatRequest, model: str) -> AsyncIterator[Event]:
+        """A non-streamed ``/api/chat`` for a non-streamed client request.
+
+        Nothing arrives before generation ends, so ``first_token_timeout``
+        bounds the whole call; every failure happens before the first event.
+        Cancelling the wait (timeout, the client left) cancels the package's
+        request, which closes its connection.
+        """
+        body = build_chat_body(request, model)
+        try:
+            async with asyncio.timeout(self.config.first_token_timeout):
+                part = await self._ollama()._request(dict, "POST", "/api/chat", json=body, stream=False)
+        except TimeoutError:
+            raise BackendUnavailable("The backend did not answer in time.") from None
+        except ResponseError as exc:
+            raise _response_error(exc, False) from None
+        except _TRANSPORT_ERRORS as exc:
+            raise BackendUnavailable(f"The backend is unreachable ({type(exc).__name__}).") from None
+        except (ValueError, TypeError):
+            # Not JSON, or not a JSON object.
+            raise BackendUnavailable("The backend sent an answer we cannot read.") from None
+        if part.get("error"):
+            # An error object with status 200: its text, as in a stream.
+            raise classify(None, error_details(part), started=False)
+        mapper = LineMapper(self.config.think_tags)
+        try:
+            events = mapper.feed(part)
+        except (ValueError, AttributeError, TypeError):
+            raise BackendUnavailable("The backend sent an answer we cannot read.") from None
+        if mapper.done is None:
+            raise BackendUnavailable("The backend ended the response without finishing it.")
+        events.extend(mapper.finish())
+        for event in events:
+            yield event
+
+    async def _stream(self, request: ChatRequest, model: str) -> AsyncIterator[Event]:
         body = build_chat_body(request, model)
         client = self._ollama()
         loop = asyncio.get_running_loop()

@@ -5,11 +5,16 @@ Three parts: :func:`build_body` turns our request into the upstream JSON,
 :class:`ChunkMapper` turns upstream chunks into our events (accepting every
 variant in ``shared/wire-formats.md``), and :class:`OpenAIStreamAdapter` does
 the HTTP with one aiohttp session per adapter, reading the SSE body
-incrementally so each token is passed on as soon as it arrives.
+incrementally so each token is passed on as soon as it arrives. A client that
+asked for a non-streamed answer gets the upstream's non-streamed answer, read
+as one JSON body (parsing SSE token by token was a fifth of the gateway's CPU
+on such requests) and turned into the same events.
 
 Timeouts come from the backend's config: ``connect_timeout`` for the TCP
 connect, ``first_token_timeout`` from sending the request to the first event
-(prompt processing can be slow), then ``idle_timeout`` between reads.
+(prompt processing can be slow), then ``idle_timeout`` between reads. A
+non-streamed answer arrives only when generation ends, so
+``first_token_timeout`` bounds the whole call.
 """
 from __future__ import annotations
 
@@ -84,7 +89,8 @@ def thinking_wanted(request: ChatRequest) -> bool | None:
 
 
 def build_body(request: ChatRequest, model: str) -> dict[str, Any]:
-    """The upstream request body (always streamed, always asking for usage).
+    """The upstream request body: streamed (asking for usage) exactly when the
+    client streams; a non-streamed answer always carries usage.
 
     Options the client did not send are left out, so the model's own
     defaults apply.
@@ -92,9 +98,10 @@ def build_body(request: ChatRequest, model: str) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": model,
         "messages": [message_to_openai(m) for m in request.messages],
-        "stream": True,
-        "stream_options": {"include_usage": True},
+        "stream": request.stream,
     }
+    if request.stream:
+        body["stream_options"] = {"include_usage": True}
     if request.tools:
         body["tools"] = tools_to_openai(request.tools)
     if request.tool_choice is not None:
@@ -225,6 +232,24 @@ class ChunkMapper:
             elif arguments:
                 events.append(ToolCallDelta(ours, arguments=arguments))
 
+    def feed_completion(self, completion: Any) -> list[Event]:
+        """A non-streamed ``chat.completion`` (or an error object): its message
+        is read as one delta whose tool calls are whole, numbered by position
+        (they carry no ``index``, and an id may be missing)."""
+        if not isinstance(completion, dict):
+            raise TypeError("not a JSON object")
+        if completion.get("error") or completion.get("object") == "error":
+            raise UpstreamStreamError(completion)
+        choice = completion["choices"][0]
+        message = choice["message"]
+        if not isinstance(message, dict):
+            raise TypeError("message is not an object")
+        calls = message.get("tool_calls")
+        if calls:
+            message = {**message, "tool_calls": [{**call, "index": i} for i, call in enumerate(calls)]}
+        return self.feed({"choices": [{"delta": message, "finish_reason": choice.get("finish_reason")}],
+                          "usage": completion.get("usage")})
+
     def finish(self) -> list[Event]:
         """The closing events: held-back text, :class:`Finish`, then :class:`Usage` if reported."""
         events: list[Event] = self._splitter.flush() if self._splitter is not None else []
@@ -248,6 +273,7 @@ class OpenAIStreamAdapter(Adapter):
         self.base_url = self.api_base(config.url)
         self._headers = {"Content-Type": "application/json", "Accept": "text/event-stream",
                          **auth_headers(config)}
+        self._json_headers = {**self._headers, "Accept": "application/json"}
         self._session: aiohttp.ClientSession | None = None
 
     @classmethod
@@ -286,7 +312,55 @@ class OpenAIStreamAdapter(Adapter):
 
     # -- chat ---------------------------------------------------------------
 
-    async def stream(self, request: ChatRequest, model: str) -> AsyncIterator[Event]:
+    def stream(self, request: ChatRequest, model: str) -> AsyncIterator[Event]:
+        if request.stream:
+            return self._stream(request, model)
+        return self._complete(request, model)
+
+    async def _complete(self, request: ChatRequest, model: str) -> AsyncIterator[Event]:
+        """A non-streamed upstream call for a non-streamed client request.
+
+        Nothing arrives before generation ends, so ``first_token_timeout``
+        bounds the whole call. Every failure happens before the first event:
+        BackendUnavailable or UpstreamRejected, never BackendError.
+        """
+        session = self._client()
+        data = orjson.dumps(self.build_body(request, model))
+        response: aiohttp.ClientResponse | None = None
+        try:
+            async with asyncio.timeout(self.config.first_token_timeout):
+                response = await session.post(self.base_url + "/chat/completions", data=data,
+                                              headers=self._json_headers)
+                if response.status != 200:
+                    try:
+                        body = await _read_capped(response)
+                    except (aiohttp.ClientError, OSError):
+                        body = b""
+                    raise classify(response.status, parse_error_body(body), started=False)
+                body = await response.read()
+        except TimeoutError:
+            raise BackendUnavailable("The backend did not answer in time.") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise BackendUnavailable(f"The backend is unreachable ({type(exc).__name__}).") from None
+        finally:
+            # A no-op for a fully read response (its connection is back in
+            # the pool); one still pending (timeout, the client left) is
+            # closed outright, so the upstream stops generating.
+            if response is not None:
+                response.close()
+        mapper = ChunkMapper(self.config.think_tags)
+        try:
+            events = mapper.feed_completion(orjson.loads(body))
+        except UpstreamStreamError as exc:
+            raise classify(None, error_details(exc.payload), started=False) from None
+        except (KeyError, IndexError, AttributeError, TypeError, ValueError):
+            # Not JSON (orjson's error is a ValueError), or not a chat.completion.
+            raise BackendUnavailable("The backend sent an answer we cannot read.") from None
+        events.extend(mapper.finish())
+        for event in events:
+            yield event
+
+    async def _stream(self, request: ChatRequest, model: str) -> AsyncIterator[Event]:
         session = self._client()
         data = orjson.dumps(self.build_body(request, model))
         loop = asyncio.get_running_loop()

@@ -29,6 +29,13 @@ an HTTP error with the kind's error body. With nothing queued a chat request
 gets ``default_text``. ``finish`` defaults to ``tool_calls`` / ``stop``;
 ``usage`` to (10 per message, number of steps).
 
+A request with ``"stream": false`` (for the OpenAI kinds also one without
+``stream``) gets the same script as one JSON body in the kind's non-streamed
+format (``chat.completion``, or Ollama's single object): ``Sleep`` delays the
+whole answer, ``Hang`` never answers, ``Drop`` closes the connection, an
+``ErrorLine`` becomes the kind's HTTP error body with status 500, and ``Raw``
+steps, if any, are the whole body verbatim.
+
 Kinds and their variants: ``FakeOllama(tool_ids=True|False)``,
 ``FakeLlamaCpp()``, ``FakeVLLM(reasoning_field="reasoning"|"reasoning_content"|
 "both", flat_errors=False)``, ``FakeOpenAI(api_key=None, whole_tool_calls=False)``.

@@ -10,7 +10,11 @@ from aiohttp import web
 
 from privatai.events import TextDelta, ThinkingDelta, ToolCallDelta
 
-from .server import ErrorLine, FakeBackend, Raw, Reply, StreamRecord
+from .server import ErrorLine, FakeBackend, Raw, Reply, StreamRecord, WholeAnswer
+
+# The durations Ollama reports on its final line, in nanoseconds.
+_DURATIONS = {"total_duration": 123456789, "load_duration": 1234567,
+              "prompt_eval_duration": 2345678, "eval_duration": 34567890}
 
 
 class FakeOllama(FakeBackend):
@@ -27,6 +31,36 @@ class FakeOllama(FakeBackend):
 
     def error_body(self, status: int, message: str, error_type: str | None) -> Any:
         return {"error": message}
+
+    def streamed(self, body: Any) -> bool:
+        # Ollama streams unless told not to.
+        return not isinstance(body, dict) or body.get("stream", True) is not False
+
+    def tool_call(self, step: ToolCallDelta, index: int) -> dict[str, Any]:
+        call: dict[str, Any] = {"function": {"name": step.name,
+                                             "arguments": json.loads(step.arguments or "{}")}}
+        if self.tool_ids:
+            call["id"] = step.id or "call_" + secrets.token_hex(4)
+            call["function"] = {"index": index, **call["function"]}
+        return call
+
+    def final_fields(self, body: Any, reply: Reply) -> dict[str, Any]:
+        """What the last line (or the whole answer) adds: reason, counts, durations."""
+        prompt, completion = reply.usage_counts(body.get("messages") or [])
+        # Ollama knows only stop and length; a tool call ends with "stop".
+        reason = "length" if reply.finish_reason() == "length" else "stop"
+        return {"done": True, "done_reason": reason, **_DURATIONS,
+                "prompt_eval_count": prompt, "eval_count": completion}
+
+    def whole_body(self, body: Any, reply: Reply, answer: WholeAnswer) -> Any:
+        message: dict[str, Any] = {"role": "assistant", "content": answer.text}
+        if answer.thinking:
+            message["thinking"] = answer.thinking
+        if answer.calls:
+            message["tool_calls"] = [self.tool_call(c, i) for i, c in enumerate(answer.calls)]
+        created = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        return {"model": body.get("model", "fake-model"), "created_at": created, "message": message,
+                **self.final_fields(body, reply)}
 
     async def render(self, request: web.Request, body: Any, reply: Reply,
                      record: StreamRecord) -> web.StreamResponse:
@@ -47,13 +81,8 @@ class FakeOllama(FakeBackend):
             elif isinstance(step, ThinkingDelta):
                 await response.write(line({"thinking": step.text}))
             elif isinstance(step, ToolCallDelta):
-                call: dict[str, Any] = {"function": {"name": step.name,
-                                                     "arguments": json.loads(step.arguments or "{}")}}
-                if self.tool_ids:
-                    call["id"] = step.id or "call_" + secrets.token_hex(4)
-                    call["function"] = {"index": calls, **call["function"]}
+                await response.write(line({"tool_calls": [self.tool_call(step, calls)]}))
                 calls += 1
-                await response.write(line({"tool_calls": [call]}))
             elif isinstance(step, Raw):
                 await response.write(step.data)
             elif isinstance(step, ErrorLine):
@@ -62,13 +91,7 @@ class FakeOllama(FakeBackend):
                 return response
             elif not await self.control(request, step, record):
                 return response
-        prompt, completion = reply.usage_counts(body.get("messages") or [])
-        # Ollama knows only stop and length; a tool call ends with "stop".
-        reason = "length" if reply.finish_reason() == "length" else "stop"
-        await response.write(line({}, done=True, done_reason=reason, total_duration=123456789,
-                                  load_duration=1234567, prompt_eval_count=prompt,
-                                  prompt_eval_duration=2345678, eval_count=completion,
-                                  eval_duration=34567890))
+        await response.write(line({}, **self.final_fields(body, reply)))
         await response.write_eof()
         return response
 

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from privatai.events import TextDelta, ThinkingDelta, ToolCallDelta
 
-from .server import ErrorLine, FakeBackend, Raw, Reply, StreamRecord
+from .server import ErrorLine, FakeBackend, Raw, Reply, StreamRecord, WholeAnswer
 
 _ALNUM = string.ascii_letters + string.digits
 
@@ -115,6 +115,35 @@ class SSEFake(FakeBackend):
     def tool_call_delta(self, call: dict[str, Any]) -> dict[str, Any]:
         return {"tool_calls": [call]}
 
+    # -- the non-streamed answer (a chat.completion object) -------------------
+
+    def whole_message(self, answer: WholeAnswer, calls: list[dict[str, Any]]) -> dict[str, Any]:
+        """``content`` is null when the answer is only tool calls."""
+        message: dict[str, Any] = {"role": "assistant",
+                                   "content": answer.text if answer.text or not calls else None,
+                                   "refusal": None, "annotations": []}
+        if answer.thinking:
+            message["reasoning_content"] = answer.thinking
+        if calls:
+            message["tool_calls"] = calls
+        return message
+
+    def decorate_whole(self, completion: dict[str, Any]) -> None:
+        """Extras on the chat.completion object."""
+
+    def whole_body(self, body: Any, reply: Reply, answer: WholeAnswer) -> Any:
+        calls = [{"id": c.id or self.new_tool_id(), "type": "function",
+                  "function": {"name": c.name, "arguments": c.arguments}} for c in answer.calls]
+        prompt, completion = reply.usage_counts(body.get("messages") or [])
+        whole = {"id": self.object_prefix + secrets.token_hex(8), "object": "chat.completion",
+                 "created": int(time.time()), "model": body.get("model", "fake-model"),
+                 "choices": [{"index": 0, "message": self.whole_message(answer, calls), "logprobs": None,
+                              "finish_reason": reply.finish_reason()}],
+                 "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                           "total_tokens": prompt + completion}}
+        self.decorate_whole(whole)
+        return whole
+
     async def handle_other(self, request: web.Request) -> web.StreamResponse:
         if request.method == "GET" and request.path == "/v1/models":
             return web.json_response({"object": "list", "data": [
@@ -141,6 +170,19 @@ class FakeLlamaCpp(SSEFake):
 
     def stream_error(self, step: ErrorLine) -> dict[str, Any]:
         return {"error": {"code": step.code, "message": step.message, "type": step.type}}
+
+    def whole_message(self, answer: WholeAnswer, calls: list[dict[str, Any]]) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant",
+                                   "content": answer.text if answer.text or not calls else None}
+        if answer.thinking:
+            message["reasoning_content"] = answer.thinking
+        if calls:
+            message["tool_calls"] = calls
+        return message
+
+    def decorate_whole(self, completion: dict[str, Any]) -> None:
+        completion["system_fingerprint"] = "b6000-fake"
+        self.decorate_last(completion)
 
     def error_body(self, status: int, message: str, error_type: str | None) -> Any:
         default = {400: "invalid_request_error", 404: "not_found_error", 401: "authentication_error",
@@ -200,6 +242,19 @@ class FakeVLLM(SSEFake):
 
     def decorate_last(self, chunk: dict[str, Any]) -> None:
         chunk["choices"][0]["stop_reason"] = None
+
+    def whole_message(self, answer: WholeAnswer, calls: list[dict[str, Any]]) -> dict[str, Any]:
+        # Every field present, null when unused; tool_calls always a list.
+        fields = ("reasoning", "reasoning_content") if self.reasoning_field == "both" else (self.reasoning_field,)
+        return {"role": "assistant", "content": answer.text if answer.text or not calls else None,
+                "refusal": None, "annotations": None, "audio": None, "function_call": None,
+                "tool_calls": calls, **{f: answer.thinking or None for f in fields}}
+
+    def decorate_whole(self, completion: dict[str, Any]) -> None:
+        self.decorate_last(completion)
+        completion["usage"]["prompt_tokens_details"] = None
+        completion.update({"service_tier": None, "system_fingerprint": None, "prompt_logprobs": None,
+                           "kv_transfer_params": None})
 
     def _error(self, status: int, message: str, error_type: str) -> dict[str, Any]:
         if self.flat_errors:

@@ -3,10 +3,18 @@
 A fake is an aiohttp.web app on 127.0.0.1 with a free port. Each chat request
 consumes the next scripted :class:`Reply` (or a default greeting), records the
 request, and records whether and when the client closed the connection.
+
+A request for a non-streamed answer gets the same script as one JSON body in
+the kind's non-streamed format, sent when the script ends: ``Sleep`` delays
+the whole answer, ``Hang`` never answers, ``Drop`` closes the connection, an
+``ErrorLine`` becomes the kind's HTTP error body with status 500 (the upstream
+failed while generating; there is no in-band channel), and ``Raw`` steps,
+if any, are the whole body verbatim (bring your own JSON, or none).
 """
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from collections import deque
@@ -85,6 +93,24 @@ class Reply:
             return self.usage
         produced = sum(isinstance(s, (TextDelta, ThinkingDelta, ToolCallDelta)) for s in self.steps)
         return 10 * max(1, len(messages)), produced
+
+
+@dataclass
+class WholeAnswer:
+    """A script's output gathered for a non-streamed answer: tool calls whole
+    (raw argument fragments appended to the call with their index)."""
+
+    text: str = ""
+    thinking: str = ""
+    calls: list[ToolCallDelta] = field(default_factory=list)
+
+    def add_call(self, step: ToolCallDelta) -> None:
+        if step.name is not None:
+            self.calls.append(step)
+            return
+        for i, call in enumerate(self.calls):
+            if call.index == step.index:
+                self.calls[i] = dataclasses.replace(call, arguments=call.arguments + step.arguments)
 
 
 @dataclass
@@ -273,12 +299,36 @@ class FakeBackend:
         record = StreamRecord()
         self.streams.append(record)
         try:
-            response = await self.render(request, body, reply, record)
+            if self.streamed(body):
+                response = await self.render(request, body, reply, record)
+            else:
+                response = await self._render_whole(request, body, reply, record)
             record.completed = True
             return response
         except (asyncio.CancelledError, ConnectionResetError):
             record.mark_closed()
             raise
+
+    async def _render_whole(self, request: web.Request, body: Any, reply: Reply,
+                            record: StreamRecord) -> web.StreamResponse:
+        answer = WholeAnswer()
+        raw: list[bytes] = []
+        for step in reply.steps:
+            if isinstance(step, TextDelta):
+                answer.text += step.text
+            elif isinstance(step, ThinkingDelta):
+                answer.thinking += step.text
+            elif isinstance(step, ToolCallDelta):
+                answer.add_call(step)
+            elif isinstance(step, Raw):
+                raw.append(step.data)
+            elif isinstance(step, ErrorLine):
+                return web.json_response(self.error_body(500, step.message, step.type), status=500)
+            elif not await self.control(request, step, record):
+                return web.Response()  # never sent: the connection is gone
+        if raw:
+            return web.Response(body=b"".join(raw), content_type="application/json")
+        return web.json_response(self.whole_body(body, reply, answer))
 
     async def control(self, request: web.Request, step: Step, record: StreamRecord) -> bool:
         """Run a control step; False when the response must end here."""
@@ -304,6 +354,14 @@ class FakeBackend:
         return web.json_response({"error": "not found"}, status=404)
 
     def error_body(self, status: int, message: str, error_type: str | None) -> Any:
+        raise NotImplementedError
+
+    def streamed(self, body: Any) -> bool:
+        """Whether the request asks for a streamed answer (OpenAI's default: not)."""
+        return isinstance(body, dict) and body.get("stream") is True
+
+    def whole_body(self, body: Any, reply: Reply, answer: WholeAnswer) -> Any:
+        """The non-streamed answer in the kind's format."""
         raise NotImplementedError
 
     async def render(self, request: web.Request, body: Any, reply: Reply,

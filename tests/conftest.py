@@ -1,11 +1,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
+from typing import AsyncIterator, Iterator
 
 import pytest
 
+from privatai.adapters.base import Adapter
+from tests.adapter_helpers import API_KEY, API_KEY_ENV, backend_config, started_adapter
+from tests.fakes import FAKES, FakeBackend
 from tests.gateway import Gateway, embedded_backend
+
+KINDS = ["ollama", "llamacpp", "vllm", "openai"]
 
 
 @pytest.fixture(scope="session")
@@ -24,3 +29,17 @@ def embedded_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gatew
 def api_key(embedded_gateway: Gateway) -> str:
     """A valid key for the shared gateway."""
     return embedded_gateway.create_key()
+
+
+@pytest.fixture(params=KINDS)
+async def pair(request: pytest.FixtureRequest,
+               monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[FakeBackend, Adapter]]:
+    """Each backend kind's fake on a real socket, and a started adapter for it."""
+    kind = request.param
+    monkeypatch.setenv(API_KEY_ENV, API_KEY)
+    fake = FAKES[kind](api_key=API_KEY) if kind == "openai" else FAKES[kind]()
+    await fake.start()
+    adapter = await started_adapter(backend_config(fake))
+    yield fake, adapter
+    await adapter.close()
+    await fake.stop()

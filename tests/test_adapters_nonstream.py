@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -13,8 +13,6 @@ from privatai.adapters.base import Adapter
 from privatai.errors import BackendUnavailable, UpstreamRejected
 from privatai.events import Finish, TextDelta, ThinkingDelta, ToolCallDelta, Usage
 from tests.adapter_helpers import (
-    API_KEY,
-    API_KEY_ENV,
     WEATHER_TOOL,
     backend_config,
     chat,
@@ -27,22 +25,7 @@ from tests.adapter_helpers import (
     tool_calls_of,
     usage_of,
 )
-from tests.fakes import FAKES, Drop, ErrorLine, FakeBackend, FakeOllama, FakeVLLM, Hang, Raw, Sleep
-
-KINDS = ["ollama", "llamacpp", "vllm", "openai"]
-
-
-@pytest.fixture(params=KINDS)
-async def pair(request: pytest.FixtureRequest,
-               monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[FakeBackend, Adapter]]:
-    kind = request.param
-    monkeypatch.setenv(API_KEY_ENV, API_KEY)
-    fake = FAKES[kind](api_key=API_KEY) if kind == "openai" else FAKES[kind]()
-    await fake.start()
-    adapter = await started_adapter(backend_config(fake))
-    yield fake, adapter
-    await adapter.close()
-    await fake.stop()
+from tests.fakes import Drop, ErrorLine, FakeBackend, FakeOllama, FakeVLLM, Hang, Raw, Sleep
 
 
 def whole(messages: list[dict[str, Any]] | str, **fields: Any) -> Any:

@@ -6,7 +6,6 @@ format; the gateway is the real server process; the client is the SDK.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, Iterator
 
 import openai

@@ -49,12 +49,12 @@ from ..protocol import (
 )
 from .base import Adapter
 from .openai_stream import (
-    EXTRA_CONNECTIONS,
     PROBE_TIMEOUT,
     ReadWatchdog,
     auth_headers,
     new_call_id,
     normalize_finish,
+    pooled_connector,
 )
 from .think_tags import ThinkTagSplitter
 from .upstream_errors import classify, error_details
@@ -202,9 +202,7 @@ class OllamaAdapter(Adapter):
 
     def _ollama(self) -> AsyncClient:
         if self._client is None:
-            session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.config.max_concurrency + EXTRA_CONNECTIONS,
-                                               limit_per_host=0))
+            session = aiohttp.ClientSession(connector=pooled_connector(self.config))
             # Only connecting has a fixed timeout: first-token and idle
             # deadlines are applied around each line in stream().
             timeout = httpx.Timeout(None, connect=self.config.connect_timeout)

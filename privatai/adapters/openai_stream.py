@@ -88,6 +88,12 @@ def thinking_wanted(request: ChatRequest) -> bool | None:
     return effort != "none"
 
 
+def pooled_connector(config: BackendConfig) -> aiohttp.TCPConnector:
+    """The connection pool to one backend: its concurrency plus a few spare
+    connections for probes and discovery."""
+    return aiohttp.TCPConnector(limit=config.max_concurrency + EXTRA_CONNECTIONS, limit_per_host=0)
+
+
 def build_body(request: ChatRequest, model: str) -> dict[str, Any]:
     """The upstream request body: streamed (asking for usage) exactly when the
     client streams; a non-streamed answer always carries usage.
@@ -302,8 +308,7 @@ class OpenAIStreamAdapter(Adapter):
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=self.config.max_concurrency + EXTRA_CONNECTIONS,
-                                             limit_per_host=0)
+            connector = pooled_connector(self.config)
             # Only the socket connect has a fixed timeout here; the stream
             # applies first-token and idle deadlines itself.
             timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.config.connect_timeout)

@@ -182,7 +182,6 @@ def test_healthz_and_readyz(embedded_gateway: Gateway) -> None:
 
 
 def test_readyz_unavailable_when_default_backend_is_down(start_gateway: Callable[..., Gateway]) -> None:
-    pytest.importorskip("privatai.adapters.ollama", reason="the Ollama adapter is not on this branch")
     dead = {"name": "ollama-dead", "kind": "ollama", "url": f"http://127.0.0.1:{free_port()}",
             "models": ["llama3.2"], "connect_timeout": 1}
     gateway = start_gateway({"default_model": "llama3.2", "backends": [dead, embedded_backend()]},

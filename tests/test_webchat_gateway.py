@@ -32,10 +32,6 @@ CSP = ("default-src 'self'; connect-src 'self'; img-src 'self' data:; style-src 
        "script-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 CAP = 5
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 
 
 @pytest.fixture(scope="module")
@@ -288,17 +284,6 @@ def browser_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gatewa
     }
     with Gateway(tmp_path_factory.mktemp("webchat-browser"), config) as gw:
         yield gw
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip("needs Debian's chromium")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 # Injected before the page's scripts (devtools scripts are exempt from the

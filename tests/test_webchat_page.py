@@ -19,13 +19,10 @@ from typing import Any, Iterator
 
 import pytest
 
-aiohttp_web = pytest.importorskip("aiohttp.web")
-sync_api = pytest.importorskip("playwright.sync_api")
+from tests.conftest import CHROMIUM
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+aiohttp_web = pytest.importorskip("aiohttp.web")
+
 STATIC = Path(__file__).resolve().parent.parent / "privatai" / "web" / "static"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 CSP = ("default-src 'self'; connect-src 'self'; img-src 'self' data:; style-src 'self'; "
@@ -172,14 +169,6 @@ def gateway() -> Iterator[FakeGateway]:
     asyncio.run_coroutine_threadsafe(holder["runner"].cleanup(), loop).result(10)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 # Recorded in the page before any of its scripts run; devtools-injected

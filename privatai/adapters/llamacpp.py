@@ -8,17 +8,8 @@ without ``[DONE]`` becomes an in-band error for the client.
 """
 from __future__ import annotations
 
-from typing import Any
-
-from ..protocol import ChatRequest
-from .openai_stream import OpenAIStreamAdapter, add_reasoning_switches, build_body
+from .openai_stream import SelfHostedOpenAIAdapter
 
 
-class LlamaCppAdapter(OpenAIStreamAdapter):
+class LlamaCppAdapter(SelfHostedOpenAIAdapter):
     kind = "llamacpp"
-    health_path = "/health"
-
-    def build_body(self, request: ChatRequest, model: str) -> dict[str, Any]:
-        body = build_body(request, model)
-        add_reasoning_switches(body, request)
-        return body

@@ -583,3 +583,16 @@ async def _read_capped(response: aiohttp.ClientResponse, limit: int = MAX_ERROR_
         parts.append(part)
         size += len(part)
     return b"".join(parts)
+
+
+class SelfHostedOpenAIAdapter(OpenAIStreamAdapter):
+    """An inference server of our own with an OpenAI API under ``/v1``
+    (llama-server, vLLM): ``url`` is the server root, health is ``/health``,
+    and the request carries the reasoning switches these servers accept."""
+
+    health_path = "/health"
+
+    def build_body(self, request: ChatRequest, model: str) -> dict[str, Any]:
+        body = build_body(request, model)
+        add_reasoning_switches(body, request)
+        return body

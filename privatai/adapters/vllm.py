@@ -9,17 +9,8 @@ the shared :class:`~privatai.adapters.openai_stream.ChunkMapper` accepts all.
 """
 from __future__ import annotations
 
-from typing import Any
-
-from ..protocol import ChatRequest
-from .openai_stream import OpenAIStreamAdapter, add_reasoning_switches, build_body
+from .openai_stream import SelfHostedOpenAIAdapter
 
 
-class VLLMAdapter(OpenAIStreamAdapter):
+class VLLMAdapter(SelfHostedOpenAIAdapter):
     kind = "vllm"
-    health_path = "/health"
-
-    def build_body(self, request: ChatRequest, model: str) -> dict[str, Any]:
-        body = build_body(request, model)
-        add_reasoning_switches(body, request)
-        return body

@@ -1,3 +1,3 @@
-from .cli import main
+from privatai.ops.cli import main
 
 raise SystemExit(main())

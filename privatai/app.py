@@ -10,20 +10,20 @@ from sanic.exceptions import SanicException
 from sanic.handlers import ErrorHandler
 from sanic.response import HTTPResponse, json
 
-from .api import webchat
-from .api.chat import chat_completions
-from .api.health import first_probe, healthz, readyz
-from .api.metrics import metrics_endpoint
-from .api.models import get_model, list_models
-from .api.usage import usage
-from .middleware.auth import authenticate
-from .config import Config
-from .errors import InvalidRequest, NotFound, PayloadTooLarge, PrivatAIError
-from .logs import describe_error, loop_exception_handler
-from .router import Router
-from .state import AppState
-from .store import Store
-from . import tokens
+from privatai.api import webchat
+from privatai.api.chat import chat_completions
+from privatai.api.health import first_probe, healthz, readyz
+from privatai.api.metrics import metrics_endpoint
+from privatai.api.models import get_model, list_models
+from privatai.api.usage import usage
+from privatai.api.auth import authenticate
+from privatai.config import Config
+from privatai.errors import InvalidRequest, NotFound, PayloadTooLarge, PrivatAIError
+from privatai.ops.logs import describe_error, loop_exception_handler
+from privatai.core.routing import Router
+from privatai.state import AppState
+from privatai.store.database import Store
+from privatai.core import tokens
 
 log = logging.getLogger("privatai.app")
 

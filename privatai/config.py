@@ -14,7 +14,7 @@ from typing import Annotated, Literal, Union
 import msgspec
 import yaml
 
-from .errors import ConfigError
+from privatai.errors import ConfigError
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]

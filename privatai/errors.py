@@ -2,7 +2,7 @@
 
 Messages here may reach the client (they can echo upstream text, which may
 echo the prompt), so they are never logged: log the class and status only
-(see :func:`privatai.logs.describe_error`).
+(see :func:`privatai.ops.logs.describe_error`).
 """
 from __future__ import annotations
 

@@ -9,11 +9,11 @@ from typing import Any, Callable, Coroutine
 
 from sanic import Request
 
-from .config import Config
-from .events import Usage
-from .logs import access_log, describe_error, hash_client
-from .metrics import Metrics
-from .router import Router
+from privatai.config import Config
+from privatai.core.events import Usage
+from privatai.ops.logs import access_log, describe_error, hash_client
+from privatai.ops.metrics import Metrics
+from privatai.core.routing import Router
 
 log = logging.getLogger("privatai.state")
 
@@ -22,8 +22,8 @@ log = logging.getLogger("privatai.state")
 class AppState:
     config: Config
     router: Router
-    store: Any = None      # privatai.store.Store once opened
-    recorder: Any = None   # privatai.store.UsageRecorder once opened
+    store: Any = None      # privatai.store.database.Store once opened
+    recorder: Any = None   # privatai.store.database.UsageRecorder once opened
     started_wall: float = field(default_factory=time.time)
     metrics: Metrics | None = None  # made in __post_init__ unless metrics are disabled
     # Set once every backend has been probed after start: until then /readyz says "starting".
@@ -50,8 +50,8 @@ class AppState:
         routing, web-chat limits and the thinking field take effect at once;
         the listening address and the database path need a restart.
         """
-        from .config import load_config
-        from .errors import ConfigError
+        from privatai.config import load_config
+        from privatai.errors import ConfigError
         try:
             config = load_config(self.config.source)
             await self.router.reload(config)

@@ -10,8 +10,8 @@ import orjson
 from privatai.adapters import create_adapter
 from privatai.adapters.base import Adapter
 from privatai.config import BackendConfig
-from privatai.events import Event, Finish, TextDelta, ThinkingDelta, ToolCallDelta, Usage
-from privatai.protocol import ChatRequest, parse_chat_request
+from privatai.core.events import Event, Finish, TextDelta, ThinkingDelta, ToolCallDelta, Usage
+from privatai.core.protocol import ChatRequest, parse_chat_request
 from tests.fakes import FakeBackend
 
 API_KEY_ENV = "PRIVATAI_TEST_UPSTREAM_KEY"

@@ -8,7 +8,7 @@ import pytest
 
 from privatai.adapters.base import Adapter
 from privatai.errors import BackendError, BackendUnavailable, ConfigError, InvalidRequest, UpstreamRejected
-from privatai.events import Finish, TextDelta, ThinkingDelta, ToolCallDelta, Usage
+from privatai.core.events import Finish, TextDelta, ThinkingDelta, ToolCallDelta, Usage
 from tests.adapter_helpers import (
     API_KEY,
     API_KEY_ENV,

@@ -11,7 +11,7 @@ import pytest
 
 from privatai.adapters.base import Adapter
 from privatai.errors import BackendUnavailable, UpstreamRejected
-from privatai.events import Finish, TextDelta, ThinkingDelta, ToolCallDelta, Usage
+from privatai.core.events import Finish, TextDelta, ThinkingDelta, ToolCallDelta, Usage
 from tests.adapter_helpers import (
     WEATHER_TOOL,
     backend_config,

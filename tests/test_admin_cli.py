@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from privatai.errors import AuthenticationFailed
-from privatai.keys import is_well_formed
-from privatai.store import Store
-from privatai.usage import Batch, Counts, utc_now
+from privatai.store.keys import is_well_formed
+from privatai.store.database import Store
+from privatai.store.recorder import Batch, Counts, utc_now
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,7 +24,7 @@ class CLI:
 
     def __call__(self, *args: str, code: int = 0, db: bool = True) -> subprocess.CompletedProcess[str]:
         extra = ["--db", str(self.db)] if db else []
-        result = subprocess.run([sys.executable, "-m", "privatai.admin_cli", *args, *extra], cwd=ROOT,
+        result = subprocess.run([sys.executable, "-m", "privatai.ops.admin_cli", *args, *extra], cwd=ROOT,
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == code, (result.stdout, result.stderr)
         assert "Traceback" not in result.stderr

@@ -11,7 +11,7 @@ from typing import Any, Iterator
 import openai
 import pytest
 
-from privatai.events import TextDelta, ThinkingDelta, ToolCallDelta
+from privatai.core.events import TextDelta, ThinkingDelta, ToolCallDelta
 from tests.fakes import FAKES, ErrorLine, FakeBackend
 from tests.gateway import Gateway
 

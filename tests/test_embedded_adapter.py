@@ -8,8 +8,8 @@ import pytest
 
 from privatai.adapters.embedded import EmbeddedAdapter, bundled_model_path
 from privatai.config import BackendConfig
-from privatai.events import Finish, TextDelta
-from privatai.protocol import parse_chat_request
+from privatai.core.events import Finish, TextDelta
+from privatai.core.protocol import parse_chat_request
 
 pytestmark = pytest.mark.slow
 

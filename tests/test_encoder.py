@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 
-from privatai.events import Finish, TextDelta, ThinkingDelta, ToolCallDelta, Usage
-from privatai.protocol import DONE, ChunkEncoder, aggregate
+from privatai.core.events import Finish, TextDelta, ThinkingDelta, ToolCallDelta, Usage
+from privatai.core.protocol import DONE, ChunkEncoder, aggregate
 
 
 def frames(data: bytes) -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import urllib.request
 
-from privatai.events import TextDelta
+from privatai.core.events import TextDelta
 from tests.fakes import FakeOllama, FakeVLLM
 
 

@@ -5,7 +5,7 @@ import string
 
 import pytest
 
-from privatai.keys import (
+from privatai.store.keys import (
     display_prefix,
     generate_key,
     hash_key,

@@ -21,7 +21,7 @@ import pytest
 
 from privatai.adapters.base import Adapter
 from privatai.config import BackendConfig
-from privatai.events import TextDelta
+from privatai.core.events import TextDelta
 from tests.adapter_helpers import chat, closed_port, collect, finish_of, started_adapter, text_of, usage_of
 
 pytestmark = pytest.mark.slow

@@ -10,9 +10,9 @@ from typing import Any
 
 import httpx
 
-from privatai import tokens
-from privatai.events import TextDelta
-from privatai.protocol import parse_chat_request
+from privatai.core import tokens
+from privatai.core.events import TextDelta
+from privatai.core.protocol import parse_chat_request
 from tests.fakes import FakeVLLM, Sleep
 from tests.gateway import Gateway
 

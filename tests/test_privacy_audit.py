@@ -32,9 +32,9 @@ import httpx
 import openai
 import pytest
 
-from privatai.audit import Canaries, new_canary, scan_bytes, scan_file, scan_tree, walk_files
-from privatai.events import TextDelta, ThinkingDelta, ToolCallDelta
-from privatai.logs import NOISY_LOGGERS, describe_error, loop_exception_handler, setup_logging
+from privatai.ops.audit import Canaries, new_canary, scan_bytes, scan_file, scan_tree, walk_files
+from privatai.core.events import TextDelta, ThinkingDelta, ToolCallDelta
+from privatai.ops.logs import NOISY_LOGGERS, describe_error, loop_exception_handler, setup_logging
 from tests.fakes import Drop, ErrorLine, FakeBackend, FakeLlamaCpp, FakeOllama, FakeOpenAI, FakeVLLM, Hang, Raw, Sleep
 from tests.gateway import ROOT, Gateway, embedded_backend, free_port
 

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from privatai.errors import InvalidRequest
-from privatai.protocol import AssistantMessage, ToolMessage, message_to_openai, parse_chat_request, text_of
+from privatai.core.protocol import AssistantMessage, ToolMessage, message_to_openai, parse_chat_request, text_of
 
 
 def parse(body: object):

@@ -9,7 +9,7 @@ import pytest
 
 from privatai.config import WebChatConfig
 from privatai.errors import InvalidRequest, ModelNotFound, RateLimited
-from privatai.ratelimit import DAY, MINUTE, WebChatLimiter, client_address, parse_networks
+from privatai.limits.webchat import DAY, MINUTE, WebChatLimiter, client_address, parse_networks
 
 
 class Clock:
@@ -371,7 +371,7 @@ async def test_streams_released_in_finally_on_cancellation() -> None:
 def test_reconfigure_applies_new_limits_and_keeps_usage() -> None:
     from privatai.config import WebChatConfig
     from privatai.errors import RateLimited
-    from privatai.ratelimit import WebChatLimiter
+    from privatai.limits.webchat import WebChatLimiter
 
     now = [1000.0]
     limiter = WebChatLimiter(WebChatConfig(requests_per_minute=1, concurrent_streams=5), clock=lambda: now[0])

@@ -14,7 +14,7 @@ import psutil
 import pytest
 import yaml
 
-from privatai.events import TextDelta
+from privatai.core.events import TextDelta
 from tests.fakes import Drop, FakeBackend, FakeVLLM, Hang, Sleep
 from tests.gateway import Gateway
 

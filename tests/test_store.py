@@ -11,8 +11,8 @@ from typing import AsyncIterator
 import pytest
 
 from privatai.errors import AuthenticationFailed, PermissionDenied
-from privatai.keys import generate_key
-from privatai.store import SCHEMA_VERSION, AdminError, Principal, Store
+from privatai.store.keys import generate_key
+from privatai.store.database import SCHEMA_VERSION, AdminError, Principal, Store
 
 
 @pytest.fixture

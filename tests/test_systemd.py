@@ -403,7 +403,7 @@ def test_real_gateway_serves_under_the_units_seccomp_rules(tmp_path: Path) -> No
     if ctypes.util.find_library("seccomp") is None:
         pytest.skip("libseccomp not installed (Debian: libseccomp2)")
     serve = tmp_path / "serve.py"
-    serve.write_text("import sys\nfrom privatai.cli import main\nraise SystemExit(main(sys.argv[1:]))\n")
+    serve.write_text("import sys\nfrom privatai.ops.cli import main\nraise SystemExit(main(sys.argv[1:]))\n")
     gateway = Gateway(tmp_path / "gw", {"backends": [embedded_backend()]}, env={"PYTHONPATH": str(ROOT)},
                       launcher=[sys.executable, str(ROOT / "tests" / "unit_sandbox.py"), str(UNIT), str(serve)])
     key = gateway.create_key()

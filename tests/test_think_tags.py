@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from privatai.adapters.think_tags import ThinkTagSplitter
-from privatai.events import TextDelta, ThinkingDelta
+from privatai.core.events import TextDelta, ThinkingDelta
 
 TEXT = "<think>\nPlan: add.\n</think>\n\nThe sum is 4 <b>bold</b> < 5."
 

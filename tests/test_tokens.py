@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from privatai.protocol import parse_chat_request
-from privatai.tokens import (
+from privatai.core.protocol import parse_chat_request
+from privatai.core.tokens import (
     CL100K_SHA256,
     bpe_file,
     count_completion,
@@ -92,7 +92,7 @@ def test_loading_never_touches_the_network(tmp_path: Path) -> None:
         "def refuse(*a, **k): raise RuntimeError('network used')\n"
         "socket.socket.connect = refuse\n"
         "socket.create_connection = refuse\n"
-        "from privatai.tokens import count_text\n"
+        "from privatai.core.tokens import count_text\n"
         "print(count_text('hello world'))\n"
     )
     env = {**os.environ, "TIKTOKEN_CACHE_DIR": str(tmp_path / "empty-cache")}

@@ -12,10 +12,10 @@ from typing import AsyncIterator
 import pytest
 
 from privatai.config import StoreConfig
-from privatai.protocol import parse_chat_request
-from privatai.store import Principal, Store
-from privatai.tokens import count_completion, count_prompt
-from privatai.usage import Batch, Counts, utc_now
+from privatai.core.protocol import parse_chat_request
+from privatai.store.database import Principal, Store
+from privatai.core.tokens import count_completion, count_prompt
+from privatai.store.recorder import Batch, Counts, utc_now
 
 ISO_SECONDS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
 

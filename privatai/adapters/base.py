@@ -17,9 +17,9 @@ from __future__ import annotations
 import abc
 from typing import AsyncIterator, ClassVar
 
-from ..config import BackendConfig
-from ..events import Event
-from ..protocol import ChatRequest
+from privatai.config import BackendConfig
+from privatai.core.events import Event
+from privatai.core.protocol import ChatRequest
 
 
 class Adapter(abc.ABC):

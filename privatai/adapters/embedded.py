@@ -17,11 +17,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-from ..errors import BackendError, BackendUnavailable, UpstreamRejected
-from ..events import Event, Finish, TextDelta, ToolCallDelta
-from ..protocol import ChatRequest, message_to_openai, tools_to_openai
-from .base import Adapter
-from .llama_guard import check_grammars, quiet_llama_log
+from privatai.errors import BackendError, BackendUnavailable, UpstreamRejected
+from privatai.core.events import Event, Finish, TextDelta, ToolCallDelta
+from privatai.core.protocol import ChatRequest, message_to_openai, tools_to_openai
+from privatai.adapters.base import Adapter
+from privatai.adapters.llama_guard import check_grammars, quiet_llama_log
 
 _END = object()
 

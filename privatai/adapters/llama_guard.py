@@ -24,7 +24,7 @@ import logging
 import os
 from typing import Any, Iterator
 
-from ..errors import UpstreamRejected
+from privatai.errors import UpstreamRejected
 
 log = logging.getLogger("privatai.llama")
 

@@ -34,10 +34,10 @@ import orjson
 from httpx_aiohttp import AiohttpTransport
 from ollama import AsyncClient, ResponseError
 
-from ..config import BackendConfig
-from ..errors import BackendError, BackendUnavailable, InvalidRequest, PrivatAIError
-from ..events import Event, Finish, TextDelta, ThinkingDelta, ToolCallDelta, Usage
-from ..protocol import (
+from privatai.config import BackendConfig
+from privatai.errors import BackendError, BackendUnavailable, InvalidRequest, PrivatAIError
+from privatai.core.events import Event, Finish, TextDelta, ThinkingDelta, ToolCallDelta, Usage
+from privatai.core.protocol import (
     AssistantMessage,
     ChatRequest,
     DeveloperMessage,
@@ -47,8 +47,8 @@ from ..protocol import (
     text_of,
     tools_to_openai,
 )
-from .base import Adapter
-from .openai_stream import (
+from privatai.adapters.base import Adapter
+from privatai.adapters.openai_stream import (
     PROBE_TIMEOUT,
     ReadWatchdog,
     auth_headers,
@@ -56,8 +56,8 @@ from .openai_stream import (
     normalize_finish,
     pooled_connector,
 )
-from .think_tags import ThinkTagSplitter
-from .upstream_errors import classify, error_details
+from privatai.adapters.think_tags import ThinkTagSplitter
+from privatai.adapters.upstream_errors import classify, error_details
 
 _EFFORT_TO_THINK: dict[str, bool | str] = {
     "none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high",

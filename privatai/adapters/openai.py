@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..protocol import ChatRequest
-from .openai_stream import OpenAIStreamAdapter, build_body, reasoning_effort_of
+from privatai.core.protocol import ChatRequest
+from privatai.adapters.openai_stream import OpenAIStreamAdapter, build_body, reasoning_effort_of
 
 
 class OpenAIAdapter(OpenAIStreamAdapter):

@@ -26,13 +26,13 @@ from typing import Any, AsyncIterator, ClassVar
 import aiohttp
 import orjson
 
-from ..config import BackendConfig
-from ..errors import BackendError, BackendUnavailable, ConfigError, PrivatAIError
-from ..events import Event, Finish, TextDelta, ThinkingDelta, ToolCallDelta, Usage
-from ..protocol import ChatRequest, message_to_openai, tools_to_openai
-from .base import Adapter
-from .think_tags import ThinkTagSplitter
-from .upstream_errors import MAX_ERROR_BODY, classify, error_details, parse_error_body
+from privatai.config import BackendConfig
+from privatai.errors import BackendError, BackendUnavailable, ConfigError, PrivatAIError
+from privatai.core.events import Event, Finish, TextDelta, ThinkingDelta, ToolCallDelta, Usage
+from privatai.core.protocol import ChatRequest, message_to_openai, tools_to_openai
+from privatai.adapters.base import Adapter
+from privatai.adapters.think_tags import ThinkTagSplitter
+from privatai.adapters.upstream_errors import MAX_ERROR_BODY, classify, error_details, parse_error_body
 
 # Probes and model listing are small requests; a backend that cannot answer
 # them within this (plus the connect timeout) counts as down.

@@ -9,7 +9,7 @@ a possible tag prefix at the end of a delta is held back until the next one.
 """
 from __future__ import annotations
 
-from ..events import TextDelta, ThinkingDelta
+from privatai.core.events import TextDelta, ThinkingDelta
 
 OPEN = "<think>"
 CLOSE = "</think>"

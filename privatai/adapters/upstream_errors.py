@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from ..errors import BackendError, BackendUnavailable, PrivatAIError, UpstreamRejected
+from privatai.errors import BackendError, BackendUnavailable, PrivatAIError, UpstreamRejected
 
 # Cap what we keep of an error body: it is for a human, and a misbehaving
 # upstream must not make us hold megabytes.

@@ -9,7 +9,7 @@ the shared :class:`~privatai.adapters.openai_stream.ChunkMapper` accepts all.
 """
 from __future__ import annotations
 
-from .openai_stream import SelfHostedOpenAIAdapter
+from privatai.adapters.openai_stream import SelfHostedOpenAIAdapter
 
 
 class VLLMAdapter(SelfHostedOpenAIAdapter):

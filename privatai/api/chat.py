@@ -9,14 +9,14 @@ import orjson
 from sanic import Request
 from sanic.response import HTTPResponse, raw
 
-from ..errors import PrivatAIError
-from ..events import Event, Finish, Usage
-from ..logs import describe_error
-from ..metering import Meter
-from ..protocol import (DONE, KEEPALIVE, THINKING_FIELDS, ChatRequest, ChunkEncoder,
+from privatai.errors import PrivatAIError
+from privatai.core.events import Event, Finish, Usage
+from privatai.ops.logs import describe_error
+from privatai.core.metering import Meter
+from privatai.core.protocol import (DONE, KEEPALIVE, THINKING_FIELDS, ChatRequest, ChunkEncoder,
                         CompletionAggregator, error_event, new_completion_id, parse_chat_request)
-from ..router import RouteInfo
-from ..state import AppState
+from privatai.core.routing import RouteInfo
+from privatai.state import AppState
 
 SSE_HEADERS = {
     "Cache-Control": "no-cache",

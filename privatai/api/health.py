@@ -6,7 +6,7 @@ import asyncio
 from sanic import Request
 from sanic.response import HTTPResponse, json
 
-from ..state import AppState
+from privatai.state import AppState
 
 
 async def healthz(request: Request) -> HTTPResponse:

@@ -18,9 +18,9 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from sanic import Request
 from sanic.response import HTTPResponse, raw
 
-from ..config import MetricsConfig
-from ..errors import AuthenticationFailed, PermissionDenied
-from ..state import AppState
+from privatai.config import MetricsConfig
+from privatai.errors import AuthenticationFailed, PermissionDenied
+from privatai.state import AppState
 
 _PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
 

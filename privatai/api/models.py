@@ -6,8 +6,8 @@ from urllib.parse import unquote
 from sanic import Request
 from sanic.response import HTTPResponse, json
 
-from ..errors import ModelNotFound
-from ..state import AppState
+from privatai.errors import ModelNotFound
+from privatai.state import AppState
 
 
 def model_object(model_id: str, created: int) -> dict[str, object]:

@@ -6,8 +6,8 @@ from datetime import date
 from sanic import Request
 from sanic.response import HTTPResponse, json
 
-from ..errors import InvalidRequest
-from ..state import AppState
+from privatai.errors import InvalidRequest
+from privatai.state import AppState
 
 _TRUE = ("1", "true", "yes")
 

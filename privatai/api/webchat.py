@@ -23,14 +23,14 @@ import msgspec
 from sanic import Request, Sanic
 from sanic.response import HTTPResponse, empty, json, raw, redirect
 
-from ..config import Config, WebChatConfig, default_model
-from ..errors import InvalidRequest, NotFound
-from ..events import Usage
-from ..protocol import parse_chat_request
-from ..ratelimit import WebChatLimiter
-from ..state import AppState
-from .chat import run_chat
-from .models import model_object
+from privatai.config import Config, WebChatConfig, default_model
+from privatai.errors import InvalidRequest, NotFound
+from privatai.core.events import Usage
+from privatai.core.protocol import parse_chat_request
+from privatai.limits.webchat import WebChatLimiter
+from privatai.state import AppState
+from privatai.api.chat import run_chat
+from privatai.api.models import model_object
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "web" / "static"
 PAGE_NAME = "index.html"

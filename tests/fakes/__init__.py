@@ -44,9 +44,9 @@ includes ``/v1``); ``fake.healthy = False`` makes health checks fail.
 """
 from __future__ import annotations
 
-from .ollama import FakeOllama
-from .openai_like import FakeLlamaCpp, FakeOpenAI, FakeVLLM, SSEFake
-from .server import Drop, ErrorLine, FakeBackend, Hang, Raw, Recorded, Reply, Sleep, Step, StreamRecord
+from tests.fakes.ollama import FakeOllama
+from tests.fakes.openai_like import FakeLlamaCpp, FakeOpenAI, FakeVLLM, SSEFake
+from tests.fakes.server import Drop, ErrorLine, FakeBackend, Hang, Raw, Recorded, Reply, Sleep, Step, StreamRecord
 
 FAKES: dict[str, type[FakeBackend]] = {
     "ollama": FakeOllama,

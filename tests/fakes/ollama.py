@@ -8,9 +8,9 @@ from typing import Any
 
 from aiohttp import web
 
-from privatai.events import TextDelta, ThinkingDelta, ToolCallDelta
+from privatai.core.events import TextDelta, ThinkingDelta, ToolCallDelta
 
-from .server import ErrorLine, FakeBackend, Raw, Reply, StreamRecord, WholeAnswer
+from tests.fakes.server import ErrorLine, FakeBackend, Raw, Reply, StreamRecord, WholeAnswer
 
 # The durations Ollama reports on its final line, in nanoseconds.
 _DURATIONS = {"total_duration": 123456789, "load_duration": 1234567,

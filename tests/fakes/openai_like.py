@@ -10,9 +10,9 @@ from typing import Any, ClassVar
 
 from aiohttp import web
 
-from privatai.events import TextDelta, ThinkingDelta, ToolCallDelta
+from privatai.core.events import TextDelta, ThinkingDelta, ToolCallDelta
 
-from .server import ErrorLine, FakeBackend, Raw, Reply, StreamRecord, WholeAnswer
+from tests.fakes.server import ErrorLine, FakeBackend, Raw, Reply, StreamRecord, WholeAnswer
 
 _ALNUM = string.ascii_letters + string.digits
 

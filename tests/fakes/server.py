@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Self
 
 from aiohttp import web
 
-from privatai.events import TextDelta, ThinkingDelta, ToolCallDelta
+from privatai.core.events import TextDelta, ThinkingDelta, ToolCallDelta
 
 
 @dataclass(frozen=True)

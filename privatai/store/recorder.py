@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .store import Principal, Store
+    from privatai.store.database import Principal, Store
 
 log = logging.getLogger(__name__)
 

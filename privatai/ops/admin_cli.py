@@ -15,9 +15,9 @@ import sys
 from datetime import date, datetime, timezone
 from typing import Any, Awaitable, Callable, Sequence
 
-from .config import load_config
-from .errors import ConfigError
-from .store import DEFAULT_PLAN, AdminError, Store, UsageRow
+from privatai.config import load_config
+from privatai.errors import ConfigError
+from privatai.store.database import DEFAULT_PLAN, AdminError, Store, UsageRow
 
 Handler = Callable[[argparse.Namespace, Store], Awaitable[int]]
 
@@ -228,7 +228,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, separator_b
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the admin commands alone (``python -m privatai.admin_cli``)."""
+    """Run the admin commands alone (``python -m privatai.ops.admin_cli``)."""
     parser = argparse.ArgumentParser(prog="privatai", description="PrivatAI administration")
     register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
     args = parser.parse_args(argv)

@@ -25,10 +25,10 @@ from typing import Any, AsyncIterator, Literal
 
 import aiosqlite
 
-from .config import StoreConfig
-from .errors import AuthenticationFailed, PermissionDenied
-from .keys import DISPLAY_LENGTH, KEY_PREFIX, display_prefix, generate_key, hash_key, is_well_formed
-from .usage import Batch, UsageRecorder, utc_now
+from privatai.config import StoreConfig
+from privatai.errors import AuthenticationFailed, PermissionDenied
+from privatai.store.keys import DISPLAY_LENGTH, KEY_PREFIX, display_prefix, generate_key, hash_key, is_well_formed
+from privatai.store.recorder import Batch, UsageRecorder, utc_now
 
 # Each step runs once, in its own transaction, and bumps PRAGMA user_version.
 # Append new steps; never edit a released one.

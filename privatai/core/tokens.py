@@ -17,7 +17,7 @@ from pathlib import Path
 import orjson
 import tiktoken
 
-from .protocol import AssistantMessage, ChatRequest, ToolMessage, text_of, tools_to_openai
+from privatai.core.protocol import AssistantMessage, ChatRequest, ToolMessage, text_of, tools_to_openai
 
 # Pinned by tiktoken_ext/openai_public.py for the official cl100k_base.tiktoken.
 CL100K_SHA256 = "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"

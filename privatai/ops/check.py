@@ -1,7 +1,7 @@
 """`privatai check`: start, probe and list the models of every configured backend.
 
 It prints one row per model and backend. A failure shows the error's class and
-status only (:func:`privatai.logs.describe_error`): upstream error text can
+status only (:func:`privatai.ops.logs.describe_error`): upstream error text can
 echo a prompt, and this output ends up in terminals, CI logs and tickets.
 """
 from __future__ import annotations
@@ -11,9 +11,9 @@ import contextlib
 import time
 from dataclasses import dataclass
 
-from .adapters import create_adapter
-from .config import BackendConfig, Config
-from .logs import describe_error
+from privatai.adapters import create_adapter
+from privatai.config import BackendConfig, Config
+from privatai.ops.logs import describe_error
 
 OK = "ok"
 # Ollama lists "llama3.2:latest" for a model pulled and requested as "llama3.2".

@@ -15,8 +15,8 @@ from typing import Annotated, Any, Iterable, Literal, Union
 import msgspec
 import orjson
 
-from .errors import InvalidRequest, PrivatAIError
-from .events import Event, Finish, TextDelta, ThinkingDelta, ToolCallDelta, Usage
+from privatai.errors import InvalidRequest, PrivatAIError
+from privatai.core.events import Event, Finish, TextDelta, ThinkingDelta, ToolCallDelta, Usage
 
 # --------------------------------------------------------------------------
 # Request types

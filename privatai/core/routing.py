@@ -16,12 +16,12 @@ import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
-from .adapters import create_adapter
-from .adapters.base import Adapter
-from .config import Config, RoutingConfig, default_model
-from .errors import BackendError, BackendUnavailable, CapacityExceeded, ModelNotFound
-from .events import Event
-from .protocol import ChatRequest
+from privatai.adapters import create_adapter
+from privatai.adapters.base import Adapter
+from privatai.config import Config, RoutingConfig, default_model
+from privatai.errors import BackendError, BackendUnavailable, CapacityExceeded, ModelNotFound
+from privatai.core.events import Event
+from privatai.core.protocol import ChatRequest
 
 log = logging.getLogger("privatai.router")
 

@@ -19,8 +19,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from .events import Usage
-    from .router import Router
+    from privatai.core.events import Usage
+    from privatai.core.routing import Router
 
 # The *_created series (a start timestamp per labelled child) double the
 # output and Prometheus' text format treats them as plain gauges nobody

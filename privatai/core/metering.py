@@ -9,9 +9,9 @@ off by the client or by a failing backend is billed for what it got).
 """
 from __future__ import annotations
 
-from .events import Event, TextDelta, ThinkingDelta, ToolCallDelta, Usage
-from .protocol import ChatRequest
-from . import tokens
+from privatai.core.events import Event, TextDelta, ThinkingDelta, ToolCallDelta, Usage
+from privatai.core.protocol import ChatRequest
+from privatai.core import tokens
 
 
 class Meter:

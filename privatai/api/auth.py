@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from sanic import Request
 
-from ..keys import key_from_authorization
-from ..state import AppState
+from privatai.store.keys import key_from_authorization
+from privatai.state import AppState
 
 PROTECTED_PREFIXES = ("/api/v1/", "/v1/")
 

@@ -10,8 +10,8 @@ import signal
 import sys
 from pathlib import Path
 
-from .config import Config, load_config
-from .errors import ConfigError
+from privatai.config import Config, load_config
+from privatai.errors import ConfigError
 
 
 LISTEN_BACKLOG = 4096
@@ -48,9 +48,9 @@ def _address(config: Config, args: argparse.Namespace) -> tuple[str, int]:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    from .app import create_app
-    from .hardening import disable_core_dumps
-    from .logs import setup_logging
+    from privatai.app import create_app
+    from privatai.ops.hardening import disable_core_dumps
+    from privatai.ops.logs import setup_logging
 
     config.server.host, config.server.port = _address(config, args)
     setup_logging(config.logging.level, config.logging.format, config.logging.third_party_level)
@@ -73,7 +73,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 async def _quickstart(config: Config) -> str:
-    from .store import AdminError, Store
+    from privatai.store.database import AdminError, Store
 
     store = await Store.open(config.store.path)
     try:
@@ -145,8 +145,8 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    from .check import run_check
-    from .logs import setup_logging
+    from privatai.ops.check import run_check
+    from privatai.ops.logs import setup_logging
 
     # Only warnings, and through the scrubbing filter: no upstream text on the terminal.
     setup_logging("WARNING", config.logging.format)
@@ -154,7 +154,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import admin_cli, audit
+    from privatai.ops import admin_cli
+    from privatai.ops import audit
 
     parser = argparse.ArgumentParser(prog="privatai", description="Privacy-first OpenAI-compatible LLM gateway")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -422,9 +422,9 @@ def render(url: str, key_prefix: str, probes: list[Probe], results: list[ScanRes
 
 
 def audit(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .errors import ConfigError
-    from .keys import display_prefix
+    from privatai.config import load_config
+    from privatai.errors import ConfigError
+    from privatai.store.keys import display_prefix
 
     try:
         config = load_config(args.config)

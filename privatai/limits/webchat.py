@@ -58,8 +58,8 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from .config import WebChatConfig
-from .errors import InvalidRequest, ModelNotFound, RateLimited
+from privatai.config import WebChatConfig
+from privatai.errors import InvalidRequest, ModelNotFound, RateLimited
 
 MINUTE = 60.0
 DAY = 86400.0

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import sqlite3
 import stat
+import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import AsyncIterator
@@ -76,6 +78,39 @@ async def test_concurrent_first_opens_migrate_once(db_path: str) -> None:
     finally:
         for s in stores:
             await s.close()
+
+
+def _open_new_files(paths: list[str], barrier: threading.Barrier) -> list[str]:
+    """Open each path once, in step with the other processes; the errors seen."""
+    async def open_close(path: str) -> None:
+        store = await Store.open(path)
+        await store.close()
+
+    errors = []
+    for path in paths:
+        barrier.wait()
+        try:
+            asyncio.run(open_close(path))
+        except Exception as exc:  # noqa: BLE001 - reported to the test
+            errors.append(f"{type(exc).__name__}: {exc}")
+    return errors
+
+
+def test_processes_opening_a_new_file_at_once_never_fail(tmp_path: Path) -> None:
+    # The first opens of a new file race to switch it to WAL; SQLite answers
+    # one of them "database is locked" at once, without waiting, to avoid a
+    # deadlock. Four processes opening 100 new files in step hit it reliably.
+    processes, rounds = 4, 100
+    paths = [str(tmp_path / f"{n}.db") for n in range(rounds)]
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, context.Pool(processes) as pool:
+        barrier = manager.Barrier(processes)
+        results = pool.starmap(_open_new_files, [(paths, barrier)] * processes)
+    assert [error for errors in results for error in errors] == []
+    for path in paths:
+        with sqlite3.connect(path) as db:
+            assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
 async def test_newer_schema_is_refused_clearly(db_path: str) -> None:

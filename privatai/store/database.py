@@ -198,6 +198,27 @@ def _epoch(timestamp: str) -> float:
     return datetime.fromisoformat(timestamp + "+00:00").timestamp()
 
 
+async def _enable_wal(db: aiosqlite.Connection, timeout: float) -> None:
+    """Switch the file to WAL, retrying for up to ``timeout`` seconds.
+
+    When several connections open a new file at once, each holds a shared lock
+    while it asks for the exclusive one the switch needs, and SQLite answers
+    one of them SQLITE_BUSY at once rather than waiting in its busy handler (to
+    avoid a deadlock). Once one has switched, the others find WAL already set.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        try:
+            await db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() + delay > deadline:
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
 class Store:
     """The database of one process. Open with :meth:`open`, close with :meth:`close`."""
 
@@ -224,7 +245,7 @@ class Store:
         db = await aiosqlite.connect(path, isolation_level=None)
         try:
             await db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-            await db.execute("PRAGMA journal_mode = WAL")
+            await _enable_wal(db, busy_timeout)
             await db.execute("PRAGMA synchronous = NORMAL")
             await db.execute("PRAGMA foreign_keys = ON")
             store = cls(db, cache_ttl=cache_ttl, cache_size=cache_size,

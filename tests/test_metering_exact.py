@@ -123,3 +123,32 @@ async def test_sigterm_during_open_streams_loses_no_usage(tmp_path: Path) -> Non
         with gateway:
             stored = httpx.get(f"{gateway.base_url}/usage", headers=headers, timeout=10).json()
         assert (stored["requests"], stored["prompt_tokens"], stored["completion_tokens"]) == (20, 800, 60)
+
+
+async def test_absurd_backend_usage_blocks_no_other_key(tmp_path: Path) -> None:
+    """A backend reports more than 2**63 prompt tokens and a negative completion:
+    every other key's usage is still exact in /usage and survives a restart."""
+    async with FakeVLLM() as fast, FakeVLLM() as slow:
+        fast.reply(TextDelta("hi"), usage=(2**63 + 5, -7))
+        gateway = Gateway(tmp_path, config(fast, slow))
+        liar = {"Authorization": f"Bearer {gateway.create_key('a')}"}
+        honest = {"Authorization": f"Bearer {gateway.create_key('b')}"}
+        url = f"{gateway.base_url}/chat/completions"
+        told = [0, 0, 0]
+        with gateway:
+            async with httpx.AsyncClient(timeout=30) as client:
+                assert (await client.post(url, json=body(0, "fast", False), headers=liar)).status_code == 200
+                for i in (1, 2):
+                    usage = (await client.post(url, json=body(i, "fast", False), headers=honest)).json()["usage"]
+                    told = [told[0] + 1, told[1] + usage["prompt_tokens"], told[2] + usage["completion_tokens"]]
+                    stored = await client.get(f"{gateway.base_url}/usage", headers=honest)
+                    assert stored.status_code == 200
+                    assert [stored.json()[k] for k in ("requests", "prompt_tokens", "completion_tokens")] == told
+                clamped = await client.get(f"{gateway.base_url}/usage", headers=liar)
+                assert clamped.status_code == 200
+                assert clamped.json()["requests"] == 1
+                assert 0 <= clamped.json()["prompt_tokens"] < 2**63 and clamped.json()["completion_tokens"] == 0
+        # The honest usage written at shutdown is there after a restart.
+        with gateway:
+            stored = httpx.get(f"{gateway.base_url}/usage", headers=honest, timeout=10).json()
+        assert [stored[k] for k in ("requests", "prompt_tokens", "completion_tokens")] == told

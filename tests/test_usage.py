@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import re
 import sqlite3
@@ -15,7 +16,7 @@ from privatai.config import StoreConfig
 from privatai.core.protocol import parse_chat_request
 from privatai.store.database import Principal, Store
 from privatai.core.tokens import count_completion, count_prompt
-from privatai.store.recorder import Batch, Counts, utc_now
+from privatai.store.recorder import MAX_TOKENS, Batch, Counts, utc_now
 
 ISO_SECONDS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
 
@@ -70,24 +71,77 @@ async def test_concurrent_records_are_exact(store: Store, db_path: str) -> None:
     assert sum(v[0] for v in expected.values()) == 5000
 
 
-async def test_failed_flush_keeps_counts_pending(store: Store, db_path: str) -> None:
-    [principal] = await _principals(store, 1)
-    with sqlite3.connect(db_path) as db:
-        db.execute("CREATE TRIGGER fail BEFORE INSERT ON usage_daily BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
-    store.recorder.record(principal, "m", 10, 20)
-    with pytest.raises(sqlite3.Error, match="disk says no"):
-        await store.recorder.flush()
-    store.recorder.record(principal, "m", 1, 2)
-    assert [(c.requests, c.prompt_tokens, c.completion_tokens)
-            for c in store.recorder.pending_counts.values()] == [(2, 11, 22)]
+async def test_failed_flush_keeps_counts_pending(db_path: str) -> None:
+    store = await Store.open(db_path, busy_timeout=0.2, flush_interval=0.01)
+    try:
+        [principal] = await _principals(store, 1)
+        # Another process (the CLI, a backup) holds the write lock past the busy timeout.
+        blocker = sqlite3.connect(db_path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        store.recorder.record(principal, "m", 10, 20)
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            await store.recorder.flush()
+        store.recorder.record(principal, "m", 1, 2)
+        assert [(c.requests, c.prompt_tokens, c.completion_tokens)
+                for c in store.recorder.pending_counts.values()] == [(2, 11, 22)]
 
-    # The background task keeps retrying without losing or doubling anything.
-    store.recorder.start()
-    await asyncio.sleep(0.1)
-    with sqlite3.connect(db_path) as db:
-        db.execute("DROP TRIGGER fail")
-    await store.recorder.stop()
-    assert _db_totals(db_path) == {(principal.key_id, "m"): (2, 11, 22)}
+        # The background task keeps retrying without losing or doubling anything.
+        store.recorder.start()
+        await asyncio.sleep(0.5)
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        await store.recorder.stop()
+        assert _db_totals(db_path) == {(principal.key_id, "m"): (2, 11, 22)}
+    finally:
+        await store.close()
+
+
+def _totals(usage: dict) -> tuple[int, int, int]:
+    return usage["requests"], usage["prompt_tokens"], usage["completion_tokens"]
+
+
+async def test_out_of_range_counts_are_clamped_and_block_nobody(store: Store) -> None:
+    liar, honest = await _principals(store, 2)
+    store.recorder.record(liar, "m", 2**64 + 1, -5)
+    store.recorder.record(honest, "m", 10, 20)
+    store.recorder.record(honest, "m", -1000, -1000)  # counts a request, lowers nothing
+    store.recorder.record(honest, "m", 2.0, float("nan"))  # type: ignore[arg-type]
+    await store.recorder.flush()
+    assert store.recorder.pending_counts == {}
+    assert _totals(await store.usage_for_key(liar.key_id)) == (1, MAX_TOKENS, 0)
+    assert _totals(await store.usage_for_key(honest.key_id)) == (3, 12, 20)
+    # Clamped rows keep adding up without overflowing a 64-bit column.
+    for _ in range(3):
+        store.recorder.record(liar, "m", 2**70, 2**70)
+        await store.recorder.flush()
+    assert _totals(await store.usage_for_key(liar.key_id)) == (4, 4 * MAX_TOKENS, 3 * MAX_TOKENS)
+
+
+async def test_rows_the_database_refuses_are_dropped_and_the_rest_written(
+        store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    alive, other = await _principals(store, 2)
+    day = utc_now().date().isoformat()
+    refused = await store.write_usage(Batch({
+        (alive.key_id, day, "big"): Counts(1, 2**63, 0),   # beyond a 64-bit column
+        (alive.key_id, day, "m"): Counts(1, 5, 6),
+        (9999, day, "m"): Counts(1, 1, 1),                  # no such key (deleted)
+        (other.key_id, day, "m"): Counts(2, 7, 8)}))
+    assert sorted(refused) == [(alive.key_id, day, "big"), (9999, day, "m")]
+    assert _totals(await store.usage_for_key(alive.key_id)) == (1, 5, 6)
+    assert _totals(await store.usage_for_key(other.key_id)) == (2, 7, 8)
+
+    # Through the recorder: a key that vanished is dropped with one log line,
+    # and every later flush (and /usage, which flushes first) still works.
+    ghost = Principal(9999, "privat_ghost", alive.account_id, "acme", "pro")
+    store.recorder.record(ghost, "m", 1, 1)
+    store.recorder.record(other, "m", 1, 1)
+    with caplog.at_level(logging.ERROR, logger="privatai.store.recorder"):
+        await store.recorder.flush()
+    assert [r.getMessage() for r in caplog.records] == [
+        "usage row refused by the database and dropped (key id 9999)"]
+    assert store.recorder.pending_counts == {}
+    store.recorder.record(other, "m", 1, 1)
+    assert _totals(await store.usage_for_key(other.key_id)) == (4, 9, 10)
 
 
 async def test_cancelled_flush_neither_loses_nor_doubles(store: Store, db_path: str) -> None:

@@ -28,7 +28,7 @@ import aiosqlite
 from privatai.config import StoreConfig
 from privatai.errors import AuthenticationFailed, PermissionDenied
 from privatai.store.keys import DISPLAY_LENGTH, KEY_PREFIX, display_prefix, generate_key, hash_key, is_well_formed
-from privatai.store.recorder import Batch, UsageRecorder, utc_now
+from privatai.store.recorder import Batch, UsageKey, UsageRecorder, utc_now
 
 # Each step runs once, in its own transaction, and bumps PRAGMA user_version.
 # Append new steps; never edit a released one.
@@ -68,6 +68,17 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
+
+_ADD_USAGE = """INSERT INTO usage_daily (key_id, day, model, requests, prompt_tokens, completion_tokens)
+    VALUES (?, ?, ?, ?, ?, ?)
+    ON CONFLICT (key_id, day, model) DO UPDATE SET
+      requests = requests + excluded.requests,
+      prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+      completion_tokens = completion_tokens + excluded.completion_tokens"""
+_SET_LAST_USED = "UPDATE api_keys SET last_used = ?1 WHERE id = ?2 AND (last_used IS NULL OR last_used < ?1)"
+# What a row's own values cause: too big for a 64-bit column (raised by the
+# driver while binding), a constraint it breaks (a key that was deleted).
+_ROW_ERRORS = (OverflowError, sqlite3.IntegrityError)
 DEFAULT_PLAN = "pro"
 
 _MISSING = "Missing API key. Send it as 'Authorization: Bearer privat_...'."
@@ -462,21 +473,36 @@ class Store:
 
     # ------------------------------------------------------------------ usage
 
-    async def write_usage(self, batch: Batch) -> None:
-        """Add a recorder batch to the aggregates in one transaction."""
+    async def write_usage(self, batch: Batch) -> list[UsageKey]:
+        """Add a recorder batch to the aggregates in one transaction.
+
+        Returns the rows the database refused for their values (a number out
+        of range, a key that no longer exists): the others are written all the
+        same, so one bad row never blocks everybody's usage. Any other error
+        (the database is locked, the disk full) raises and writes nothing.
+        """
+        rows = [(key, (*key, c.requests, c.prompt_tokens, c.completion_tokens))
+                for key, c in batch.counts.items()]
+        last_used = [(when, key_id) for key_id, when in batch.last_used.items()]
+        try:
+            async with self._transaction() as db:
+                await db.executemany(_ADD_USAGE, [values for _, values in rows])
+                await db.executemany(_SET_LAST_USED, last_used)
+            return []
+        except _ROW_ERRORS:
+            pass
+        refused = []
         async with self._transaction() as db:
-            await db.executemany(
-                """INSERT INTO usage_daily (key_id, day, model, requests, prompt_tokens, completion_tokens)
-                   VALUES (?, ?, ?, ?, ?, ?)
-                   ON CONFLICT (key_id, day, model) DO UPDATE SET
-                     requests = requests + excluded.requests,
-                     prompt_tokens = prompt_tokens + excluded.prompt_tokens,
-                     completion_tokens = completion_tokens + excluded.completion_tokens""",
-                [(key_id, day, model, c.requests, c.prompt_tokens, c.completion_tokens)
-                 for (key_id, day, model), c in batch.counts.items()])
-            await db.executemany(
-                "UPDATE api_keys SET last_used = ?1 WHERE id = ?2 AND (last_used IS NULL OR last_used < ?1)",
-                [(when, key_id) for key_id, when in batch.last_used.items()])
+            for key, values in rows:
+                await db.execute("SAVEPOINT usage_row")
+                try:
+                    await db.execute(_ADD_USAGE, values)
+                except _ROW_ERRORS:
+                    await db.execute("ROLLBACK TO usage_row")
+                    refused.append(key)
+                await db.execute("RELEASE usage_row")
+            await db.executemany(_SET_LAST_USED, last_used)
+        return refused
 
     async def prune_usage(self, retention_days: int) -> int:
         """Delete usage of UTC days older than ``retention_days``; returns rows deleted."""

@@ -6,6 +6,10 @@ transaction every ``flush_interval`` seconds. Counts taken out for a write go
 back into the aggregate if the write fails, and writes run as tasks that a
 cancelled caller cannot interrupt, so a count is never lost or written twice.
 Only numbers are kept: no prompt, no client address, no per-request rows.
+
+Counts are clamped to ``0..MAX_TOKENS`` on the way in: a backend that reports
+a negative or absurd number must neither lower a key's totals nor overflow a
+64-bit column, which would fail every later write of the whole batch.
 """
 from __future__ import annotations
 
@@ -21,6 +25,20 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 UsageKey = tuple[int, str, str]  # key_id, UTC day (YYYY-MM-DD), model
+
+# Far above any real request (a million-token context is 2**20), far below
+# 2**63: even 2**31 requests a day at this size cannot overflow a day's sum.
+MAX_TOKENS = 2**31 - 1
+
+
+def clamp_tokens(value: int) -> int:
+    """A reported token count as stored: an int in ``0..MAX_TOKENS``."""
+    if not isinstance(value, int):  # a float (or worse) from a careless backend
+        try:
+            value = int(value)
+        except (TypeError, ValueError, OverflowError):
+            return 0
+    return min(max(value, 0), MAX_TOKENS)
 
 
 @dataclass(slots=True)
@@ -66,14 +84,17 @@ class UsageRecorder:
 
     def record(self, principal: Principal, model: str, prompt_tokens: int, completion_tokens: int) -> None:
         """Count one finished request. Synchronous and cheap: no I/O."""
+        prompt, completion = clamp_tokens(prompt_tokens), clamp_tokens(completion_tokens)
+        if (prompt, completion) != (prompt_tokens, completion_tokens):
+            log.warning("usage out of range clamped to 0..%d tokens (key id %d)", MAX_TOKENS, principal.key_id)
         now = utc_now()
         key = (principal.key_id, now.date().isoformat(), model)
         counts = self._pending.counts.get(key)
         if counts is None:
             counts = self._pending.counts[key] = Counts()
         counts.requests += 1
-        counts.prompt_tokens += prompt_tokens
-        counts.completion_tokens += completion_tokens
+        counts.prompt_tokens += prompt
+        counts.completion_tokens += completion
         self._pending.last_used[principal.key_id] = now.isoformat()
 
     @property
@@ -103,10 +124,14 @@ class UsageRecorder:
 
     async def _write(self, batch: Batch) -> None:
         try:
-            await self._store.write_usage(batch)
+            refused = await self._store.write_usage(batch)
         except BaseException:
             self._restore(batch)
             raise
+        for key_id, _day, _model in refused:
+            # Retrying cannot help a row the database refuses for its values;
+            # keeping it would fail every later flush.
+            log.error("usage row refused by the database and dropped (key id %d)", key_id)
 
     def _restore(self, batch: Batch) -> None:
         for key, counts in batch.counts.items():

@@ -158,13 +158,19 @@ class UsageRecorder:
         await self.flush()
 
     async def _run(self) -> None:
+        # Batches are taken every flush_interval, measured from one take to the
+        # next rather than from the end of a write: so a crash loses at most
+        # the last interval's usage plus the write in progress, the README's bound.
         assert self._stopping is not None
+        loop = asyncio.get_running_loop()
+        due = loop.time() + self._flush_interval
         while not self._stopping.is_set():
             await self._prune_daily()
             try:
-                await asyncio.wait_for(self._stopping.wait(), self._flush_interval)
+                await asyncio.wait_for(self._stopping.wait(), max(0.0, due - loop.time()))
             except asyncio.TimeoutError:
                 pass
+            due = loop.time() + self._flush_interval
             try:
                 await self.flush()
             except Exception as exc:  # kept pending; the next round retries

@@ -161,3 +161,38 @@ def test_config_names_the_database(tmp_path: Path) -> None:
 
     missing = cli("accounts", "list", "--config", str(tmp_path / "nope.yaml"), db=False, code=2)
     assert "nope.yaml" in missing.stderr
+
+
+def test_names_and_labels_are_bounded_and_printable(cli: CLI) -> None:
+    long = cli("accounts", "create", "a" * 100_000, code=2).stderr
+    assert "account name must be at most 64 characters (got 100,000)" in long and len(long) < 200
+    clear_screen = cli("accounts", "create", "evil\x1b[2J", code=2).stderr
+    assert "control or invisible characters (found U+001B)" in clear_screen and "\x1b" not in clear_screen
+    assert "found U+202E" in cli("accounts", "create", "gmbh\u202eexe.", code=2).stderr
+    assert "must not be empty" in cli("accounts", "create", "  ", code=2).stderr
+    assert "plan must be at most 32" in cli("accounts", "create", "acme", "--plan", "p" * 33, code=2).stderr
+    cli("accounts", "create", "Müller & Söhne GmbH")  # ordinary names, spaces and umlauts pass
+    assert "found U+000A" in cli("keys", "create", "Müller & Söhne GmbH", "--label", "a\nb", code=2).stderr
+    assert "key label must be at most 100" in cli(
+        "keys", "create", "Müller & Söhne GmbH", "--label", "x" * 101, code=2).stderr
+    # Names typed at a lookup are quoted escaped and short in the one-line error.
+    unknown = cli("accounts", "suspend", "\x1b[2J" + "b" * 100_000, code=2).stderr
+    assert "no account named '\\x1b[2Jbbb" in unknown and "\x1b" not in unknown and len(unknown) < 200
+    assert "no key with id" in cli("keys", "revoke", "9" * 5000, code=2).stderr
+
+
+def test_values_stored_before_the_rule_print_safely(cli: CLI) -> None:
+    cli("accounts", "create", "acme")
+    cli("keys", "create", "acme", "--label", "fine")
+    # What an older release let in, written straight into the database.
+    with sqlite3.connect(cli.db) as db:
+        db.execute("UPDATE accounts SET name = ?, plan = ?", ("ac\x1b[2Jme\nX", "p\x07"))
+        db.execute("UPDATE api_keys SET label = ?", ("L" * 100_000 + "\r",))
+    for args in (("accounts", "list"), ("keys", "list")):
+        out = cli(*args).stdout
+        assert not any(c in out for c in "\x1b\x07\r"), args
+        lines = out.splitlines()
+        assert len(lines) == 3, args  # header, rule, one row: no newline broke the table
+        assert "ac\\x1b[2Jme\\nX" in lines[2] and len(lines[2]) < 400, args
+    assert "L" * 100 + "…" in cli("keys", "list").stdout
+    assert "p\\x07" in cli("accounts", "list").stdout

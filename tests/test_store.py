@@ -136,6 +136,21 @@ async def test_account_admin(store: Store) -> None:
     assert (await store.set_account_status("acme", "active")).status == "active"
 
 
+async def test_names_labels_and_plans_are_checked_where_they_enter(store: Store) -> None:
+    for name, reason in (("n" * 65, "at most 64 characters"), ("a\tb", r"U\+0009"), ("\u200bacme", r"U\+200B"),
+                         ("", "must not be empty")):
+        with pytest.raises(AdminError, match=reason):
+            await store.create_account(name)
+    with pytest.raises(AdminError, match="plan must not contain"):
+        await store.create_account("acme", plan="pro\x1b")
+    assert (await store.create_account("  Café Ünal  ")).name == "Café Ünal"
+    for label, reason in (("l" * 101, "at most 100"), ("a\x1b[2J", r"U\+001B"), ("a\u2028b", r"U\+2028")):
+        with pytest.raises(AdminError, match=reason):
+            await store.create_key("Café Ünal", label=label)
+    assert (await store.create_key("Café Ünal", label="l" * 100)).info.label == "l" * 100
+    assert await store.list_accounts() == [await store.get_account("Café Ünal")]
+
+
 async def test_keys_several_per_account_and_lookup(store: Store) -> None:
     await store.create_account("acme")
     await store.create_account("other")

@@ -27,6 +27,7 @@ import aiosqlite
 
 from privatai.config import StoreConfig
 from privatai.errors import AuthenticationFailed, PermissionDenied
+from privatai.store.names import LABEL_MAX, NAME_MAX, PLAN_MAX, AdminError, checked, quoted
 from privatai.store.keys import DISPLAY_LENGTH, KEY_PREFIX, display_prefix, generate_key, hash_key, is_well_formed
 from privatai.store.recorder import Batch, UsageKey, UsageRecorder, utc_now
 
@@ -86,11 +87,6 @@ _INVALID = "Invalid API key."
 _REVOKED = "This API key has been revoked."
 _EXPIRED = "This API key has expired."
 _SUSPENDED = "The account of this API key is suspended. Contact support to reactivate it."
-
-
-class AdminError(Exception):
-    """An admin operation cannot be done (unknown name, duplicate, ambiguous
-    prefix...): a one-line message for the operator."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,21 +359,20 @@ class Store:
     # ------------------------------------------------------------------ accounts
 
     async def create_account(self, name: str, plan: str = DEFAULT_PLAN) -> Account:
-        name = name.strip()
-        if not name:
-            raise AdminError("account name must not be empty")
+        name = checked(name, "account name", NAME_MAX)
+        plan = checked(plan, "plan", PLAN_MAX)
         try:
             async with self._transaction() as db:
                 await db.execute("INSERT INTO accounts (name, plan, created) VALUES (?, ?, ?)",
                                  (name, plan, utc_now().isoformat()))
         except sqlite3.IntegrityError:
-            raise AdminError(f"account {name!r} already exists") from None
+            raise AdminError(f"account {quoted(name)} already exists") from None
         return await self.get_account(name)
 
     async def get_account(self, name: str) -> Account:
         row = await self._account_row(name)
         if row is None:
-            raise AdminError(f"no account named {name!r}")
+            raise AdminError(f"no account named {quoted(name)}")
         return Account(*row)
 
     async def _account_row(self, name: str) -> aiosqlite.Row | None:
@@ -404,6 +399,7 @@ class Store:
     async def create_key(self, account_name: str, *, label: str = "",
                          expires_at: datetime | None = None) -> NewKey:
         """A new key for an account; the returned ``key`` is the only copy."""
+        label = checked(label, "key label", LABEL_MAX, required=False)
         account = await self.get_account(account_name)
         now = utc_now()
         expires = None
@@ -441,7 +437,9 @@ class Store:
     async def find_key(self, reference: str) -> ApiKey:
         """A key by id, by (the start of) its display prefix, or by the full key."""
         reference = reference.strip().rstrip("…")
-        if reference.isdigit():
+        if reference.isascii() and reference.isdigit():
+            if len(reference) > 18:  # beyond any id, and int() refuses 4,300 digits
+                raise AdminError(f"no key with id {quoted(reference)}")
             return await self._key_by_id(int(reference))
         if is_well_formed(reference):
             rows = await self._fetchall(f"SELECT {self._KEY_COLUMNS} WHERE k.sha256 = ?",
@@ -450,15 +448,15 @@ class Store:
                 raise AdminError("no such key")
             return ApiKey(*rows[0])
         if not (reference.startswith(KEY_PREFIX) and len(KEY_PREFIX) < len(reference) <= DISPLAY_LENGTH):
-            raise AdminError(f"{reference!r} is neither a key id nor a key prefix like 'privat_AbC12'")
+            raise AdminError(f"{quoted(reference)} is neither a key id nor a key prefix like 'privat_AbC12'")
         rows = await self._fetchall(
             f"SELECT {self._KEY_COLUMNS} WHERE substr(k.prefix, 1, ?) = ? ORDER BY k.id",
             (len(reference), reference))
         if not rows:
-            raise AdminError(f"no key with prefix {reference!r}")
+            raise AdminError(f"no key with prefix {quoted(reference)}")
         if len(rows) > 1:
             ids = ", ".join(str(row[0]) for row in rows)
-            raise AdminError(f"prefix {reference!r} matches several keys (ids {ids}); use the id")
+            raise AdminError(f"prefix {quoted(reference)} matches several keys (ids {ids}); use the id")
         return ApiKey(*rows[0])
 
     async def revoke_key(self, reference: str) -> ApiKey:

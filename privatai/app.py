@@ -23,6 +23,7 @@ from privatai.ops.logs import describe_error, loop_exception_handler
 from privatai.core.routing import Router
 from privatai.state import AppState
 from privatai.store.database import Store
+from privatai.store.recorder import UsageRecorder
 from privatai.core import tokens
 
 log = logging.getLogger("privatai.app")
@@ -116,7 +117,7 @@ def create_app(config: Config, *, name: str = "privatai") -> Sanic:
         asyncio.get_running_loop().set_exception_handler(loop_exception_handler)
         state: AppState = app.ctx.state
         state.store = await Store.from_config(config.store)
-        state.recorder = state.store.recorder
+        state.recorder = UsageRecorder.from_config(state.store, config.store)
         state.recorder.start()
         # Load the tokenizer now rather than on the first request that needs it.
         await asyncio.to_thread(tokens.encoding)
@@ -143,7 +144,11 @@ def create_app(config: Config, *, name: str = "privatai") -> Sanic:
         # so their usage is recorded: flush it and close the database last.
         state: AppState = app.ctx.state
         await state.router.close()
-        if state.store is not None:
-            await state.store.close()
+        try:
+            if state.recorder is not None:
+                await state.recorder.stop()
+        finally:
+            if state.store is not None:
+                await state.store.close()
 
     return app

@@ -13,7 +13,7 @@ import pytest
 from privatai.errors import AuthenticationFailed
 from privatai.store.keys import is_well_formed
 from privatai.store.database import Store
-from privatai.store.recorder import Batch, Counts, utc_now
+from privatai.store.recorder import Batch, Counts, UsageRecorder, utc_now
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,9 +119,11 @@ async def test_usage_table(cli: CLI) -> None:
     store = await Store.open(str(cli.db))
     try:
         a, c = await store.authenticate(alice), await store.authenticate(carol)
-        store.recorder.record(a, "phi4-mini", 1200, 3400)
-        store.recorder.record(a, "llama3.2", 1, 2)
-        store.recorder.record(c, "phi4-mini", 10, 20)
+        recorder = UsageRecorder(store)
+        recorder.record(a.key_id, "phi4-mini", 1200, 3400)
+        recorder.record(a.key_id, "llama3.2", 1, 2)
+        recorder.record(c.key_id, "phi4-mini", 10, 20)
+        await recorder.flush()
         yesterday = (utc_now().date() - timedelta(days=1)).isoformat()
         await store.write_usage(Batch({(a.key_id, yesterday, "phi4-mini"): Counts(1, 100, 100)}))
     finally:

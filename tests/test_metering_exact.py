@@ -128,10 +128,11 @@ async def test_sigterm_during_open_streams_loses_no_usage(tmp_path: Path) -> Non
 
 async def test_absurd_backend_usage_blocks_no_other_key(tmp_path: Path) -> None:
     """A backend reports more than 2**63 prompt tokens and a negative completion:
-    every other key's usage is still exact in /usage and survives a restart."""
+    every other key's usage is still exact in /usage and survives a restart.
+    No periodic flush runs meanwhile: /usage writes what is pending first."""
     async with FakeVLLM() as fast, FakeVLLM() as slow:
         fast.reply(TextDelta("hi"), usage=(2**63 + 5, -7))
-        gateway = Gateway(tmp_path, config(fast, slow))
+        gateway = Gateway(tmp_path, {**config(fast, slow), "store": {"flush_interval": 600}})
         liar = {"Authorization": f"Bearer {gateway.create_key('a')}"}
         honest = {"Authorization": f"Bearer {gateway.create_key('b')}"}
         url = f"{gateway.base_url}/chat/completions"

@@ -29,7 +29,7 @@ from privatai.config import StoreConfig
 from privatai.errors import AuthenticationFailed, PermissionDenied
 from privatai.store.names import LABEL_MAX, NAME_MAX, PLAN_MAX, AdminError, checked, quoted
 from privatai.store.keys import DISPLAY_LENGTH, KEY_PREFIX, display_prefix, generate_key, hash_key, is_well_formed
-from privatai.store.recorder import Batch, UsageKey, UsageRecorder, utc_now
+from privatai.store.recorder import Batch, UsageKey, utc_now
 
 # Each step runs once, in its own transaction, and bumps PRAGMA user_version.
 # Append new steps; never edit a released one.
@@ -229,22 +229,19 @@ async def _enable_wal(db: aiosqlite.Connection, timeout: float) -> None:
 class Store:
     """The database of one process. Open with :meth:`open`, close with :meth:`close`."""
 
-    def __init__(self, db: aiosqlite.Connection, *, cache_ttl: float, cache_size: int,
-                 flush_interval: float, retention_days: int | None) -> None:
+    def __init__(self, db: aiosqlite.Connection, *, cache_ttl: float, cache_size: int) -> None:
         self._db = db
         self._write_lock = asyncio.Lock()
         # Known and unknown keys are cached apart, so a flood of random keys
         # cannot evict the real ones.
         self._known = _TTLCache(cache_ttl, cache_size)
         self._unknown = _TTLCache(cache_ttl, cache_size)
-        self.recorder = UsageRecorder(self, flush_interval=flush_interval, retention_days=retention_days)
 
     # ------------------------------------------------------------------ life cycle
 
     @classmethod
     async def open(cls, path: str, *, busy_timeout: float = 5.0, cache_ttl: float = 2.0,
-                   cache_size: int = 10_000, flush_interval: float = 1.0,
-                   retention_days: int | None = None) -> Store:
+                   cache_size: int = 10_000) -> Store:
         """Open (creating if needed, owner-only) and migrate the database at ``path``."""
         if path != ":memory:" and not os.path.exists(path):
             # Created 0600 before SQLite touches it; SQLite gives -wal/-shm the same mode.
@@ -255,8 +252,7 @@ class Store:
             await _enable_wal(db, busy_timeout)
             await db.execute("PRAGMA synchronous = NORMAL")
             await db.execute("PRAGMA foreign_keys = ON")
-            store = cls(db, cache_ttl=cache_ttl, cache_size=cache_size,
-                        flush_interval=flush_interval, retention_days=retention_days)
+            store = cls(db, cache_ttl=cache_ttl, cache_size=cache_size)
             await store._migrate()
         except BaseException:
             await db.close()
@@ -265,15 +261,11 @@ class Store:
 
     @classmethod
     async def from_config(cls, config: StoreConfig) -> Store:
-        return await cls.open(config.path, flush_interval=config.flush_interval,
-                              retention_days=config.usage_retention_days)
+        return await cls.open(config.path)
 
     async def close(self) -> None:
-        """Flush pending usage (stopping the recorder) and close the connection."""
-        try:
-            await self.recorder.stop()
-        finally:
-            await self._db.close()
+        """Close the connection. Stop the usage recorder first: its last flush writes here."""
+        await self._db.close()
 
     async def schema_version(self) -> int:
         async with self._db.execute("PRAGMA user_version") as cursor:
@@ -512,8 +504,8 @@ class Store:
     async def usage_for_key(self, key_id: int, since: date | None = None, until: date | None = None,
                             by_model: bool = False) -> dict[str, Any]:
         """The seed's ``/usage`` JSON for one key: days inclusive, UTC; ``last_used``
-        is the key's latest use whatever the period (days carry no time of day)."""
-        await self.recorder.flush()
+        is the key's latest use whatever the period (days carry no time of day).
+        Usage still in a recorder's memory is not in it: flush that first."""
         last_used = await self._fetchall("SELECT last_used FROM api_keys WHERE id = ?", (key_id,))
         return await self._usage_json("u.key_id = ?", (key_id,), since, until, by_model,
                                       last_used[0][0] if last_used else None)
@@ -521,7 +513,6 @@ class Store:
     async def usage_for_account(self, account_id: int, since: date | None = None,
                                 until: date | None = None, by_model: bool = False) -> dict[str, Any]:
         """The seed's ``/usage`` JSON summed over all keys of an account."""
-        await self.recorder.flush()
         last_used = await self._fetchall("SELECT max(last_used) FROM api_keys WHERE account_id = ?",
                                          (account_id,))
         return await self._usage_json(
@@ -548,7 +539,6 @@ class Store:
                            since: date | None = None, until: date | None = None,
                            by_model: bool = False) -> list[UsageRow]:
         """Rows for the CLI: per account (no filter) or per key (account or key given)."""
-        await self.recorder.flush()
         where, params = "1", ()
         per_key = account_name is not None or key_reference is not None
         if account_name is not None:

@@ -13,7 +13,8 @@ import pytest
 from privatai.errors import AuthenticationFailed
 from privatai.store.keys import is_well_formed
 from privatai.store.database import Store
-from privatai.store.recorder import Batch, Counts, UsageRecorder, utc_now
+from privatai.store.recorder import Batch, Counts, UsageRecorder
+from privatai.store.records import utc_now
 
 ROOT = Path(__file__).resolve().parents[1]
 

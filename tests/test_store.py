@@ -14,7 +14,10 @@ import pytest
 
 from privatai.errors import AuthenticationFailed, PermissionDenied
 from privatai.store.keys import generate_key
-from privatai.store.database import SCHEMA_VERSION, AdminError, Principal, Store
+from privatai.store.database import Store
+from privatai.store.names import AdminError
+from privatai.store.records import Principal
+from privatai.store.schema import SCHEMA_VERSION
 
 
 @pytest.fixture
@@ -275,8 +278,8 @@ async def test_unknown_keys_are_cached_apart_and_bounded(db_path: str) -> None:
         for _ in range(20):
             with pytest.raises(AuthenticationFailed):
                 await store.authenticate(generate_key())
-        assert len(store._unknown._entries) == 3
+        assert len(store._auth.unknown._entries) == 3
         # The flood did not evict the real key.
-        assert len(store._known._entries) == 1
+        assert len(store._auth.known._entries) == 1
     finally:
         await store.close()

@@ -14,9 +14,11 @@ import pytest
 
 from privatai.config import StoreConfig
 from privatai.core.protocol import parse_chat_request
-from privatai.store.database import Principal, Store
+from privatai.store.database import Store
+from privatai.store.records import Principal
 from privatai.core.tokens import count_completion, count_prompt
-from privatai.store.recorder import MAX_TOKENS, Batch, Counts, UsageRecorder, utc_now
+from privatai.store.recorder import MAX_TOKENS, Batch, Counts, UsageRecorder
+from privatai.store.records import utc_now
 
 ISO_SECONDS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
 

@@ -17,7 +17,8 @@ from typing import Any, Awaitable, Callable, Sequence
 
 from privatai.config import load_config
 from privatai.errors import ConfigError
-from privatai.store.database import DEFAULT_PLAN, Store, UsageRow
+from privatai.store.database import Store
+from privatai.store.records import DEFAULT_PLAN, UsageRow
 from privatai.store.names import LABEL_MAX, AdminError, printable, quoted
 
 Handler = Callable[[argparse.Namespace, Store], Awaitable[int]]

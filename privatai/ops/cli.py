@@ -73,7 +73,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 async def _quickstart(config: Config) -> str:
-    from privatai.store.database import AdminError, Store
+    from privatai.store.database import Store
+    from privatai.store.names import AdminError
 
     store = await Store.open(config.store.path)
     try:

@@ -18,10 +18,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Protocol
 
 from privatai.config import StoreConfig
+from privatai.store.records import utc_now
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +63,6 @@ class Batch:
 
     def __bool__(self) -> bool:
         return bool(self.counts or self.last_used)
-
-
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc).replace(microsecond=0, tzinfo=None)
 
 
 class UsageSink(Protocol):

@@ -41,8 +41,10 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     workdir = tmp_path_factory.mktemp("portal-site")
     (workdir / "legal").mkdir()
     with FAKES["llamacpp"]() as fake:
+        # Every logger at DEBUG: what visitors send must not reach a log even then.
         gateway = site_gateway(workdir, fake, plans=PLANS,
-                               portal={"legal_dir": "legal", "contact_email": CONTACT, "vat_note": VAT})
+                               portal={"legal_dir": "legal", "contact_email": CONTACT, "vat_note": VAT},
+                               logging={"level": "DEBUG", "third_party_level": "DEBUG"})
         with gateway:
             yield gateway
 
@@ -376,6 +378,21 @@ def test_public_url_names_the_origin(tmp_path: Path) -> None:
             examples = parse(httpx.get(gateway.url + "/en/docs").text).examples
     assert "curl https://api.example.de/api/v1/chat/completions" in examples["chat.curl.sh"]
     assert "curl https://api.example.de/healthz" in examples["health.curl.sh"]
+
+
+def test_what_visitors_send_never_reaches_the_log(site: Gateway) -> None:
+    canary = "portal-canary-7f3a9c"
+    for path in PATHS:
+        get(site, f"{path}?lang={canary}&q={canary}", **{"Accept-Language": f"{canary};q=0.9",
+                                                         "X-Forwarded-Proto": canary,
+                                                         "User-Agent": canary, "Cookie": f"s={canary}"})
+    assert get(site, "/dokumentation", Host=f"{canary}.example;$(id)").status_code == 400
+    assert get(site, f"/static/{canary}.css").status_code == 404
+    assert get(site, f"/en/{canary}").status_code == 404
+    time.sleep(0.5)
+    output = site.output()
+    assert "route=/dokumentation status=400" in output  # the requests were logged, as lines without content
+    assert canary not in output
 
 
 # ---------------------------------------------------------------------------

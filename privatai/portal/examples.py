@@ -19,7 +19,6 @@ ORDER = ("curl", "openai.py", "httpx.py", "openai.mjs", "fetch.mjs")
 @dataclass(frozen=True, slots=True)
 class Example:
     name: str      # the file name; the page marks each snippet with it (data-example)
-    topic: str     # what it shows: chat, chat-stream, models, ...
     label: str     # the heading above it: "Python (openai)"
     code: str
 
@@ -28,11 +27,13 @@ class Example:
 class Examples:
     templates: dict[str, str]  # file name -> text with placeholders
 
+    def topics(self) -> list[str]:
+        """What the snippets show: chat, chat-stream, models, ..."""
+        return sorted({name.split(".", 1)[0] for name in self.templates})
+
     def topic(self, topic: str, base_url: str, origin: str, model: str) -> list[Example]:
         """One topic's snippets, filled in for this gateway."""
         names = [name for name in self.templates if name.split(".", 1)[0] == topic]
-        if not names:
-            raise KeyError(f"no example for {topic!r} in {EXAMPLE_DIR}")
         names.sort(key=lambda name: ORDER.index(_kind(name)))
         return [self.get(name, base_url, origin, model) for name in names]
 
@@ -42,7 +43,7 @@ class Examples:
         # ${...} in JavaScript, $VAR in shell) that a template language would eat.
         code = (self.templates[name].replace("__BASE_URL__", base_url)
                 .replace("__ORIGIN__", origin).replace("__MODEL__", model))
-        return Example(name, name.split(".", 1)[0], _label(name), code)
+        return Example(name, _label(name), code)
 
 
 def _kind(name: str) -> str:

@@ -20,7 +20,6 @@ from privatai.state import AppState
 API_PATH = "/api/v1"
 # The quick start on the landing page: the same files as on the docs page.
 QUICK_START = ("chat-stream.curl.sh", "chat-stream.openai.py")
-DOC_TOPICS = ("chat", "chat-stream", "conversation", "models", "usage", "health")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +72,9 @@ def page_context(name: str, lang: Language, request: Request, state: AppState,
         if name == "home":
             context["quick_start"] = [examples.get(file, base_url, site, model) for file in QUICK_START]
         else:
+            # The template places each topic; a test checks that it shows every snippet.
             context["topics"] = {topic: examples.topic(topic, base_url, site, model)
-                                 for topic in DOC_TOPICS}
+                                 for topic in examples.topics()}
             context["models"] = state.router.models()
             context["thinking_field"] = config.server.thinking_field
         return context

@@ -10,6 +10,7 @@ from sanic.exceptions import SanicException
 from sanic.handlers import ErrorHandler
 from sanic.response import HTTPResponse, json
 
+from privatai import portal
 from privatai.api import webchat
 from privatai.api.chat import chat_completions
 from privatai.api.health import first_probe, healthz, readyz
@@ -92,6 +93,7 @@ def create_app(config: Config, *, name: str = "privatai") -> Sanic:
         app.add_route(metrics_endpoint(config.metrics), "/metrics", methods=["GET"], name="metrics")
     if config.web_chat.enabled:
         webchat.register(app)
+    portal.register(app)
 
     @app.on_request(priority=1000)
     async def start_clock(request: Request) -> None:

@@ -111,6 +111,70 @@ class MetricsConfig(_Section):
     token_env: str = "PRIVATAI_METRICS_TOKEN"
 
 
+# Text an operator shows on the website: one string for every language, or a
+# mapping by language ({de: ..., en: ...}); a missing language falls back to the other.
+Language = Literal["de", "en"]
+Text = Union[str, Annotated[dict[Language, str], msgspec.Meta(min_length=1)]]
+
+
+class PlanConfig(_Section):
+    # The plan's identifier (accounts' --plan); lower case, it goes into URLs later.
+    name: str
+    price: Text                          # display price, as written: "29 €", "Individuell"
+    title: Text | None = None            # shown on the pricing page; defaults to name
+    price_note: Text = ""                # beside the price: "pro Monat"
+    description: Text = ""
+    features: list[Text] = []
+    highlight: bool = False              # the plan the pricing page puts forward
+    contact: bool = False                # "Kontakt aufnehmen" instead of "Registrieren"
+
+
+def default_plans() -> list[PlanConfig]:
+    """The product's own offer (the seed pages): Pro and Enterprise. The seed
+    names no price for Pro, so it is "on request" until the operator sets one."""
+    return [
+        PlanConfig(
+            name="pro", title="Pro", price={"de": "Auf Anfrage", "en": "On request"},
+            description={"de": "Die volle API für Entwickler und Teams.",
+                         "en": "The full API for developers and teams."},
+            features=[
+                {"de": "Unbegrenzte API-Anfragen, nur durch die Serverkapazität begrenzt",
+                 "en": "Unlimited API requests, limited only by server capacity"},
+                {"de": "Streaming API: Token für Token", "en": "Streaming API: token by token"},
+                {"de": "OpenAI-kompatibel: nur die Basis-URL austauschen",
+                 "en": "OpenAI-compatible: change only the base URL"},
+                {"de": "Gehostet in Deutschland", "en": "Hosted in Germany"},
+                {"de": "Keine Logs: Ihre Prompts werden nicht gespeichert",
+                 "en": "No logs: your prompts are never stored"},
+            ],
+            highlight=True),
+        PlanConfig(
+            name="enterprise", title="Enterprise", price={"de": "Individuell", "en": "Custom"},
+            description={"de": "Maßgeschneiderte Lösungen für Ihr Unternehmen.",
+                         "en": "Tailored solutions for your company."},
+            features=[
+                {"de": "Alles aus Pro", "en": "Everything in Pro"},
+                {"de": "Mehrere Plätze / Team-Zugang", "en": "Several seats / team access"},
+                {"de": "Dedizierte Infrastruktur", "en": "Dedicated infrastructure"},
+                {"de": "Individuelle Modell-Anpassung", "en": "Custom models"},
+                {"de": "Prioritäts-Support", "en": "Priority support"},
+            ],
+            contact=True),
+    ]
+
+
+class PortalConfig(_Section):
+    enabled: bool = True
+    # The origin the website's API examples use, e.g. https://api.example.de;
+    # unset: the origin the visitor's browser used.
+    public_url: str | None = None
+    # impressum.de.md / datenschutz.de.md (and .en, or .html); relative to this file.
+    legal_dir: str = "legal"
+    contact_email: str | None = None
+    vat_note: Text = msgspec.field(default_factory=lambda: {
+        "de": "Alle Preise zzgl. 19 % Umsatzsteuer.", "en": "All prices plus 19% German VAT."})
+
+
 class Config(_Section):
     backends: Annotated[list[BackendConfig], msgspec.Meta(min_length=1)]
     default_model: str | None = None
@@ -120,6 +184,8 @@ class Config(_Section):
     routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
     web_chat: WebChatConfig = msgspec.field(default_factory=WebChatConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    portal: PortalConfig = msgspec.field(default_factory=PortalConfig)
+    plans: list[PlanConfig] = msgspec.field(default_factory=default_plans)
     # Where the file was read from, for messages and relative paths.
     source: str = "<memory>"
 
@@ -131,7 +197,11 @@ class Config(_Section):
         return list(seen)
 
 
-_PATH = re.compile(r" - at `\$\.?([^`]*)`$")
+_PATH = re.compile(r" - at `(?:key` in `)?\$\.?([^`]*)`$")
+_PLAN_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
+# An origin (scheme, host, port): portal.public_url, and what the portal accepts from a request.
+ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+_EMAIL = re.compile(r"[^@\s<>\"'()]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 
 
 def _fail(source: str, exc: msgspec.ValidationError) -> ConfigError:
@@ -175,6 +245,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     store_path = Path(config.store.path)
     if not store_path.is_absolute() and config.store.path != ":memory:":
         config.store.path = str(Path(path).resolve().parent / store_path)
+    if not Path(config.portal.legal_dir).is_absolute():
+        config.portal.legal_dir = str(Path(path).resolve().parent / config.portal.legal_dir)
     return config
 
 
@@ -205,6 +277,20 @@ def _check(config: Config) -> None:
     for i, name in enumerate(config.web_chat.models):
         if name not in models and not any(b.discover_models for b in config.backends):
             raise ConfigError(config.source, f"web_chat.models[{i}]", f"{name!r} is not served by any backend")
+    portal = config.portal
+    if portal.public_url is not None and not ORIGIN.fullmatch(portal.public_url):
+        raise ConfigError(config.source, "portal.public_url",
+                          "must be an origin like https://api.example.de (scheme and host, no path)")
+    if portal.contact_email is not None and not _EMAIL.fullmatch(portal.contact_email):
+        raise ConfigError(config.source, "portal.contact_email", "must be an e-mail address")
+    plans: set[str] = set()
+    for i, plan in enumerate(config.plans):
+        if not _PLAN_NAME.fullmatch(plan.name):
+            raise ConfigError(config.source, f"plans[{i}].name",
+                              "must be lower case letters, digits, '-' or '_' (it identifies the plan)")
+        if plan.name in plans:
+            raise ConfigError(config.source, f"plans[{i}].name", f"duplicate plan name {plan.name!r}")
+        plans.add(plan.name)
 
 
 def default_model(config: Config) -> str | None:

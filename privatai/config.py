@@ -42,6 +42,12 @@ class ServerConfig(_Section):
     keepalive_interval: Positive = 10.0
     thinking_field: Literal["thinking", "reasoning_content", "both"] = "thinking"
     grace_period: Positive = 30.0
+    # From connecting (or from the first byte of a later request on a kept-alive
+    # connection) to the end of the request headers; slower clients get 408.
+    header_timeout: Positive = 10.0
+    # Open connections per client address (an IPv6 client: per /64); more are
+    # answered 429 and closed. web_chat.trusted_proxies are exempt.
+    max_connections_per_client: PositiveInt = 64
 
 
 class StoreConfig(_Section):

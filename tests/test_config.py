@@ -60,6 +60,7 @@ def test_shipped_file_is_valid_and_defaults_to_embedded() -> None:
     ("backends:\n  - name: a\n    kind: embedded\n    models: [m]\n    weight: .inf\n",
      "backends[0].weight", "<= 1000000000.0"),
     (EMBEDDED + "store:\n  usage_retention_days: 1000000\n", "store.usage_retention_days", "<= 36500"),
+    (EMBEDDED + "server:\n  max_connections_per_client: 0\n", "server.max_connections_per_client", ">= 1"),
     # Hostile files.
     ("backends: " + "[" * 5000 + "]" * 5000 + "\n", "line 1, column 42", "nested more than 32 levels deep"),
     ("".join("  " * i + f"k{i}:\n" for i in range(500)), "line 33, column 65", "nested more than 32 levels deep"),

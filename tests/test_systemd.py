@@ -142,6 +142,11 @@ def test_unit_restarts_failed_starts_with_back_off_but_not_config_errors() -> No
     assert seconds(settings["StartLimitIntervalSec"][-1]) > burst * restart_sec
 
 
+def test_unit_allows_file_descriptors_for_many_connections() -> None:
+    settings = unit_settings()
+    assert int(settings["LimitNOFILE"][-1]) >= 16 * 1024
+
+
 def test_unit_keeps_content_off_disk() -> None:
     settings = unit_settings()
     assert settings["LimitCORE"] == ["0"]

@@ -77,6 +77,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args.config)
     from sanic.server.socket import bind_socket
 
+    from privatai.api.http_limits import GatewayProtocol
     from privatai.app import create_app
     from privatai.ops.hardening import disable_core_dumps
     from privatai.ops.logs import describe_error, setup_logging
@@ -114,8 +115,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     logging.getLogger("sanic.error").addFilter(_not_reported_here)
     try:
-        app.run(sock=sock, single_process=True, access_log=False, debug=False, motd=False,
-                auto_reload=False, backlog=LISTEN_BACKLOG)
+        app.run(sock=sock, protocol=GatewayProtocol, single_process=True, access_log=False,
+                debug=False, motd=False, auto_reload=False, backlog=LISTEN_BACKLOG)
     except StartupFailed as exc:
         return _fail(f"start-up failed: {exc}")
     return 0

@@ -46,7 +46,8 @@ class ServerConfig(_Section):
     # connection) to the end of the request headers; slower clients get 408.
     header_timeout: Positive = 10.0
     # Open connections per client address (an IPv6 client: per /64); more are
-    # answered 429 and closed. web_chat.trusted_proxies are exempt.
+    # answered 429 and closed. A reverse proxy is exempt: 127.0.0.1 and ::1
+    # always, others when listed in web_chat.trusted_proxies.
     max_connections_per_client: PositiveInt = 64
 
 

@@ -11,8 +11,9 @@ subclassing its connection protocol and its HTTP/1 state machine:
   clients get 408 and are disconnected.
 - Nothing bounds the connections one client may hold. More than
   ``server.max_connections_per_client`` open connections from one address (an
-  IPv6 client: one /64) are answered 429 and closed; reverse proxies listed in
-  ``web_chat.trusted_proxies`` carry many clients and are exempt.
+  IPv6 client: one /64) are answered 429 and closed. A reverse proxy carries
+  many clients' connections and is exempt: one on this host (127.0.0.1, ::1)
+  always, others when listed in ``web_chat.trusted_proxies``.
 - A request whose head cannot be parsed is answered through the request
   middleware, so the key check answers "401 Missing API key" to malformed
   framing. Here it gets 400 (malformed), 414 (request line too long) or 431
@@ -42,6 +43,8 @@ from privatai.limits.webchat import IPV6_PREFIX, Network, parse_address, parse_n
 
 # Header fields a request may carry (Apache's LimitRequestFields default).
 MAX_HEADER_FIELDS = 100
+# This host's own address: where a reverse proxy on the same host connects from.
+LOCAL_PEERS = (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128"))
 
 
 class MalformedRequest(InvalidRequest):
@@ -162,11 +165,11 @@ class ClientConnections:
 
 def client_key(peer: Any, trusted: tuple[Network, ...]) -> str | None:
     """What one client's connections are counted under, or None for a
-    connection that is not bounded (a trusted proxy, a Unix socket)."""
+    connection that is not bounded (a proxy, a Unix socket)."""
     if not isinstance(peer, tuple) or not peer:
         return None
     address = parse_address(str(peer[0]))
-    if address is None or any(address in network for network in trusted):
+    if address is None or any(address in network for network in (*LOCAL_PEERS, *trusted)):
         return None
     if isinstance(address, ipaddress.IPv6Address):
         return str(ipaddress.IPv6Network((address, IPV6_PREFIX), strict=False))

@@ -21,11 +21,9 @@ from privatai.api.auth import authenticate
 from privatai.config import Config
 from privatai.errors import InvalidRequest, NotFound, PayloadTooLarge, PrivatAIError
 from privatai.ops.logs import describe_error, loop_exception_handler
+from privatai.ops.startup import close_parts, open_parts
 from privatai.core.routing import Router
 from privatai.state import AppState
-from privatai.store.database import Store
-from privatai.store.recorder import UsageRecorder
-from privatai.core import tokens
 
 log = logging.getLogger("privatai.app")
 
@@ -118,12 +116,7 @@ def create_app(config: Config, *, name: str = "privatai") -> Sanic:
         # asyncio's default handler logs reprs that can quote a prompt.
         asyncio.get_running_loop().set_exception_handler(loop_exception_handler)
         state: AppState = app.ctx.state
-        state.store = await Store.from_config(config.store)
-        state.recorder = UsageRecorder.from_config(state.store, config.store)
-        state.recorder.start()
-        # Load the tokenizer now rather than on the first request that needs it.
-        await asyncio.to_thread(tokens.encoding)
-        await state.router.start()
+        await open_parts(state)
         # SIGHUP re-reads backends.yaml; open streams keep running.
         asyncio.get_running_loop().add_signal_handler(
             signal.SIGHUP, lambda: state.spawn(state.reload()))
@@ -144,13 +137,6 @@ def create_app(config: Config, *, name: str = "privatai") -> Sanic:
     async def close_resources(app: Sanic) -> None:
         # Sanic has let open streams finish (GRACEFUL_SHUTDOWN_TIMEOUT) by now,
         # so their usage is recorded: flush it and close the database last.
-        state: AppState = app.ctx.state
-        await state.router.close()
-        try:
-            if state.recorder is not None:
-                await state.recorder.stop()
-        finally:
-            if state.store is not None:
-                await state.store.close()
+        await close_parts(app.ctx.state)
 
     return app

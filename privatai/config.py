@@ -6,18 +6,25 @@ reason, which the CLI prints instead of a traceback.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
 from typing import Annotated, Literal, Union
+from urllib.parse import urlsplit
 
 import msgspec
 import yaml
 
 from privatai.errors import ConfigError
 
-Positive = Annotated[float, msgspec.Meta(gt=0)]
+# Finite: YAML's .inf passes ``gt=0``, and would make a shutdown wait forever
+# or a weighted choice fail on every request.
+Positive = Annotated[float, msgspec.Meta(gt=0, le=1e9)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+# A real configuration nests five levels at most; PyYAML composes nested
+# collections recursively and ends in a RecursionError a few hundred deep.
+MAX_YAML_DEPTH = 32
 
 
 class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -35,11 +42,19 @@ class ServerConfig(_Section):
     keepalive_interval: Positive = 10.0
     thinking_field: Literal["thinking", "reasoning_content", "both"] = "thinking"
     grace_period: Positive = 30.0
+    # From connecting (or from the first byte of a later request on a kept-alive
+    # connection) to the end of the request headers; slower clients get 408.
+    header_timeout: Positive = 10.0
+    # Open connections per client address (an IPv6 client: per /64); more are
+    # answered 429 and closed. A reverse proxy is exempt: 127.0.0.1 and ::1
+    # always, others when listed in web_chat.trusted_proxies.
+    max_connections_per_client: PositiveInt = 64
 
 
 class StoreConfig(_Section):
     path: str = "privatai.db"
-    usage_retention_days: PositiveInt = 400
+    # At most a century: the cut-off date must stay a valid date.
+    usage_retention_days: Annotated[int, msgspec.Meta(ge=1, le=36500)] = 400
     flush_interval: Positive = 1.0
 
 
@@ -204,8 +219,14 @@ ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-
 _EMAIL = re.compile(r"[^@\s<>\"'()]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 
 
+def _printable(text: str) -> str:
+    """Control characters escaped: a key in the file must not break the one-line
+    message or drive the operator's terminal."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
 def _fail(source: str, exc: msgspec.ValidationError) -> ConfigError:
-    text = str(exc)
+    text = _printable(str(exc))
     match = _PATH.search(text)
     path = match.group(1) if match and match.group(1) else "(top level)"
     reason = _PATH.sub("", text)
@@ -227,6 +248,55 @@ def parse_config(data: object, source: str = "<memory>") -> Config:
     return config
 
 
+def _where(mark: yaml.Mark | None) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
+
+
+class _DepthLimitedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing collections nested deeper than
+    :data:`MAX_YAML_DEPTH` before its recursive composer can overflow."""
+
+    def __init__(self, stream: str, source: str) -> None:
+        super().__init__(stream)
+        self._source = source
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
+        event = self.peek_event()
+        nested = isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent))
+        if not nested:
+            return super().compose_node(parent, index)
+        if self._depth >= MAX_YAML_DEPTH:
+            raise ConfigError(self._source, _where(event.start_mark),
+                              f"nested more than {MAX_YAML_DEPTH} levels deep")
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _read_yaml(text: str, source: str) -> object:
+    loader: _DepthLimitedLoader | None = None
+    try:
+        loader = _DepthLimitedLoader(text, source)
+        return loader.get_single_data()
+    except yaml.MarkedYAMLError as exc:
+        reason = f"not valid YAML: {_printable(str(exc.problem))}"
+        raise ConfigError(source, _where(exc.problem_mark), reason) from None
+    except yaml.YAMLError as exc:
+        # A ReaderError (a control character) has a position but no mark.
+        position = getattr(exc, "position", None)
+        where = "(file)"
+        if isinstance(position, int):
+            line, column = text.count("\n", 0, position) + 1, position - text.rfind("\n", 0, position)
+            where = f"line {line}, column {column}"
+        raise ConfigError(source, where, "not valid YAML: it contains a character YAML does not allow") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and validate backends.yaml."""
     source = str(path)
@@ -234,12 +304,9 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(source, "(file)", exc.strerror or "cannot be read") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
-        raise ConfigError(source, where, f"not valid YAML: {exc.problem}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, f"byte {exc.start + 1}", "not UTF-8 text") from None
+    data = _read_yaml(text, source)
     config = parse_config(data, source)
     # The database path is relative to the config file, not to the cwd.
     store_path = Path(config.store.path)
@@ -263,6 +330,8 @@ def _check(config: Config) -> None:
         names.add(backend.name)
         if backend.kind != "embedded" and not backend.url:
             raise ConfigError(config.source, f"{where}.url", f"required for kind {backend.kind!r}")
+        if backend.url is not None:
+            _check_url(config.source, f"{where}.url", backend.url)
         if backend.kind == "openai" and not backend.api_key_env:
             raise ConfigError(config.source, f"{where}.api_key_env",
                               "required for kind 'openai' (name of the environment variable holding the key)")
@@ -291,6 +360,24 @@ def _check(config: Config) -> None:
         if plan.name in plans:
             raise ConfigError(config.source, f"plans[{i}].name", f"duplicate plan name {plan.name!r}")
         plans.add(plan.name)
+    for i, entry in enumerate(config.web_chat.trusted_proxies):
+        try:
+            # As the web-chat limiter and the connection bounds read it.
+            ipaddress.ip_network(entry.strip(), strict=False)
+        except ValueError:
+            raise ConfigError(config.source, f"web_chat.trusted_proxies[{i}]",
+                              f"{entry!r} is not an IP address or network (CIDR)") from None
+
+
+def _check_url(source: str, where: str, url: str) -> None:
+    """An http(s) URL with a host and a valid port, or a ConfigError naming it."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError:
+        raise ConfigError(source, where, "not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(source, where, "must be an http:// or https:// URL with a host")
 
 
 def default_model(config: Config) -> str | None:

@@ -35,7 +35,7 @@ from httpx_aiohttp import AiohttpTransport
 from ollama import AsyncClient, ResponseError
 
 from privatai.config import BackendConfig
-from privatai.errors import BackendError, BackendUnavailable, InvalidRequest, PrivatAIError
+from privatai.errors import BackendError, InvalidRequest, PrivatAIError
 from privatai.core.events import Event, Finish, TextDelta, ThinkingDelta, ToolCallDelta, Usage
 from privatai.core.protocol import (
     AssistantMessage,
@@ -48,22 +48,25 @@ from privatai.core.protocol import (
     tools_to_openai,
 )
 from privatai.adapters.base import Adapter
-from privatai.adapters.openai_stream import (
-    PROBE_TIMEOUT,
-    ReadWatchdog,
-    auth_headers,
-    new_call_id,
-    normalize_finish,
-    pooled_connector,
-)
+from privatai.adapters.openai_wire import new_call_id, normalize_finish
 from privatai.adapters.think_tags import ThinkTagSplitter
+from privatai.adapters.transport import (
+    PROBE_TIMEOUT,
+    UNFINISHED,
+    ReadWatchdog,
+    WireError,
+    auth_headers,
+    open_session,
+    transport_failure,
+    unreadable,
+)
 from privatai.adapters.upstream_errors import classify, error_details
 
 _EFFORT_TO_THINK: dict[str, bool | str] = {
     "none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high",
 }
 
-_TRANSPORT_ERRORS = (httpx.TransportError, aiohttp.ClientError, OSError)
+_TRANSPORT_ERRORS = (httpx.TransportError, aiohttp.ClientError, OSError, TimeoutError, WireError)
 
 
 def messages_to_ollama(messages: list[Message]) -> list[dict[str, Any]]:
@@ -202,7 +205,7 @@ class OllamaAdapter(Adapter):
 
     def _ollama(self) -> AsyncClient:
         if self._client is None:
-            session = aiohttp.ClientSession(connector=pooled_connector(self.config))
+            session = open_session(self.config)
             # Only connecting has a fixed timeout: first-token and idle
             # deadlines are applied around each line in stream().
             timeout = httpx.Timeout(None, connect=self.config.connect_timeout)
@@ -210,12 +213,7 @@ class OllamaAdapter(Adapter):
                                        transport=AiohttpTransport(client=session))
         return self._client
 
-    def stream(self, request: ChatRequest, model: str) -> AsyncIterator[Event]:
-        if request.stream:
-            return self._stream(request, model)
-        return self._complete(request, model)
-
-    async def _complete(self, request: ChatRequest, model: str) -> AsyncIterator[Event]:
+    async def complete(self, request: ChatRequest, model: str) -> AsyncIterator[Event]:
         """A non-streamed ``/api/chat`` for a non-streamed client request.
 
         Nothing arrives before generation ends, so ``first_token_timeout``
@@ -227,15 +225,13 @@ class OllamaAdapter(Adapter):
         try:
             async with asyncio.timeout(self.config.first_token_timeout):
                 part = await self._ollama()._request(dict, "POST", "/api/chat", json=body, stream=False)
-        except TimeoutError:
-            raise BackendUnavailable("The backend did not answer in time.") from None
         except ResponseError as exc:
             raise _response_error(exc, False) from None
         except _TRANSPORT_ERRORS as exc:
-            raise BackendUnavailable(f"The backend is unreachable ({type(exc).__name__}).") from None
+            raise transport_failure(exc, started=False) from None
         except (ValueError, TypeError):
             # Not JSON, or not a JSON object.
-            raise BackendUnavailable("The backend sent an answer we cannot read.") from None
+            raise transport_failure(unreadable("an answer"), started=False) from None
         if part.get("error"):
             # An error object with status 200: its text, as in a stream.
             raise classify(None, error_details(part), started=False)
@@ -243,14 +239,14 @@ class OllamaAdapter(Adapter):
         try:
             events = mapper.feed(part)
         except (ValueError, AttributeError, TypeError):
-            raise BackendUnavailable("The backend sent an answer we cannot read.") from None
+            raise transport_failure(unreadable("an answer"), started=False) from None
         if mapper.done is None:
-            raise BackendUnavailable("The backend ended the response without finishing it.")
+            raise transport_failure(WireError(UNFINISHED), started=False)
         events.extend(mapper.finish())
         for event in events:
             yield event
 
-    async def _stream(self, request: ChatRequest, model: str) -> AsyncIterator[Event]:
+    async def stream_tokens(self, request: ChatRequest, model: str) -> AsyncIterator[Event]:
         body = build_chat_body(request, model)
         client = self._ollama()
         loop = asyncio.get_running_loop()
@@ -279,19 +275,17 @@ class OllamaAdapter(Adapter):
                     events = mapper.feed(part)
                 except asyncio.CancelledError:
                     if watchdog.expired and reader.uncancel():
-                        raise _failure(started, "The backend stopped sending tokens." if started
-                                       else "The backend did not answer in time.") from None
+                        raise transport_failure(TimeoutError(), started=started) from None
                     raise
                 except StopAsyncIteration:
-                    raise _failure(started, "The backend ended the response without finishing it.") from None
+                    raise transport_failure(WireError(UNFINISHED), started=started) from None
                 except ResponseError as exc:
                     raise _response_error(exc, started) from None
                 except _TRANSPORT_ERRORS as exc:
-                    raise _failure(started, "The backend closed the connection mid-response." if started
-                                   else f"The backend is unreachable ({type(exc).__name__}).") from None
+                    raise transport_failure(exc, started=started) from None
                 except (ValueError, AttributeError, TypeError):
                     # Not JSON, or not the shape of a chat line.
-                    raise _failure(started, "The backend sent a line we cannot read.") from None
+                    raise transport_failure(unreadable("a line"), started=started) from None
                 for event in events:
                     started = True
                     yield event
@@ -311,8 +305,8 @@ class OllamaAdapter(Adapter):
                 listing = await self._ollama().list()
         except ResponseError as exc:
             raise _response_error(exc, False) from None
-        except (TimeoutError, *_TRANSPORT_ERRORS) as exc:
-            raise BackendUnavailable(f"The backend is unreachable ({type(exc).__name__}).") from None
+        except _TRANSPORT_ERRORS as exc:
+            raise transport_failure(exc, started=False) from None
         return [m.model for m in listing.models if m.model]
 
     async def probe(self) -> None:
@@ -341,10 +335,6 @@ class _Reader:
     def uncancel(self) -> bool:
         """Take our cancellation back; False if someone else cancelled the task too."""
         return self.task is not None and self.task.uncancel() <= self.cancelling
-
-
-def _failure(started: bool, message: str) -> PrivatAIError:
-    return BackendError(message) if started else BackendUnavailable(message)
 
 
 def _response_error(exc: ResponseError, started: bool) -> PrivatAIError:

@@ -12,9 +12,6 @@ import orjson
 
 from privatai.errors import BackendError, BackendUnavailable, PrivatAIError, UpstreamRejected
 
-# Cap what we keep of an error body: it is for a human, and a misbehaving
-# upstream must not make us hold megabytes.
-MAX_ERROR_BODY = 64 * 1024
 _MAX_MESSAGE = 2000
 
 # llama.cpp sends an error ``type`` with an integer ``code``; without a code

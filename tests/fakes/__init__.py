@@ -1,5 +1,9 @@
 """Fake inference servers on real sockets, one per backend kind, speaking each
-kind's exact wire format (see ``shared/wire-formats.md``).
+kind's exact wire format: OpenAI's ``/v1/chat/completions`` (SSE
+``chat.completion.chunk`` events, or one ``chat.completion``) for llama.cpp's
+llama-server, vLLM and a generic OpenAI API (``openai_like.py``), and Ollama's
+NDJSON ``/api/chat`` (``ollama.py``). Each fake's class docstring lists the
+quirks of its kind that the adapters must accept.
 
 Usage, in an async test::
 

@@ -1,5 +1,17 @@
 """Fakes of the OpenAI-style SSE servers: llama.cpp's llama-server, vLLM, and a
-generic OpenAI API, each with the quirks listed in ``shared/wire-formats.md``."""
+generic OpenAI API.
+
+The format they share: ``POST /v1/chat/completions`` with ``"stream": true``
+answers ``text/event-stream``, one ``data: <chat.completion.chunk JSON>`` line
+and a blank line per event. The first delta carries ``role: "assistant"``;
+``choices[0].delta`` carries ``content``, reasoning text, or ``tool_calls``
+fragments (the first with ``index``, ``id``, ``type``, ``function.name``, later
+ones ``index`` and ``function.arguments`` pieces); the last content chunk has
+``finish_reason``. With ``stream_options.include_usage`` a chunk with
+``choices: []`` and ``usage`` follows, then ``data: [DONE]``. Without
+``stream`` the answer is one ``chat.completion`` object. Errors before the
+answer are an HTTP status with the kind's error body; each class below lists
+its kind's own variants."""
 from __future__ import annotations
 
 import json

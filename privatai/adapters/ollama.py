@@ -36,7 +36,7 @@ from ollama import AsyncClient, ResponseError
 
 from privatai.config import BackendConfig
 from privatai.errors import BackendError, InvalidRequest, PrivatAIError
-from privatai.core.events import Event, Finish, TextDelta, ThinkingDelta, ToolCallDelta, Usage
+from privatai.core.events import Event, Finish, TextDelta, ThinkingDelta, ToolCallDelta
 from privatai.core.protocol import (
     AssistantMessage,
     ChatRequest,
@@ -49,6 +49,7 @@ from privatai.core.protocol import (
 )
 from privatai.adapters.base import Adapter
 from privatai.adapters.openai_wire import new_call_id, normalize_finish
+from privatai.adapters.reported_usage import reported_usage
 from privatai.adapters.think_tags import ThinkTagSplitter
 from privatai.adapters.transport import (
     PROBE_TIMEOUT,
@@ -178,9 +179,9 @@ class LineMapper:
         last = self.done or {}
         events: list[Event] = self._splitter.flush() if self._splitter is not None else []
         events.append(Finish(normalize_finish(last.get("done_reason"), self._calls > 0)))
-        prompt, completion = last.get("prompt_eval_count"), last.get("eval_count")
-        if prompt is not None or completion is not None:
-            events.append(Usage(int(prompt or 0), int(completion or 0)))
+        usage = reported_usage(last.get("prompt_eval_count"), last.get("eval_count"))
+        if usage is not None:
+            events.append(usage)
         return events
 
 

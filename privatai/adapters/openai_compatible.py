@@ -45,7 +45,9 @@ from privatai.adapters.transport import (
     LineReader,
     WireError,
     auth_headers,
+    error_status,
     open_session,
+    read_body,
     read_capped,
     transport_failure,
     unreadable,
@@ -117,12 +119,8 @@ class OpenAICompatibleAdapter(Adapter):
                 response = await session.post(self.base_url + "/chat/completions", data=data,
                                               headers=self._json_headers)
                 if response.status != 200:
-                    try:
-                        body = await read_capped(response)
-                    except (aiohttp.ClientError, OSError):
-                        body = b""
-                    raise classify(response.status, parse_error_body(body), started=False)
-                body = await response.read()
+                    raise await error_status(response)
+                body = await read_body(response, self.config.max_response_bytes)
         except _TRANSPORT_ERRORS as exc:
             raise transport_failure(exc, started=False) from None
         finally:
@@ -158,12 +156,7 @@ class OpenAICompatibleAdapter(Adapter):
         reader: LineReader | None = None
         try:
             if response.status != 200:
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        body = await read_capped(response)
-                except (TimeoutError, aiohttp.ClientError, OSError):
-                    body = b""
-                raise classify(response.status, parse_error_body(body), started=False)
+                raise await error_status(response)
             mapper = ChunkMapper(self.config.think_tags)
             reader = LineReader(response, deadline, self.config)
             while True:

@@ -26,6 +26,7 @@ import orjson
 
 from privatai.core.events import Event, Finish, TextDelta, ThinkingDelta, ToolCallDelta, Usage
 from privatai.core.protocol import ChatRequest, message_to_openai, tools_to_openai
+from privatai.adapters.reported_usage import reported_usage
 from privatai.adapters.think_tags import ThinkTagSplitter
 
 _FINISH_REASONS = {
@@ -134,8 +135,9 @@ class ChunkMapper:
     Accepts: ``content: null``; reasoning as ``reasoning`` or
     ``reasoning_content`` (explicit nulls, or both with the same text: emitted
     once); tool calls in fragments or whole, with or without ``index``; usage
-    on the ``choices: []`` chunk or on any other; an ``error`` object (raises
-    :class:`UpstreamStreamError`).
+    on the ``choices: []`` chunk or on any other (checked by
+    :func:`~privatai.adapters.reported_usage.reported_usage`); an ``error``
+    object (raises :class:`UpstreamStreamError`).
     """
 
     __slots__ = ("_calls", "_last_call", "_splitter", "finish_reason", "usage")
@@ -153,9 +155,10 @@ class ChunkMapper:
         if chunk.get("error") or chunk.get("object") == "error":
             raise UpstreamStreamError(chunk)
         usage = chunk.get("usage")
-        if usage:
-            self.usage = Usage(int(usage.get("prompt_tokens") or 0),
-                               int(usage.get("completion_tokens") or 0))
+        if usage and isinstance(usage, dict):
+            reported = reported_usage(usage.get("prompt_tokens"), usage.get("completion_tokens"))
+            if reported is not None:
+                self.usage = reported
         choices = chunk.get("choices")
         if not choices:
             return []

@@ -3,8 +3,13 @@
 One aiohttp session per adapter over a pooled connector; the ``Authorization``
 header from the environment; reading a streamed body line by line under the
 first-token and idle deadlines (:class:`ReadWatchdog`, :class:`LineReader`);
-reading a capped body; and :func:`transport_failure`, the one mapping from
-a failed exchange to our error classes.
+reading a whole body; and :func:`transport_failure`, the one mapping from a
+failed exchange to our error classes.
+
+Whatever an upstream sends is capped before it is buffered: one line of a
+streamed body by the backend's ``max_line_bytes``, a whole body by its
+``max_response_bytes``, an error body by ``MAX_ERROR_BODY``. Past a cap the
+response is closed, so neither we nor aiohttp keep reading it.
 """
 from __future__ import annotations
 
@@ -16,7 +21,8 @@ import aiohttp
 import httpx
 
 from privatai.config import BackendConfig
-from privatai.errors import BackendError, BackendUnavailable, ConfigError
+from privatai.errors import BackendError, BackendUnavailable, ConfigError, PrivatAIError
+from privatai.adapters.upstream_errors import classify, parse_error_body
 
 # Probes and model listing are small requests; a backend that cannot answer
 # them within this (plus the connect timeout) counts as down.
@@ -112,6 +118,32 @@ async def read_capped(response: aiohttp.ClientResponse, limit: int = MAX_ERROR_B
     return b"".join(parts)
 
 
+async def error_status(response: aiohttp.ClientResponse) -> PrivatAIError:
+    """The error for an upstream's non-200 answer, from its status, its
+    (capped) error body and its ``Retry-After``. A body that cannot be read
+    in time leaves the status to speak alone."""
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT):
+            body = await read_capped(response)
+    except (aiohttp.ClientError, OSError, TimeoutError):
+        body = b""
+    return classify(response.status, parse_error_body(body), started=False,
+                    retry_after=response.headers.get("Retry-After"))
+
+
+async def read_body(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body of a non-streamed answer; :class:`WireError` (502) if it
+    is larger than ``limit`` bytes, found out from ``Content-Length`` before
+    reading when the upstream declares one."""
+    declared = response.content_length
+    if declared is None or declared <= limit:
+        body = await read_capped(response, limit + 1)
+        if len(body) <= limit:
+            return body
+    raise WireError(f"The backend's answer is larger than this gateway's limit of {limit} bytes.",
+                    status=502)
+
+
 class ReadWatchdog:
     """The first-token and idle deadlines of one stream, with one timer per
     stream instead of one per read (``asyncio.timeout_at`` around each read
@@ -169,14 +201,20 @@ class LineReader:
     """The lines of one streamed body (SSE or NDJSON), as they arrive.
 
     Each :meth:`read` is one read of the socket and returns the complete lines
-    it finished, without their ``\\n``.
+    it finished, without their ``\\n``. A line longer than the backend's
+    ``max_line_bytes`` raises :class:`WireError` (502) as soon as that many
+    bytes arrived without a newline, so a runaway line costs at most that much
+    memory.
     """
 
-    __slots__ = ("_content", "_pending", "_loop", "_idle", "watchdog")
+    __slots__ = ("_content", "_pending", "_max_line", "_overflow", "_loop", "_idle", "watchdog")
 
     def __init__(self, response: aiohttp.ClientResponse, deadline: float, config: BackendConfig) -> None:
         self._content = response.content
         self._pending = b""
+        self._max_line = config.max_line_bytes
+        # A line over the cap found after complete lines: they go out first.
+        self._overflow = False
         self._loop = asyncio.get_running_loop()
         self._idle = config.idle_timeout
         self.watchdog = ReadWatchdog(self._loop, deadline, response.close)
@@ -188,6 +226,8 @@ class LineReader:
         now on instead of the first-token one. Raises ``TimeoutError`` when a
         deadline passed, the transport's error when the connection failed.
         """
+        if self._overflow:
+            raise self._too_long()
         watchdog = self.watchdog
         if started:
             watchdog.move(self._loop.time() + self._idle)
@@ -204,7 +244,20 @@ class LineReader:
         data = self._pending + received if self._pending else received
         lines = data.split(b"\n")
         self._pending = lines.pop()
+        # Only a read that brings more than max_line bytes can hold a long line.
+        if len(data) > self._max_line:
+            complete = next((i for i, line in enumerate(lines) if len(line) > self._max_line), len(lines))
+            if complete < len(lines) or len(self._pending) > self._max_line:
+                self._pending = b""
+                if not complete:
+                    raise self._too_long()
+                self._overflow = True
+                return lines[:complete]
         return lines
+
+    def _too_long(self) -> WireError:
+        return WireError(f"The backend sent a line longer than this gateway's limit of "
+                         f"{self._max_line} bytes.", status=502)
 
     def close(self) -> None:
         self.watchdog.cancel()

@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any, AsyncIterator
 
-import aiohttp
 import httpx
 import orjson
 from ollama import AsyncClient, ResponseError
@@ -57,13 +56,11 @@ from privatai.adapters.reported_usage import reported_usage
 from privatai.adapters.think_tags import ThinkTagSplitter
 from privatai.adapters.transport import (
     PROBE_TIMEOUT,
+    TRANSPORT_ERRORS,
     UNFINISHED,
-    LineReader,
+    Upstream,
     WireError,
     auth_headers,
-    error_status,
-    open_session,
-    read_body,
     transport_failure,
     unreadable,
 )
@@ -73,7 +70,6 @@ _EFFORT_TO_THINK: dict[str, bool | str] = {
     "none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high",
 }
 
-_TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError, WireError)
 
 
 def messages_to_ollama(messages: list[Message]) -> list[dict[str, Any]]:
@@ -201,24 +197,17 @@ class OllamaAdapter(Adapter):
         # The Authorization header is for an Ollama behind an authenticating proxy.
         self._auth = auth_headers(config)
         self._headers = {"Content-Type": "application/json", **self._auth}
-        self._session: aiohttp.ClientSession | None = None
+        self._upstream = Upstream(config)
         self._listing: AsyncClient | None = None
 
     async def start(self) -> None:
-        self._client()
+        self._upstream.session()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._upstream.close()
         if self._listing is not None:
             await self._listing.close()
             self._listing = None
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = open_session(self.config)
-        return self._session
 
     async def complete(self, request: ChatRequest, model: str) -> AsyncIterator[Event]:
         """A non-streamed ``/api/chat`` for a non-streamed client request.
@@ -226,22 +215,8 @@ class OllamaAdapter(Adapter):
         Every failure happens before the first event: BackendUnavailable or
         UpstreamRejected, never BackendError.
         """
-        session = self._client()
-        data = orjson.dumps(build_chat_body(request, model))
-        response: aiohttp.ClientResponse | None = None
-        try:
-            async with asyncio.timeout(self.config.first_token_timeout):
-                response = await session.post(self.host + "/api/chat", data=data, headers=self._headers)
-                if response.status != 200:
-                    raise await error_status(response)
-                body = await read_body(response, self.config.max_response_bytes)
-        except _TRANSPORT_ERRORS as exc:
-            raise transport_failure(exc, started=False) from None
-        finally:
-            # Closes a connection still waiting (timeout, the client left), so
-            # Ollama stops generating; a no-op for one read in full.
-            if response is not None:
-                response.close()
+        body = await self._upstream.fetch(self.host + "/api/chat", orjson.dumps(build_chat_body(request, model)),
+                                          self._headers)
         mapper = LineMapper(self.config.think_tags)
         try:
             part = orjson.loads(body)
@@ -259,26 +234,15 @@ class OllamaAdapter(Adapter):
             yield event
 
     async def stream_tokens(self, request: ChatRequest, model: str) -> AsyncIterator[Event]:
-        session = self._client()
-        data = orjson.dumps(build_chat_body(request, model))
-        deadline = asyncio.get_running_loop().time() + self.config.first_token_timeout
-        try:
-            async with asyncio.timeout_at(deadline):
-                response = await session.post(self.host + "/api/chat", data=data, headers=self._headers)
-        except _TRANSPORT_ERRORS as exc:
-            raise transport_failure(exc, started=False) from None
-
+        reader = await self._upstream.open_stream(self.host + "/api/chat",
+                                                  orjson.dumps(build_chat_body(request, model)), self._headers)
+        mapper = LineMapper(self.config.think_tags)
         started = False
-        reader: LineReader | None = None
         try:
-            if response.status != 200:
-                raise await error_status(response)
-            mapper = LineMapper(self.config.think_tags)
-            reader = LineReader(response, deadline, self.config)
             while mapper.done is None:
                 try:
                     lines = await reader.read(started)
-                except _TRANSPORT_ERRORS as exc:
+                except TRANSPORT_ERRORS as exc:
                     raise transport_failure(exc, started=started) from None
                 if lines is None:
                     raise transport_failure(WireError(UNFINISHED), started=started)
@@ -301,12 +265,7 @@ class OllamaAdapter(Adapter):
             for event in mapper.finish():
                 yield event
         finally:
-            if reader is not None:
-                reader.close()
-            # A fully read response's connection is back in the pool; one still
-            # streaming (the client left, an error) is closed, so Ollama stops
-            # generating.
-            response.close()
+            reader.close()
 
     async def list_models(self) -> list[str]:
         if self._listing is None:
@@ -317,7 +276,7 @@ class OllamaAdapter(Adapter):
                 listing = await self._listing.list()
         except ResponseError as exc:
             raise classify(exc.status_code, error_details({"error": str(exc.error)}), started=False) from None
-        except (*_TRANSPORT_ERRORS, httpx.TransportError) as exc:
+        except (*TRANSPORT_ERRORS, httpx.TransportError) as exc:
             raise transport_failure(exc, started=False) from None
         return [m.model for m in listing.models if m.model]
 

@@ -19,10 +19,8 @@ non-streamed answer arrives only when generation ends, so
 """
 from __future__ import annotations
 
-import asyncio
 from typing import Any, AsyncIterator, ClassVar
 
-import aiohttp
 import orjson
 
 from privatai.config import BackendConfig
@@ -39,22 +37,15 @@ from privatai.adapters.openai_wire import (
     sse_payload,
 )
 from privatai.adapters.transport import (
-    MAX_LIST_BODY,
-    PROBE_TIMEOUT,
+    TRANSPORT_ERRORS,
     UNFINISHED,
-    LineReader,
+    Upstream,
     WireError,
     auth_headers,
-    error_status,
-    open_session,
-    read_body,
-    read_capped,
     transport_failure,
     unreadable,
 )
 from privatai.adapters.upstream_errors import classify, error_details, parse_error_body
-
-_TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError, WireError)
 
 
 class OpenAICompatibleAdapter(Adapter):
@@ -72,7 +63,7 @@ class OpenAICompatibleAdapter(Adapter):
         self._headers = {"Content-Type": "application/json", "Accept": "text/event-stream",
                          **auth_headers(config)}
         self._json_headers = {**self._headers, "Accept": "application/json"}
-        self._session: aiohttp.ClientSession | None = None
+        self._upstream = Upstream(config)
 
     @classmethod
     def api_base(cls, url: str) -> str:
@@ -91,17 +82,10 @@ class OpenAICompatibleAdapter(Adapter):
     # -- lifecycle ----------------------------------------------------------
 
     async def start(self) -> None:
-        self._client()
+        self._upstream.session()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = open_session(self.config)
-        return self._session
+        await self._upstream.close()
 
     # -- chat ---------------------------------------------------------------
 
@@ -111,24 +95,8 @@ class OpenAICompatibleAdapter(Adapter):
         Every failure happens before the first event: BackendUnavailable or
         UpstreamRejected, never BackendError.
         """
-        session = self._client()
-        data = orjson.dumps(self.build_body(request, model))
-        response: aiohttp.ClientResponse | None = None
-        try:
-            async with asyncio.timeout(self.config.first_token_timeout):
-                response = await session.post(self.base_url + "/chat/completions", data=data,
-                                              headers=self._json_headers)
-                if response.status != 200:
-                    raise await error_status(response)
-                body = await read_body(response, self.config.max_response_bytes)
-        except _TRANSPORT_ERRORS as exc:
-            raise transport_failure(exc, started=False) from None
-        finally:
-            # A no-op for a fully read response (its connection is back in
-            # the pool); one still pending (timeout, the client left) is
-            # closed outright, so the upstream stops generating.
-            if response is not None:
-                response.close()
+        body = await self._upstream.fetch(self.base_url + "/chat/completions",
+                                          orjson.dumps(self.build_body(request, model)), self._json_headers)
         mapper = ChunkMapper(self.config.think_tags)
         try:
             events = mapper.feed_completion(orjson.loads(body))
@@ -142,27 +110,15 @@ class OpenAICompatibleAdapter(Adapter):
             yield event
 
     async def stream_tokens(self, request: ChatRequest, model: str) -> AsyncIterator[Event]:
-        session = self._client()
-        data = orjson.dumps(self.build_body(request, model))
-        deadline = asyncio.get_running_loop().time() + self.config.first_token_timeout
-        try:
-            async with asyncio.timeout_at(deadline):
-                response = await session.post(self.base_url + "/chat/completions", data=data,
-                                              headers=self._headers)
-        except _TRANSPORT_ERRORS as exc:
-            raise transport_failure(exc, started=False) from None
-
+        reader = await self._upstream.open_stream(self.base_url + "/chat/completions",
+                                                  orjson.dumps(self.build_body(request, model)), self._headers)
+        mapper = ChunkMapper(self.config.think_tags)
         started = False
-        reader: LineReader | None = None
         try:
-            if response.status != 200:
-                raise await error_status(response)
-            mapper = ChunkMapper(self.config.think_tags)
-            reader = LineReader(response, deadline, self.config)
             while True:
                 try:
                     lines = await reader.read(started)
-                except _TRANSPORT_ERRORS as exc:
+                except TRANSPORT_ERRORS as exc:
                     # A connection lost after the finish reason lost nothing.
                     if mapper.finish_reason is not None:
                         break
@@ -196,12 +152,7 @@ class OpenAICompatibleAdapter(Adapter):
             for event in mapper.finish():
                 yield event
         finally:
-            if reader is not None:
-                reader.close()
-            # aiohttp has already returned a fully read connection to the
-            # pool; one still streaming (the client left, or an error) is
-            # closed outright, so the upstream stops generating.
-            response.close()
+            reader.close()
 
     # -- discovery and health -----------------------------------------------
 
@@ -229,16 +180,9 @@ class OpenAICompatibleAdapter(Adapter):
         await self.list_models()
 
     async def _get(self, url: str) -> tuple[int, bytes]:
-        """Status and (capped) body of a small GET; unreachable -> BackendUnavailable."""
-        session = self._client()
         headers = {k: v for k, v in self._headers.items() if k != "Content-Type"}
         headers["Accept"] = "application/json"
-        try:
-            async with asyncio.timeout(self.config.connect_timeout + PROBE_TIMEOUT):
-                async with session.get(url, headers=headers) as response:
-                    return response.status, await read_capped(response, MAX_LIST_BODY)
-        except _TRANSPORT_ERRORS as exc:
-            raise transport_failure(exc, started=False) from None
+        return await self._upstream.get(url, headers)
 
 
 class SelfHostedOpenAIAdapter(OpenAICompatibleAdapter):

@@ -1,10 +1,12 @@
 """HTTP transport to upstream servers, shared by the adapters that speak HTTP.
 
-One aiohttp session per adapter over a pooled connector; the ``Authorization``
-header from the environment; reading a streamed body line by line under the
-first-token and idle deadlines (:class:`ReadWatchdog`, :class:`LineReader`);
-reading a whole body; and :func:`transport_failure`, the one mapping from a
-failed exchange to our error classes.
+:class:`Upstream` is one backend's HTTP side: an aiohttp session over a
+pooled connector, a POST whose whole answer is read (:meth:`Upstream.fetch`)
+or whose streamed answer is read line by line under the first-token and idle
+deadlines (:meth:`Upstream.open_stream`, :class:`LineReader`,
+:class:`ReadWatchdog`), and small GETs for probes. :func:`transport_failure`
+is the one mapping from a failed exchange to our error classes;
+:func:`auth_headers` reads the upstream's key from the environment.
 
 Whatever an upstream sends is capped before it is buffered: one line of a
 streamed body by the backend's ``max_line_bytes``, a whole body by its
@@ -49,6 +51,11 @@ class WireError(Exception):
     def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+# What an exchange with an upstream may raise besides our own errors; each
+# goes through transport_failure.
+TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError, WireError)
 
 
 def unreadable(what: str) -> WireError:
@@ -96,16 +103,7 @@ def auth_headers(config: BackendConfig) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def open_session(config: BackendConfig) -> aiohttp.ClientSession:
-    """A session with the connection pool to one backend: its concurrency plus
-    a few spare connections for probes and discovery. Only the socket connect
-    has a fixed timeout; the adapters apply first-token and idle deadlines."""
-    connector = aiohttp.TCPConnector(limit=config.max_concurrency + EXTRA_CONNECTIONS, limit_per_host=0)
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout)
-    return aiohttp.ClientSession(connector=connector, timeout=timeout)
-
-
-async def read_capped(response: aiohttp.ClientResponse, limit: int = MAX_ERROR_BODY) -> bytes:
+async def _read_capped(response: aiohttp.ClientResponse, limit: int = MAX_ERROR_BODY) -> bytes:
     """The body, or its first ``limit`` bytes (``read(n)`` may return less than n)."""
     parts: list[bytes] = []
     size = 0
@@ -118,26 +116,26 @@ async def read_capped(response: aiohttp.ClientResponse, limit: int = MAX_ERROR_B
     return b"".join(parts)
 
 
-async def error_status(response: aiohttp.ClientResponse) -> PrivatAIError:
+async def _error_status(response: aiohttp.ClientResponse) -> PrivatAIError:
     """The error for an upstream's non-200 answer, from its status, its
     (capped) error body and its ``Retry-After``. A body that cannot be read
     in time leaves the status to speak alone."""
     try:
         async with asyncio.timeout(PROBE_TIMEOUT):
-            body = await read_capped(response)
+            body = await _read_capped(response)
     except (aiohttp.ClientError, OSError, TimeoutError):
         body = b""
     return classify(response.status, parse_error_body(body), started=False,
                     retry_after=response.headers.get("Retry-After"))
 
 
-async def read_body(response: aiohttp.ClientResponse, limit: int) -> bytes:
+async def _read_body(response: aiohttp.ClientResponse, limit: int) -> bytes:
     """The whole body of a non-streamed answer; :class:`WireError` (502) if it
     is larger than ``limit`` bytes, found out from ``Content-Length`` before
     reading when the upstream declares one."""
     declared = response.content_length
     if declared is None or declared <= limit:
-        body = await read_capped(response, limit + 1)
+        body = await _read_capped(response, limit + 1)
         if len(body) <= limit:
             return body
     raise WireError(f"The backend's answer is larger than this gateway's limit of {limit} bytes.",
@@ -207,9 +205,10 @@ class LineReader:
     memory.
     """
 
-    __slots__ = ("_content", "_pending", "_max_line", "_overflow", "_loop", "_idle", "watchdog")
+    __slots__ = ("_response", "_content", "_pending", "_max_line", "_overflow", "_loop", "_idle", "watchdog")
 
     def __init__(self, response: aiohttp.ClientResponse, deadline: float, config: BackendConfig) -> None:
+        self._response = response
         self._content = response.content
         self._pending = b""
         self._max_line = config.max_line_bytes
@@ -260,4 +259,80 @@ class LineReader:
                          f"{self._max_line} bytes.", status=502)
 
     def close(self) -> None:
+        """Stop the deadlines and close the response. aiohttp has already
+        returned a fully read connection to the pool; one still streaming (the
+        client left, an error) is closed outright, so the upstream stops
+        generating."""
         self.watchdog.cancel()
+        self._response.close()
+
+
+class Upstream:
+    """One backend's HTTP side: a session with the connection pool to it (its
+    concurrency plus a few spare connections for probes and discovery; only
+    the socket connect has a fixed timeout, the deadlines are ours)."""
+
+    def __init__(self, config: BackendConfig) -> None:
+        self.config = config
+        self._session: aiohttp.ClientSession | None = None
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=self.config.max_concurrency + EXTRA_CONNECTIONS,
+                                             limit_per_host=0)
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.config.connect_timeout)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=timeout)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def fetch(self, url: str, data: bytes, headers: dict[str, str]) -> bytes:
+        """POST ``data``; the whole answer body (at most ``max_response_bytes``).
+
+        A non-streamed answer arrives only when generation ends, so
+        ``first_token_timeout`` bounds the whole call. Raises the error the
+        client should get, always one for "before the first event".
+        """
+        response: aiohttp.ClientResponse | None = None
+        try:
+            async with asyncio.timeout(self.config.first_token_timeout):
+                response = await self.session().post(url, data=data, headers=headers)
+                if response.status != 200:
+                    raise await _error_status(response)
+                return await _read_body(response, self.config.max_response_bytes)
+        except TRANSPORT_ERRORS as exc:
+            raise transport_failure(exc, started=False) from None
+        finally:
+            # A no-op for a fully read response (its connection is back in the
+            # pool); one still pending (timeout, the client left) is closed
+            # outright, so the upstream stops generating.
+            if response is not None:
+                response.close()
+
+    async def open_stream(self, url: str, data: bytes, headers: dict[str, str]) -> LineReader:
+        """POST ``data``; a reader of the streamed answer's lines, whose
+        first-token deadline runs from now. The caller closes it."""
+        deadline = asyncio.get_running_loop().time() + self.config.first_token_timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                response = await self.session().post(url, data=data, headers=headers)
+        except TRANSPORT_ERRORS as exc:
+            raise transport_failure(exc, started=False) from None
+        if response.status != 200:
+            try:
+                raise await _error_status(response)
+            finally:
+                response.close()
+        return LineReader(response, deadline, self.config)
+
+    async def get(self, url: str, headers: dict[str, str]) -> tuple[int, bytes]:
+        """Status and (capped) body of a small GET (probes, model lists)."""
+        try:
+            async with asyncio.timeout(self.config.connect_timeout + PROBE_TIMEOUT):
+                async with self.session().get(url, headers=headers) as response:
+                    return response.status, await _read_capped(response, MAX_LIST_BODY)
+        except TRANSPORT_ERRORS as exc:
+            raise transport_failure(exc, started=False) from None

@@ -5,8 +5,10 @@ nothing else: it knows nothing of our HTTP server, keys, metering or logging.
 
 Error contract (the router and the stream writer rely on it):
 - before the first event, raise :class:`BackendUnavailable` for anything worth
-  trying on another backend (refused, timed out, 5xx), :class:`UpstreamRejected`
-  for a request the backend found invalid (400, context too long);
+  trying on another backend (refused, timed out, 5xx; a 429 as its subclass
+  :class:`BackendRateLimited`, which carries the upstream's Retry-After),
+  :class:`UpstreamRejected` for a request the backend found invalid (400,
+  context too long);
 - after the first event, raise :class:`BackendError`; it goes to the client
   in-band.
 Messages may contain upstream text (which may echo the prompt): they go to the

@@ -89,6 +89,10 @@ class BackendConfig(_Section):
     idle_timeout: Positive = 120.0
     # For models that write their reasoning as <think>...</think> into content.
     think_tags: bool = False
+    # Caps on what is buffered from the upstream: one line of a streamed
+    # answer (an SSE event, an NDJSON line) and a whole non-streamed answer.
+    max_line_bytes: PositiveInt = 1024 * 1024
+    max_response_bytes: PositiveInt = 8 * 1024 * 1024
     # embedded only
     model_path: str | None = None
     n_ctx: PositiveInt = 2048

@@ -14,7 +14,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import AsyncIterator, Literal
 
 from privatai.adapters import create_adapter
 from privatai.adapters.base import Adapter
@@ -24,6 +24,11 @@ from privatai.core.events import Event
 from privatai.core.protocol import ChatRequest
 
 log = logging.getLogger("privatai.router")
+
+# up: the last request or probe succeeded; failing: it failed, but fewer than
+# failure_threshold times in a row, so it is still routed to; down: its
+# circuit is open (or half-open) until a request or probe succeeds.
+Health = Literal["up", "failing", "down"]
 
 
 @dataclass(eq=False)
@@ -156,12 +161,16 @@ class Router:
     def candidates(self, model: str) -> list[Backend]:
         return [b for b in self.backends.values() if model in b.models]
 
+    def health(self, backend: Backend) -> Health:
+        """The one verdict on a backend that /readyz, metrics and readiness share."""
+        if backend.failures == 0:
+            return "up"
+        return "failing" if backend.failures < self._routing.failure_threshold else "down"
+
     def ready(self) -> bool:
-        """True when a healthy backend serves the default model."""
+        """True when a backend that is up serves the default model."""
         model = self.default_model
-        now = time.monotonic()
-        return model is not None and any(b.available(now) and b.failures == 0
-                                         for b in self.candidates(model))
+        return model is not None and any(self.health(b) == "up" for b in self.candidates(model))
 
     # -- choosing and capacity ----------------------------------------------
 

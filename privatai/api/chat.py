@@ -13,8 +13,9 @@ from privatai.errors import PrivatAIError
 from privatai.core.events import Event, Finish, Usage
 from privatai.ops.logs import describe_error
 from privatai.core.metering import Meter
-from privatai.core.protocol import (DONE, KEEPALIVE, THINKING_FIELDS, ChatRequest, ChunkEncoder,
-                        CompletionAggregator, error_event, new_completion_id, parse_chat_request)
+from privatai.core.encoders import (DONE, KEEPALIVE, THINKING_FIELDS, ChunkEncoder, CompletionAggregator,
+                                    error_event, new_completion_id)
+from privatai.core.protocol import ChatRequest, parse_chat_request
 from privatai.core.routing import RouteInfo
 from privatai.state import AppState
 

@@ -1,16 +1,18 @@
 """OpenAI chat protocol: the request types and their validation.
 
 Requests are decoded straight into typed msgspec structs, so a wrong type is a
-400 that names the field (``messages[0].content``) without hand-written checks.
-The response side is :mod:`privatai.core.encoders`.
+400 that names the field (``messages[0].content``) without hand-written checks;
+:mod:`privatai.core.json_bounds` bounds nesting and integer size at the same
+step. The response side is :mod:`privatai.core.encoders`.
 """
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Iterator, Literal, Union
 
 import msgspec
 
+from privatai.core.json_bounds import INT64_MAX, MAX_DEPTH, BoundsError, Int64, check_free_form, too_deep_at
 from privatai.errors import InvalidRequest
 
 # --------------------------------------------------------------------------
@@ -102,10 +104,10 @@ class ChatRequest(msgspec.Struct, kw_only=True):
     stream: bool = False
     temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
     top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
-    max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
-    max_completion_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    max_tokens: Annotated[int, msgspec.Meta(ge=1, le=INT64_MAX)] | None = None
+    max_completion_tokens: Annotated[int, msgspec.Meta(ge=1, le=INT64_MAX)] | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: Int64 | None = None
     tools: list[Tool] | None = None
     tool_choice: str | dict[str, Any] | None = None
     stream_options: StreamOptions | None = None
@@ -144,6 +146,17 @@ class ChatRequest(msgspec.Struct, kw_only=True):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
+    def free_form(self) -> Iterator[tuple[str, object]]:
+        """The values whose shape is the client's (JSON schemas, a tool choice),
+        by path: the only ones the types above cannot bound."""
+        for i, tool in enumerate(self.tools or ()):
+            if tool.function.parameters is not None:
+                yield f"tools[{i}].function.parameters", tool.function.parameters
+        if self.response_format is not None and self.response_format.json_schema is not None:
+            yield "response_format.json_schema", self.response_format.json_schema
+        if isinstance(self.tool_choice, dict):
+            yield "tool_choice", self.tool_choice
+
 
 _decoder = msgspec.json.Decoder(ChatRequest)
 _PATH = re.compile(r" - at `\$\.?([^`]*)`$")
@@ -155,6 +168,7 @@ def parse_chat_request(body: bytes) -> ChatRequest:
         raise InvalidRequest("Request body is empty; expected a JSON object with 'messages'.")
     try:
         chat = _decoder.decode(body)
+        check_free_form(chat.free_form())
     except msgspec.ValidationError as exc:
         text = str(exc)
         match = _PATH.search(text)
@@ -165,6 +179,14 @@ def parse_chat_request(body: bytes) -> ChatRequest:
         raise InvalidRequest(f"Invalid request body: {text}", param=param) from None
     except msgspec.DecodeError:
         raise InvalidRequest("Request body is not valid JSON.") from None
+    except BoundsError as exc:
+        raise InvalidRequest(f"Invalid request body: '{exc.path}' {exc.reason}.", param=exc.path) from None
+    except RecursionError:
+        # Deeper than the decoder follows, even in a field we would ignore.
+        path = too_deep_at(body)
+        where = f" at '{path}'" if path else ""
+        raise InvalidRequest(f"Invalid request body: the body nests deeper than {MAX_DEPTH} levels{where}.",
+                             param=path) from None
     if chat.tool_choice is not None and isinstance(chat.tool_choice, str) and chat.tool_choice not in (
         "auto", "none", "required"
     ):

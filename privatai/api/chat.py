@@ -44,8 +44,11 @@ async def run_chat(request: GatewayRequest, chat: ChatRequest) -> HTTPResponse |
     # resumes only when it wants more; a body that arrived whole leaves it
     # stopped, and then nothing notices a client that leaves (its upstream
     # would generate on, unbilled). Reading again costs nothing: the buffer is
-    # still capped, and the end of the connection is seen at once.
-    request.transport.resume_reading()
+    # still capped, and the end of the connection is seen at once. (Under
+    # ASGI the transport is a stand-in without the switch, and needs none.)
+    resume_reading = getattr(request.transport, "resume_reading", None)
+    if resume_reading is not None:
+        resume_reading()
     model = state.router.resolve(chat.model)
     request.ctx.model = model
     meter = Meter(chat)

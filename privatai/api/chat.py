@@ -101,7 +101,7 @@ async def _settle_cut_off(request: GatewayRequest, state: AppState, meter: Meter
     the request (the backend read it, so that work was done). Nothing else."""
     ctx = request.ctx
     if ctx.usage is None and ((delivered and meter.anything_delivered)
-                              or (client_left and ctx.route.backend is not None)):
+                              or (client_left and ctx.route.admitted)):
         await _settle(request, state, meter, complete=False, delivered=delivered)
 
 
@@ -124,7 +124,7 @@ async def _stream(request: GatewayRequest, state: AppState, events: AsyncIterato
             done, _ = await asyncio.wait((first,), timeout=interval)
             if done:
                 break
-            if ctx.route.backend is None:
+            if not ctx.route.admitted:
                 continue
             if response is None:
                 response = await request.respond(content_type=access.EVENT_STREAM, headers=SSE_HEADERS)

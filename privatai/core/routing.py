@@ -57,10 +57,15 @@ class Backend:
 
 @dataclass(slots=True)
 class RouteInfo:
-    """What the handler learns about where a request went (for logs and metrics)."""
+    """What the handler learns about where a request went (for logs, metrics
+    and billing)."""
 
     backend: str | None = None
     attempts: int = 0
+    # True from the moment a backend took the request (its slot is held and
+    # the request is on its way) until the router queues it again for another
+    # backend; it stays True after the answer ended. False while queued.
+    admitted: bool = False
 
 
 class Router:
@@ -271,6 +276,7 @@ class Router:
         deadline = time.monotonic() + self._routing.total_deadline
         last_error: BackendError | None = None
         while info.attempts < self._routing.max_attempts and candidates:
+            info.admitted = False
             try:
                 backend = await self._acquire(candidates, deadline)
             except BackendUnavailable:
@@ -280,6 +286,7 @@ class Router:
             candidates = [b for b in candidates if b is not backend]
             info.attempts += 1
             info.backend = backend.name
+            info.admitted = True
             started = False
             try:
                 events = backend.adapter.stream(request, backend.models[model])

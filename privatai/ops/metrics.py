@@ -116,7 +116,7 @@ class Metrics:
 
     def observe(self, route: str, status: int, model: str | None, backend: str | None,
                 duration: float | None, usage: Usage | None, ttft: float | None) -> None:
-        """Record one finished request (called once, from ``AppState.log_access``)."""
+        """Record one finished request (called once per request, from :func:`privatai.api.access.write`)."""
         key = (route, status, model or "", backend or "")
         children = self._children.get(key)
         if children is None:

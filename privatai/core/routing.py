@@ -19,7 +19,7 @@ from typing import AsyncIterator, Literal
 from privatai.adapters import create_adapter
 from privatai.adapters.base import Adapter
 from privatai.config import Config, RoutingConfig, default_model
-from privatai.errors import BackendError, BackendUnavailable, CapacityExceeded, ModelNotFound
+from privatai.errors import BackendError, BackendRateLimited, BackendUnavailable, CapacityExceeded, ModelNotFound
 from privatai.core.events import Event
 from privatai.core.protocol import ChatRequest
 
@@ -312,11 +312,14 @@ class Router:
                     self._success(backend)
                 return
             except BackendError as exc:
+                # A 429 comes from a backend that is up and answering: it must
+                # not open the circuit, or clients would get 503 "no healthy
+                # backend" instead of its 429 and Retry-After.
+                unhealthy = not started and not isinstance(exc, BackendRateLimited)
+                if unhealthy:
+                    self._failure(backend)
                 if started or not exc.retryable:
-                    if not started:
-                        self._failure(backend)
                     raise
-                self._failure(backend)
                 last_error = exc
                 log.warning("backend %s failed before the first token (%s, status %s); %s",
                             backend.name, type(exc).__name__, exc.status,

@@ -41,6 +41,14 @@ def test_shipped_file_is_valid_and_defaults_to_embedded() -> None:
     ("backends: [\n", "line 2, column 1", "not valid YAML"),
     ("backends:\n  - name: a\n    kind: embedded\n    models: [m]\nserver:\n  workers: 4\n",
      "server.workers", "must be 1: the web-chat limits and the usage batches live in this one process"),
+    ("backends:\n  - name: a\n    kind: embedded\n    models: [m]\nstore:\n  url: mysql://db/privatai\n",
+     "store.url", "must be a postgresql:// URL"),
+    ("backends:\n  - name: a\n    kind: embedded\n    models: [m]\nstore:\n  url: postgresql://u:s3cret@db/p\n",
+     "store.url", "must not contain the password"),
+    ("backends:\n  - name: a\n    kind: embedded\n    models: [m]\nstore:\n  url: postgresql://u@db\n",
+     "store.url", "names no database"),
+    ("backends:\n  - name: a\n    kind: embedded\n    models: [m]\nstore:\n  password_env: PW\n",
+     "store.password_env", "only used with store.url"),
 ])
 def test_errors_name_file_path_and_reason(tmp_path: Path, text: str, path: str, reason: str) -> None:
     file = write(tmp_path, text)

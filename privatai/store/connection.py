@@ -79,12 +79,13 @@ class Database:
         self.insert: Callable[[Table], Any] = sqlite.insert if kind == "sqlite" else postgresql.insert
 
     @classmethod
-    async def connect(cls, location: str, *, password: str | None = None,
-                      busy_timeout: float = 5.0) -> Database:
-        """The database at ``location``: a SQLite path, or a PostgreSQL URL."""
+    async def connect(cls, location: str, *, password: str | None = None, timeout: float = 5.0) -> Database:
+        """The database at ``location``: a SQLite path, or a PostgreSQL URL.
+        ``timeout``: how long SQLite waits for another process's lock, or
+        PostgreSQL for a connection."""
         if is_postgresql(location):
-            return await cls._postgresql(location, password, busy_timeout)
-        return await cls._sqlite(location, busy_timeout)
+            return await cls._postgresql(location, password, timeout)
+        return await cls._sqlite(location, timeout)
 
     @classmethod
     async def _sqlite(cls, path: str, busy_timeout: float) -> Database:
@@ -150,10 +151,14 @@ class Database:
                 yield conn
                 await conn.exec_driver_sql("COMMIT")
             except BaseException:
-                # Also after a failed COMMIT, which leaves the transaction open.
-                raw = await conn.get_raw_connection()
-                if raw.driver_connection.in_transaction:  # type: ignore[union-attr]
-                    await conn.exec_driver_sql("ROLLBACK")
+                try:
+                    # Also after a failed COMMIT, which leaves the transaction open.
+                    raw = await conn.get_raw_connection()
+                    if raw.driver_connection.in_transaction:  # type: ignore[union-attr]
+                        await conn.exec_driver_sql("ROLLBACK")
+                except BaseException:
+                    # Never back into the pool inside a transaction.
+                    await conn.invalidate()
                 raise
 
     async def close(self) -> None:

@@ -38,7 +38,7 @@ class Store(Accounts, UsageQueries):
                    cache_ttl: float = 2.0, cache_size: int = 10_000) -> Store:
         """Open and migrate the database at ``location``: a SQLite file path
         (created owner-only if new) or a ``postgresql://`` URL without password."""
-        db = await Database.connect(location, password=password, busy_timeout=busy_timeout)
+        db = await Database.connect(location, password=password, timeout=busy_timeout)
         try:
             store = cls(db, cache_ttl=cache_ttl, cache_size=cache_size)
             store.migration = await migrate(db)

@@ -50,7 +50,7 @@ class AppState:
 
         An invalid file keeps the running configuration and says why. Backends,
         routing, web-chat limits and the thinking field take effect at once;
-        the listening address and the database path need a restart.
+        the listening address and the store section need a restart.
         """
         from privatai.config import load_config
         from privatai.errors import ConfigError
@@ -64,7 +64,7 @@ class AppState:
             log.error("reload refused, keeping the running configuration: %s", describe_error(exc))
             return False
         config.server.host, config.server.port = self.config.server.host, self.config.server.port
-        config.store.path = self.config.store.path
+        config.store = self.config.store  # the database and its settings are opened once, at start
         self.config = config
         if self.on_reload is not None:
             self.on_reload(config)

@@ -126,7 +126,7 @@ async def _quickstart(config: Config) -> str:
     from privatai.store.database import Store
     from privatai.store.names import AdminError
 
-    store = await Store.open(config.store.path)
+    store = await Store.from_config(config.store)
     try:
         try:
             await store.get_account("demo")

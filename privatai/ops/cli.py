@@ -56,6 +56,8 @@ def _fail(message: str) -> int:
 def _store_problem(config: Config) -> str | None:
     from privatai.ops.preflight import store_problem
 
+    if config.store.url is not None:
+        return None  # PostgreSQL: reachable or not is found when the store opens
     problem = store_problem(config.store.path)
     return f"store {config.store.path}: {problem}" if problem else None
 

@@ -16,20 +16,16 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from privatai.core.events import Usage
+from privatai.core.protocol import DONE, StreamOptions
 from privatai.core.text_input import text_inputs, texts_of
 from privatai.core.validation import decode, refuse
 from privatai.errors import InvalidRequest
 
-DONE = b"data: [DONE]\n\n"
 # Each prompt is generated in turn; a bound keeps one request from holding a
 # backend for long.
 MAX_PROMPTS = 16
 Penalty = Annotated[float, msgspec.Meta(ge=-2, le=2)]
 Prompt = text_inputs(MAX_PROMPTS)
-
-
-class CompletionStreamOptions(msgspec.Struct):
-    include_usage: bool = False
 
 
 class CompletionRequest(msgspec.Struct, kw_only=True):
@@ -46,7 +42,7 @@ class CompletionRequest(msgspec.Struct, kw_only=True):
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     stream: bool = False
-    stream_options: CompletionStreamOptions | None = None
+    stream_options: StreamOptions | None = None
     n: Annotated[int, msgspec.Meta(ge=1, le=128)] | None = None
     best_of: Annotated[int, msgspec.Meta(ge=1, le=20)] | None = None
     echo: bool | None = None

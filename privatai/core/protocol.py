@@ -7,7 +7,6 @@ Responses are built from normalized events by :class:`ChunkEncoder` (SSE) and
 """
 from __future__ import annotations
 
-import re
 import secrets
 import time
 from typing import Annotated, Any, Iterable, Literal, Union
@@ -15,6 +14,7 @@ from typing import Annotated, Any, Iterable, Literal, Union
 import msgspec
 import orjson
 
+from privatai.core.validation import invalid_body
 from privatai.errors import InvalidRequest, PrivatAIError
 from privatai.core.events import Event, Finish, TextDelta, ThinkingDelta, ToolCallDelta, Usage
 
@@ -151,7 +151,6 @@ class ChatRequest(msgspec.Struct, kw_only=True):
 
 
 _decoder = msgspec.json.Decoder(ChatRequest)
-_PATH = re.compile(r" - at `\$\.?([^`]*)`$")
 
 
 def parse_chat_request(body: bytes) -> ChatRequest:
@@ -161,13 +160,7 @@ def parse_chat_request(body: bytes) -> ChatRequest:
     try:
         chat = _decoder.decode(body)
     except msgspec.ValidationError as exc:
-        text = str(exc)
-        match = _PATH.search(text)
-        param = match.group(1) if match and match.group(1) else None
-        if text.startswith("Object missing required field"):
-            field = text.split("`")[1]
-            param = f"{param}.{field}" if param else field
-        raise InvalidRequest(f"Invalid request body: {text}", param=param) from None
+        raise invalid_body(exc) from None
     except msgspec.DecodeError:
         raise InvalidRequest("Request body is not valid JSON.") from None
     if chat.tool_choice is not None and isinstance(chat.tool_choice, str) and chat.tool_choice not in (

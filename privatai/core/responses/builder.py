@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -24,6 +25,28 @@ from privatai.core.responses.types import (FunctionCallItem, IncompleteDetails, 
 
 StreamEvent = dict[str, Any]
 _INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
+
+
+@dataclass(frozen=True)
+class _TextKind:
+    """How one kind of text item streams: the answer's message, or reasoning
+    as its summary. Both hold one part whose text grows by deltas."""
+
+    item: type[OutputMessage] | type[ReasoningItem]
+    prefix: str  # of the item id
+    parts: str  # the attribute holding the part
+    index: str  # the events' index field for the part
+    part: type[OutputText] | type[SummaryText]
+    text_events: str
+    part_events: str
+    extra: dict[str, Any]  # fields only the message's text events carry
+
+
+_MESSAGE = _TextKind(OutputMessage, "msg", "content", "content_index", OutputText,
+                     "response.output_text", "response.content_part", {"logprobs": []})
+_REASONING = _TextKind(ReasoningItem, "rs", "summary", "summary_index", SummaryText,
+                       "response.reasoning_summary_text", "response.reasoning_summary_part", {})
+_TEXT_KINDS = {OutputMessage: _MESSAGE, ReasoningItem: _REASONING}
 
 
 def _id(prefix: str) -> str:
@@ -71,10 +94,9 @@ class ResponseBuilder:
         self._open = item
         # The added event carries the item as it was then (empty), not a reference.
         added = msgspec.structs.replace(item)
-        if isinstance(added, OutputMessage):
-            added.content = []
-        elif isinstance(added, ReasoningItem):
-            added.summary = []
+        kind = _TEXT_KINDS.get(type(item))
+        if kind is not None:
+            setattr(added, kind.parts, [])
         events.append(self._event("response.output_item.added", output_index=self._index(item), item=added))
         return events
 
@@ -86,19 +108,15 @@ class ResponseBuilder:
         item.status = status  # type: ignore[assignment]
         index = self._index(item)
         events: list[StreamEvent] = []
-        if isinstance(item, OutputMessage):
-            part = item.content[0]
-            common = {"item_id": item.id, "output_index": index, "content_index": 0}
-            events.append(self._event("response.output_text.done", **common, text=part.text, logprobs=[]))
-            events.append(self._event("response.content_part.done", **common, part=part))
-        elif isinstance(item, ReasoningItem):
-            part = item.summary[0]
-            common = {"item_id": item.id, "output_index": index, "summary_index": 0}
-            events.append(self._event("response.reasoning_summary_text.done", **common, text=part.text))
-            events.append(self._event("response.reasoning_summary_part.done", **common, part=part))
+        kind = _TEXT_KINDS.get(type(item))
+        if kind is not None:
+            part = getattr(item, kind.parts)[0]
+            common = {"item_id": item.id, "output_index": index, kind.index: 0}
+            events.append(self._event(f"{kind.text_events}.done", **common, text=part.text, **kind.extra))
+            events.append(self._event(f"{kind.part_events}.done", **common, part=part))
         else:
             events.append(self._event("response.function_call_arguments.done", item_id=item.id,
-                                      output_index=index, arguments=item.arguments))
+                                      output_index=index, arguments=item.arguments))  # type: ignore[union-attr]
         events.append(self._event("response.output_item.done", output_index=index, item=item))
         return events
 
@@ -112,40 +130,26 @@ class ResponseBuilder:
         """The stream events for one content event (text, thinking, tool call)."""
         kind = type(event)
         if kind is TextDelta:
-            return self._text(event.text)  # type: ignore[union-attr]
+            return self._append_text(_MESSAGE, event.text)  # type: ignore[union-attr]
         if kind is ThinkingDelta:
-            return self._reasoning(event.text)  # type: ignore[union-attr]
+            self._thinking.append(event.text)  # type: ignore[union-attr]
+            return self._append_text(_REASONING, event.text)  # type: ignore[union-attr]
         if kind is ToolCallDelta:
             return self._tool_call(event)  # type: ignore[arg-type]
         raise TypeError(f"not a content event: {kind.__name__}")
 
-    def _text(self, text: str) -> list[StreamEvent]:
+    def _append_text(self, kind: _TextKind, text: str) -> list[StreamEvent]:
+        """Text onto the open item of ``kind``, opening one (and its part) first if needed."""
         events: list[StreamEvent] = []
         item = self._open
-        if not isinstance(item, OutputMessage):
-            item = OutputMessage(id=_id("msg"), status="in_progress", content=[OutputText(text="")])
+        if type(item) is not kind.item:
+            item = kind.item(id=_id(kind.prefix), status="in_progress", **{kind.parts: [kind.part(text="")]})
             events = self._add_item(item)
-            events.append(self._event("response.content_part.added", item_id=item.id,
-                                      output_index=self._index(item), content_index=0,
-                                      part=OutputText(text="")))
-        item.content[0].text += text
-        events.append(self._event("response.output_text.delta", item_id=item.id, output_index=self._index(item),
-                                  content_index=0, delta=text, logprobs=[]))
-        return events
-
-    def _reasoning(self, text: str) -> list[StreamEvent]:
-        self._thinking.append(text)
-        events: list[StreamEvent] = []
-        item = self._open
-        if not isinstance(item, ReasoningItem):
-            item = ReasoningItem(id=_id("rs"), status="in_progress", summary=[SummaryText(text="")])
-            events = self._add_item(item)
-            events.append(self._event("response.reasoning_summary_part.added", item_id=item.id,
-                                      output_index=self._index(item), summary_index=0,
-                                      part=SummaryText(text="")))
-        item.summary[0].text += text
-        events.append(self._event("response.reasoning_summary_text.delta", item_id=item.id,
-                                  output_index=self._index(item), summary_index=0, delta=text))
+            events.append(self._event(f"{kind.part_events}.added", item_id=item.id,
+                                      output_index=self._index(item), **{kind.index: 0}, part=kind.part(text="")))
+        getattr(item, kind.parts)[0].text += text
+        events.append(self._event(f"{kind.text_events}.delta", item_id=item.id, output_index=self._index(item),
+                                  **{kind.index: 0}, delta=text, **kind.extra))
         return events
 
     def _tool_call(self, event: ToolCallDelta) -> list[StreamEvent]:

@@ -1,6 +1,7 @@
 """A fast fake inference server for the benchmark, in its own process.
 
-It speaks the two upstream wire formats of ``shared/wire-formats.md``:
+It speaks the two upstream wire formats the gateway's adapters read, as the
+real servers send them:
 
 - OpenAI SSE as vLLM sends it: ``POST /v1/chat/completions`` streamed
   (``data: <chunk>\\n\\n`` ... ``data: [DONE]``, with a final ``choices: []``

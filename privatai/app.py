@@ -10,6 +10,7 @@ from sanic.exceptions import SanicException
 from sanic.handlers import ErrorHandler
 from sanic.response import HTTPResponse, json
 
+from privatai import portal
 from privatai.api import webchat
 from privatai.api.chat import chat_completions
 from privatai.api.health import first_probe, healthz, readyz
@@ -20,10 +21,9 @@ from privatai.api.auth import authenticate
 from privatai.config import Config
 from privatai.errors import InvalidRequest, NotFound, PayloadTooLarge, PrivatAIError
 from privatai.ops.logs import describe_error, loop_exception_handler
+from privatai.ops.startup import close_parts, open_parts
 from privatai.core.routing import Router
 from privatai.state import AppState
-from privatai.store.database import Store
-from privatai.core import tokens
 
 log = logging.getLogger("privatai.app")
 
@@ -91,6 +91,7 @@ def create_app(config: Config, *, name: str = "privatai") -> Sanic:
         app.add_route(metrics_endpoint(config.metrics), "/metrics", methods=["GET"], name="metrics")
     if config.web_chat.enabled:
         webchat.register(app)
+    portal.register(app)
 
     @app.on_request(priority=1000)
     async def start_clock(request: Request) -> None:
@@ -115,12 +116,7 @@ def create_app(config: Config, *, name: str = "privatai") -> Sanic:
         # asyncio's default handler logs reprs that can quote a prompt.
         asyncio.get_running_loop().set_exception_handler(loop_exception_handler)
         state: AppState = app.ctx.state
-        state.store = await Store.from_config(config.store)
-        state.recorder = state.store.recorder
-        state.recorder.start()
-        # Load the tokenizer now rather than on the first request that needs it.
-        await asyncio.to_thread(tokens.encoding)
-        await state.router.start()
+        await open_parts(state)
         # SIGHUP re-reads backends.yaml; open streams keep running.
         asyncio.get_running_loop().add_signal_handler(
             signal.SIGHUP, lambda: state.spawn(state.reload()))
@@ -141,9 +137,6 @@ def create_app(config: Config, *, name: str = "privatai") -> Sanic:
     async def close_resources(app: Sanic) -> None:
         # Sanic has let open streams finish (GRACEFUL_SHUTDOWN_TIMEOUT) by now,
         # so their usage is recorded: flush it and close the database last.
-        state: AppState = app.ctx.state
-        await state.router.close()
-        if state.store is not None:
-            await state.store.close()
+        await close_parts(app.ctx.state)
 
     return app

@@ -6,18 +6,25 @@ reason, which the CLI prints instead of a traceback.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
 from typing import Annotated, Literal, Union
+from urllib.parse import urlsplit
 
 import msgspec
 import yaml
 
 from privatai.errors import ConfigError
 
-Positive = Annotated[float, msgspec.Meta(gt=0)]
+# Finite: YAML's .inf passes ``gt=0``, and would make a shutdown wait forever
+# or a weighted choice fail on every request.
+Positive = Annotated[float, msgspec.Meta(gt=0, le=1e9)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+# A real configuration nests five levels at most; PyYAML composes nested
+# collections recursively and ends in a RecursionError a few hundred deep.
+MAX_YAML_DEPTH = 32
 
 
 class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -35,11 +42,19 @@ class ServerConfig(_Section):
     keepalive_interval: Positive = 10.0
     thinking_field: Literal["thinking", "reasoning_content", "both"] = "thinking"
     grace_period: Positive = 30.0
+    # From connecting (or from the first byte of a later request on a kept-alive
+    # connection) to the end of the request headers; slower clients get 408.
+    header_timeout: Positive = 10.0
+    # Open connections per client address (an IPv6 client: per /64); more are
+    # answered 429 and closed. A reverse proxy is exempt: 127.0.0.1 and ::1
+    # always, others when listed in web_chat.trusted_proxies.
+    max_connections_per_client: PositiveInt = 64
 
 
 class StoreConfig(_Section):
     path: str = "privatai.db"
-    usage_retention_days: PositiveInt = 400
+    # At most a century: the cut-off date must stay a valid date.
+    usage_retention_days: Annotated[int, msgspec.Meta(ge=1, le=36500)] = 400
     flush_interval: Positive = 1.0
 
 
@@ -74,6 +89,10 @@ class BackendConfig(_Section):
     idle_timeout: Positive = 120.0
     # For models that write their reasoning as <think>...</think> into content.
     think_tags: bool = False
+    # Caps on what is buffered from the upstream: one line of a streamed
+    # answer (an SSE event, an NDJSON line) and a whole non-streamed answer.
+    max_line_bytes: PositiveInt = 1024 * 1024
+    max_response_bytes: PositiveInt = 8 * 1024 * 1024
     # embedded only
     model_path: str | None = None
     n_ctx: PositiveInt = 2048
@@ -111,6 +130,70 @@ class MetricsConfig(_Section):
     token_env: str = "PRIVATAI_METRICS_TOKEN"
 
 
+# Text an operator shows on the website: one string for every language, or a
+# mapping by language ({de: ..., en: ...}); a missing language falls back to the other.
+Language = Literal["de", "en"]
+Text = Union[str, Annotated[dict[Language, str], msgspec.Meta(min_length=1)]]
+
+
+class PlanConfig(_Section):
+    # The plan's identifier (accounts' --plan); lower case, it goes into URLs later.
+    name: str
+    price: Text                          # display price, as written: "29 €", "Individuell"
+    title: Text | None = None            # shown on the pricing page; defaults to name
+    price_note: Text = ""                # beside the price: "pro Monat"
+    description: Text = ""
+    features: list[Text] = []
+    highlight: bool = False              # the plan the pricing page puts forward
+    contact: bool = False                # "Kontakt aufnehmen" instead of "Registrieren"
+
+
+def default_plans() -> list[PlanConfig]:
+    """The product's own offer (the seed pages): Pro and Enterprise. The seed
+    names no price for Pro, so it is "on request" until the operator sets one."""
+    return [
+        PlanConfig(
+            name="pro", title="Pro", price={"de": "Auf Anfrage", "en": "On request"},
+            description={"de": "Die volle API für Entwickler und Teams.",
+                         "en": "The full API for developers and teams."},
+            features=[
+                {"de": "Unbegrenzte API-Anfragen, nur durch die Serverkapazität begrenzt",
+                 "en": "Unlimited API requests, limited only by server capacity"},
+                {"de": "Streaming API: Token für Token", "en": "Streaming API: token by token"},
+                {"de": "OpenAI-kompatibel: nur die Basis-URL austauschen",
+                 "en": "OpenAI-compatible: change only the base URL"},
+                {"de": "Gehostet in Deutschland", "en": "Hosted in Germany"},
+                {"de": "Keine Logs: Ihre Prompts werden nicht gespeichert",
+                 "en": "No logs: your prompts are never stored"},
+            ],
+            highlight=True),
+        PlanConfig(
+            name="enterprise", title="Enterprise", price={"de": "Individuell", "en": "Custom"},
+            description={"de": "Maßgeschneiderte Lösungen für Ihr Unternehmen.",
+                         "en": "Tailored solutions for your company."},
+            features=[
+                {"de": "Alles aus Pro", "en": "Everything in Pro"},
+                {"de": "Mehrere Plätze / Team-Zugang", "en": "Several seats / team access"},
+                {"de": "Dedizierte Infrastruktur", "en": "Dedicated infrastructure"},
+                {"de": "Individuelle Modell-Anpassung", "en": "Custom models"},
+                {"de": "Prioritäts-Support", "en": "Priority support"},
+            ],
+            contact=True),
+    ]
+
+
+class PortalConfig(_Section):
+    enabled: bool = True
+    # The origin the website's API examples use, e.g. https://api.example.de;
+    # unset: the origin the visitor's browser used.
+    public_url: str | None = None
+    # impressum.de.md / datenschutz.de.md (and .en, or .html); relative to this file.
+    legal_dir: str = "legal"
+    contact_email: str | None = None
+    vat_note: Text = msgspec.field(default_factory=lambda: {
+        "de": "Alle Preise zzgl. 19 % Umsatzsteuer.", "en": "All prices plus 19% German VAT."})
+
+
 class Config(_Section):
     backends: Annotated[list[BackendConfig], msgspec.Meta(min_length=1)]
     default_model: str | None = None
@@ -120,6 +203,8 @@ class Config(_Section):
     routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
     web_chat: WebChatConfig = msgspec.field(default_factory=WebChatConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    portal: PortalConfig = msgspec.field(default_factory=PortalConfig)
+    plans: list[PlanConfig] = msgspec.field(default_factory=default_plans)
     # Where the file was read from, for messages and relative paths.
     source: str = "<memory>"
 
@@ -131,11 +216,21 @@ class Config(_Section):
         return list(seen)
 
 
-_PATH = re.compile(r" - at `\$\.?([^`]*)`$")
+_PATH = re.compile(r" - at `(?:key` in `)?\$\.?([^`]*)`$")
+_PLAN_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
+# An origin (scheme, host, port): portal.public_url, and what the portal accepts from a request.
+ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+_EMAIL = re.compile(r"[^@\s<>\"'()]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+
+
+def _printable(text: str) -> str:
+    """Control characters escaped: a key in the file must not break the one-line
+    message or drive the operator's terminal."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 def _fail(source: str, exc: msgspec.ValidationError) -> ConfigError:
-    text = str(exc)
+    text = _printable(str(exc))
     match = _PATH.search(text)
     path = match.group(1) if match and match.group(1) else "(top level)"
     reason = _PATH.sub("", text)
@@ -157,6 +252,55 @@ def parse_config(data: object, source: str = "<memory>") -> Config:
     return config
 
 
+def _where(mark: yaml.Mark | None) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
+
+
+class _DepthLimitedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing collections nested deeper than
+    :data:`MAX_YAML_DEPTH` before its recursive composer can overflow."""
+
+    def __init__(self, stream: str, source: str) -> None:
+        super().__init__(stream)
+        self._source = source
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
+        event = self.peek_event()
+        nested = isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent))
+        if not nested:
+            return super().compose_node(parent, index)
+        if self._depth >= MAX_YAML_DEPTH:
+            raise ConfigError(self._source, _where(event.start_mark),
+                              f"nested more than {MAX_YAML_DEPTH} levels deep")
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _read_yaml(text: str, source: str) -> object:
+    loader: _DepthLimitedLoader | None = None
+    try:
+        loader = _DepthLimitedLoader(text, source)
+        return loader.get_single_data()
+    except yaml.MarkedYAMLError as exc:
+        reason = f"not valid YAML: {_printable(str(exc.problem))}"
+        raise ConfigError(source, _where(exc.problem_mark), reason) from None
+    except yaml.YAMLError as exc:
+        # A ReaderError (a control character) has a position but no mark.
+        position = getattr(exc, "position", None)
+        where = "(file)"
+        if isinstance(position, int):
+            line, column = text.count("\n", 0, position) + 1, position - text.rfind("\n", 0, position)
+            where = f"line {line}, column {column}"
+        raise ConfigError(source, where, "not valid YAML: it contains a character YAML does not allow") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and validate backends.yaml."""
     source = str(path)
@@ -164,17 +308,16 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(source, "(file)", exc.strerror or "cannot be read") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
-        raise ConfigError(source, where, f"not valid YAML: {exc.problem}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, f"byte {exc.start + 1}", "not UTF-8 text") from None
+    data = _read_yaml(text, source)
     config = parse_config(data, source)
     # The database path is relative to the config file, not to the cwd.
     store_path = Path(config.store.path)
     if not store_path.is_absolute() and config.store.path != ":memory:":
         config.store.path = str(Path(path).resolve().parent / store_path)
+    if not Path(config.portal.legal_dir).is_absolute():
+        config.portal.legal_dir = str(Path(path).resolve().parent / config.portal.legal_dir)
     return config
 
 
@@ -191,6 +334,8 @@ def _check(config: Config) -> None:
         names.add(backend.name)
         if backend.kind != "embedded" and not backend.url:
             raise ConfigError(config.source, f"{where}.url", f"required for kind {backend.kind!r}")
+        if backend.url is not None:
+            _check_url(config.source, f"{where}.url", backend.url)
         if backend.kind == "openai" and not backend.api_key_env:
             raise ConfigError(config.source, f"{where}.api_key_env",
                               "required for kind 'openai' (name of the environment variable holding the key)")
@@ -205,6 +350,38 @@ def _check(config: Config) -> None:
     for i, name in enumerate(config.web_chat.models):
         if name not in models and not any(b.discover_models for b in config.backends):
             raise ConfigError(config.source, f"web_chat.models[{i}]", f"{name!r} is not served by any backend")
+    portal = config.portal
+    if portal.public_url is not None and not ORIGIN.fullmatch(portal.public_url):
+        raise ConfigError(config.source, "portal.public_url",
+                          "must be an origin like https://api.example.de (scheme and host, no path)")
+    if portal.contact_email is not None and not _EMAIL.fullmatch(portal.contact_email):
+        raise ConfigError(config.source, "portal.contact_email", "must be an e-mail address")
+    plans: set[str] = set()
+    for i, plan in enumerate(config.plans):
+        if not _PLAN_NAME.fullmatch(plan.name):
+            raise ConfigError(config.source, f"plans[{i}].name",
+                              "must be lower case letters, digits, '-' or '_' (it identifies the plan)")
+        if plan.name in plans:
+            raise ConfigError(config.source, f"plans[{i}].name", f"duplicate plan name {plan.name!r}")
+        plans.add(plan.name)
+    for i, entry in enumerate(config.web_chat.trusted_proxies):
+        try:
+            # As the web-chat limiter and the connection bounds read it.
+            ipaddress.ip_network(entry.strip(), strict=False)
+        except ValueError:
+            raise ConfigError(config.source, f"web_chat.trusted_proxies[{i}]",
+                              f"{entry!r} is not an IP address or network (CIDR)") from None
+
+
+def _check_url(source: str, where: str, url: str) -> None:
+    """An http(s) URL with a host and a valid port, or a ConfigError naming it."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError:
+        raise ConfigError(source, where, "not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(source, where, "must be an http:// or https:// URL with a host")
 
 
 def default_model(config: Config) -> str | None:

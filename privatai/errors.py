@@ -116,6 +116,21 @@ class BackendUnavailable(BackendError):
         super().__init__(message, retryable=True, status=status, code=code)
 
 
+class BackendRateLimited(BackendUnavailable):
+    """The backend answered 429 before the first token. Another backend may
+    serve the request; when none can, the client gets this 429 with the
+    backend's ``Retry-After`` (whole seconds)."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.headers = {"Retry-After": str(retry_after)}
+
+
 class UpstreamRejected(InvalidRequest):
     """The backend refused the request as invalid (context too long, bad schema)."""
 

@@ -23,7 +23,7 @@ class AppState:
     config: Config
     router: Router
     store: Any = None      # privatai.store.database.Store once opened
-    recorder: Any = None   # privatai.store.database.UsageRecorder once opened
+    recorder: Any = None   # privatai.store.recorder.UsageRecorder, writing to the store
     started_wall: float = field(default_factory=time.time)
     metrics: Metrics | None = None  # made in __post_init__ unless metrics are disabled
     # Set once every backend has been probed after start: until then /readyz says "starting".
@@ -71,7 +71,7 @@ class AppState:
 
     def record_usage(self, principal: Any, model: str, usage: Usage) -> None:
         if self.recorder is not None:
-            self.recorder.record(principal, model, usage.prompt_tokens, usage.completion_tokens)
+            self.recorder.record(principal.key_id, model, usage.prompt_tokens, usage.completion_tokens)
 
     def log_access(self, request: Request, status: int, nbytes: int | None = None) -> None:
         """One content-free line per request: never a body, header, query or

@@ -1,4 +1,4 @@
-"""Each kind's own quirks from ``shared/wire-formats.md``, over real sockets."""
+"""Each kind's own quirks (the variants each fake in ``tests/fakes/`` speaks), over real sockets."""
 from __future__ import annotations
 
 import re

@@ -13,7 +13,8 @@ import pytest
 from privatai.errors import AuthenticationFailed
 from privatai.store.keys import is_well_formed
 from privatai.store.database import Store
-from privatai.store.recorder import Batch, Counts, utc_now
+from privatai.store.recorder import Batch, Counts, UsageRecorder
+from privatai.store.records import utc_now
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,9 +120,11 @@ async def test_usage_table(cli: CLI) -> None:
     store = await Store.open(str(cli.db))
     try:
         a, c = await store.authenticate(alice), await store.authenticate(carol)
-        store.recorder.record(a, "phi4-mini", 1200, 3400)
-        store.recorder.record(a, "llama3.2", 1, 2)
-        store.recorder.record(c, "phi4-mini", 10, 20)
+        recorder = UsageRecorder(store)
+        recorder.record(a.key_id, "phi4-mini", 1200, 3400)
+        recorder.record(a.key_id, "llama3.2", 1, 2)
+        recorder.record(c.key_id, "phi4-mini", 10, 20)
+        await recorder.flush()
         yesterday = (utc_now().date() - timedelta(days=1)).isoformat()
         await store.write_usage(Batch({(a.key_id, yesterday, "phi4-mini"): Counts(1, 100, 100)}))
     finally:
@@ -161,3 +164,38 @@ def test_config_names_the_database(tmp_path: Path) -> None:
 
     missing = cli("accounts", "list", "--config", str(tmp_path / "nope.yaml"), db=False, code=2)
     assert "nope.yaml" in missing.stderr
+
+
+def test_names_and_labels_are_bounded_and_printable(cli: CLI) -> None:
+    long = cli("accounts", "create", "a" * 100_000, code=2).stderr
+    assert "account name must be at most 64 characters (got 100,000)" in long and len(long) < 200
+    clear_screen = cli("accounts", "create", "evil\x1b[2J", code=2).stderr
+    assert "control or invisible characters (found U+001B)" in clear_screen and "\x1b" not in clear_screen
+    assert "found U+202E" in cli("accounts", "create", "gmbh\u202eexe.", code=2).stderr
+    assert "must not be empty" in cli("accounts", "create", "  ", code=2).stderr
+    assert "plan must be at most 32" in cli("accounts", "create", "acme", "--plan", "p" * 33, code=2).stderr
+    cli("accounts", "create", "Müller & Söhne GmbH")  # ordinary names, spaces and umlauts pass
+    assert "found U+000A" in cli("keys", "create", "Müller & Söhne GmbH", "--label", "a\nb", code=2).stderr
+    assert "key label must be at most 100" in cli(
+        "keys", "create", "Müller & Söhne GmbH", "--label", "x" * 101, code=2).stderr
+    # Names typed at a lookup are quoted escaped and short in the one-line error.
+    unknown = cli("accounts", "suspend", "\x1b[2J" + "b" * 100_000, code=2).stderr
+    assert "no account named '\\x1b[2Jbbb" in unknown and "\x1b" not in unknown and len(unknown) < 200
+    assert "no key with id" in cli("keys", "revoke", "9" * 5000, code=2).stderr
+
+
+def test_values_stored_before_the_rule_print_safely(cli: CLI) -> None:
+    cli("accounts", "create", "acme")
+    cli("keys", "create", "acme", "--label", "fine")
+    # What an older release let in, written straight into the database.
+    with sqlite3.connect(cli.db) as db:
+        db.execute("UPDATE accounts SET name = ?, plan = ?", ("ac\x1b[2Jme\nX", "p\x07"))
+        db.execute("UPDATE api_keys SET label = ?", ("L" * 100_000 + "\r",))
+    for args in (("accounts", "list"), ("keys", "list")):
+        out = cli(*args).stdout
+        assert not any(c in out for c in "\x1b\x07\r"), args
+        lines = out.splitlines()
+        assert len(lines) == 3, args  # header, rule, one row: no newline broke the table
+        assert "ac\\x1b[2Jme\\nX" in lines[2] and len(lines[2]) < 400, args
+    assert "L" * 100 + "…" in cli("keys", "list").stdout
+    assert "p\\x07" in cli("accounts", "list").stdout

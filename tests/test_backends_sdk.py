@@ -9,9 +9,13 @@ import json
 from typing import Any, Iterator
 
 import openai
+import orjson
 import pytest
 
+from privatai.adapters.reported_usage import MAX_REPORTED_TOKENS
+from privatai.core import tokens
 from privatai.core.events import TextDelta, ThinkingDelta, ToolCallDelta
+from privatai.core.protocol import parse_chat_request
 from tests.fakes import FAKES, ErrorLine, FakeBackend
 from tests.gateway import Gateway
 
@@ -150,6 +154,29 @@ def test_upstream_errors(setup: Setup) -> None:
         chat(setup, [{"role": "user", "content": "x"}])
     assert failed.value.status_code in (502, 503)
     assert failed.value.body["type"] == "backend_error"
+
+
+def test_upstream_429_reaches_the_client_with_its_retry_after(setup: Setup) -> None:
+    setup.fake.fail(429, "Rate limit reached, slow down", headers={"Retry-After": "3"})
+    with pytest.raises(openai.RateLimitError) as limited:
+        chat(setup, [{"role": "user", "content": "x"}], stream=True)
+    assert limited.value.status_code == 429
+    assert limited.value.response.headers["retry-after"] == "3"
+    assert limited.value.body["type"] == "rate_limit_error"
+    assert "slow down" in limited.value.message
+
+
+def test_upstream_usage_is_checked_before_it_is_billed(setup: Setup) -> None:
+    messages = [{"role": "user", "content": "Count these words, please."}]
+    setup.fake.reply(TextDelta("Five words, I count."), usage=(-7, 2**63))
+    usage = chat(setup, messages).usage
+    # Nonsense is not reported: the gateway counts, as for an upstream that reports nothing.
+    prompt = tokens.count_prompt(parse_chat_request(orjson.dumps({"model": "chat-model", "messages": messages})))
+    assert (usage.prompt_tokens, usage.completion_tokens) == (prompt, tokens.count_completion("Five words, I count."))
+    setup.fake.reply(TextDelta("Huge."), usage=(2**63, 3))
+    usage = chat(setup, messages, stream=True, stream_options={"include_usage": True})
+    totals = [c.usage for c in usage if c.usage]
+    assert [(u.prompt_tokens, u.completion_tokens) for u in totals] == [(MAX_REPORTED_TOKENS, 3)]
 
 
 def test_mid_stream_error_arrives_in_band(setup: Setup) -> None:

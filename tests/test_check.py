@@ -14,8 +14,10 @@ MODEL = "smollm2-135m"
 
 def rows(stdout: str) -> list[list[str]]:
     """The table's rows (header dropped), cells split on runs of two spaces."""
-    lines = stdout.strip().splitlines()
+    table, store = stdout.strip().split("\n\n")
+    lines = table.splitlines()
     assert lines[0].split() == ["MODEL", "BACKEND", "KIND", "STATUS", "LATENCY"]
+    assert store.startswith("Store ") and store.endswith(": ok")
     return [[cell.strip() for cell in line.split("  ") if cell.strip()] for line in lines[1:]]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -123,3 +124,88 @@ async def test_sigterm_during_open_streams_loses_no_usage(tmp_path: Path) -> Non
         with gateway:
             stored = httpx.get(f"{gateway.base_url}/usage", headers=headers, timeout=10).json()
         assert (stored["requests"], stored["prompt_tokens"], stored["completion_tokens"]) == (20, 800, 60)
+
+
+async def test_absurd_backend_usage_blocks_no_other_key(tmp_path: Path) -> None:
+    """A backend reports more than 2**63 prompt tokens and a negative completion:
+    every other key's usage is still exact in /usage and survives a restart.
+    No periodic flush runs meanwhile: /usage writes what is pending first."""
+    async with FakeVLLM() as fast, FakeVLLM() as slow:
+        fast.reply(TextDelta("hi"), usage=(2**63 + 5, -7))
+        gateway = Gateway(tmp_path, {**config(fast, slow), "store": {"flush_interval": 600}})
+        liar = {"Authorization": f"Bearer {gateway.create_key('a')}"}
+        honest = {"Authorization": f"Bearer {gateway.create_key('b')}"}
+        url = f"{gateway.base_url}/chat/completions"
+        told = [0, 0, 0]
+        with gateway:
+            async with httpx.AsyncClient(timeout=30) as client:
+                assert (await client.post(url, json=body(0, "fast", False), headers=liar)).status_code == 200
+                for i in (1, 2):
+                    usage = (await client.post(url, json=body(i, "fast", False), headers=honest)).json()["usage"]
+                    told = [told[0] + 1, told[1] + usage["prompt_tokens"], told[2] + usage["completion_tokens"]]
+                    stored = await client.get(f"{gateway.base_url}/usage", headers=honest)
+                    assert stored.status_code == 200
+                    assert [stored.json()[k] for k in ("requests", "prompt_tokens", "completion_tokens")] == told
+                clamped = await client.get(f"{gateway.base_url}/usage", headers=liar)
+                assert clamped.status_code == 200
+                assert clamped.json()["requests"] == 1
+                assert 0 <= clamped.json()["prompt_tokens"] < 2**63 and clamped.json()["completion_tokens"] == 0
+        # The honest usage written at shutdown is there after a restart.
+        with gateway:
+            stored = httpx.get(f"{gateway.base_url}/usage", headers=honest, timeout=10).json()
+        assert [stored[k] for k in ("requests", "prompt_tokens", "completion_tokens")] == told
+
+
+# The README's bound: a crash loses at most the usage of the last
+# store.flush_interval seconds plus that of a write in progress. A write of a
+# few rows takes milliseconds; WRITE_IN_PROGRESS allows for a loaded 2-core
+# machine (and the event loop's lag under this load) and is the only slack.
+FLUSH_INTERVAL = 0.5
+WRITE_IN_PROGRESS = 0.5
+
+
+async def test_sigkill_under_load_loses_at_most_the_flush_interval(tmp_path: Path) -> None:
+    async with FakeVLLM() as fast, FakeVLLM() as slow:
+        gateway = Gateway(tmp_path, {**config(fast, slow), "store": {"flush_interval": FLUSH_INTERVAL}})
+        keys = [{"Authorization": f"Bearer {gateway.create_key(f'acct{i}')}"} for i in range(4)]
+        workers = 16
+        gateway.start()
+        url = f"{gateway.base_url}/chat/completions"
+        answered: list[tuple[float, int, int, int]] = []  # when, key, prompt, completion
+        killed = asyncio.Event()
+        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=workers)) as client:
+            async def worker(i: int) -> None:
+                while not killed.is_set():
+                    try:
+                        response = await client.post(url, json=body(i, "fast", False), headers=keys[i % 4])
+                    except httpx.HTTPError:
+                        return  # the server is gone
+                    usage = response.json()["usage"]
+                    answered.append((time.monotonic(), i % 4, usage["prompt_tokens"], usage["completion_tokens"]))
+
+            tasks = [asyncio.create_task(worker(i)) for i in range(workers)]
+            await asyncio.sleep(3.0)
+            assert gateway.proc is not None
+            gateway.proc.kill()
+            kill_time = time.monotonic()
+            killed.set()
+            await asyncio.gather(*tasks)
+        await asyncio.to_thread(gateway.proc.wait, 10)
+        gateway.proc = None
+        assert len(answered) > 50, "too little load to test anything"
+
+        with gateway:
+            stored = [httpx.get(f"{gateway.base_url}/usage", headers=headers, timeout=10).json()
+                      for headers in keys]
+        safe = kill_time - FLUSH_INTERVAL - WRITE_IN_PROGRESS
+        for k in range(4):
+            told = [(when, p, c) for when, key, p, c in answered if key == k]
+            must = [(p, c) for when, p, c in told if when < safe]
+            # Everything answered before the bound is stored...
+            assert stored[k]["requests"] >= len(must)
+            assert stored[k]["prompt_tokens"] >= sum(p for p, _ in must)
+            assert stored[k]["completion_tokens"] >= sum(c for _, c in must)
+            # ...and nothing beyond what was answered, or recorded for a request
+            # still in flight when the process died (one per worker of the key).
+            in_flight = workers // 4
+            assert stored[k]["requests"] <= len(told) + in_flight

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import sqlite3
 import stat
+import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import AsyncIterator
@@ -12,7 +14,10 @@ import pytest
 
 from privatai.errors import AuthenticationFailed, PermissionDenied
 from privatai.store.keys import generate_key
-from privatai.store.database import SCHEMA_VERSION, AdminError, Principal, Store
+from privatai.store.database import Store
+from privatai.store.names import AdminError
+from privatai.store.records import Principal
+from privatai.store.schema import SCHEMA_VERSION
 
 
 @pytest.fixture
@@ -78,6 +83,39 @@ async def test_concurrent_first_opens_migrate_once(db_path: str) -> None:
             await s.close()
 
 
+def _open_new_files(paths: list[str], barrier: threading.Barrier) -> list[str]:
+    """Open each path once, in step with the other processes; the errors seen."""
+    async def open_close(path: str) -> None:
+        store = await Store.open(path)
+        await store.close()
+
+    errors = []
+    for path in paths:
+        barrier.wait()
+        try:
+            asyncio.run(open_close(path))
+        except Exception as exc:  # noqa: BLE001 - reported to the test
+            errors.append(f"{type(exc).__name__}: {exc}")
+    return errors
+
+
+def test_processes_opening_a_new_file_at_once_never_fail(tmp_path: Path) -> None:
+    # The first opens of a new file race to switch it to WAL; SQLite answers
+    # one of them "database is locked" at once, without waiting, to avoid a
+    # deadlock. Four processes opening 100 new files in step hit it reliably.
+    processes, rounds = 4, 100
+    paths = [str(tmp_path / f"{n}.db") for n in range(rounds)]
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, context.Pool(processes) as pool:
+        barrier = manager.Barrier(processes)
+        results = pool.starmap(_open_new_files, [(paths, barrier)] * processes)
+    assert [error for errors in results for error in errors] == []
+    for path in paths:
+        with sqlite3.connect(path) as db:
+            assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
 async def test_newer_schema_is_refused_clearly(db_path: str) -> None:
     with sqlite3.connect(db_path) as db:
         db.execute("PRAGMA user_version = 99")
@@ -99,6 +137,21 @@ async def test_account_admin(store: Store) -> None:
         await store.set_account_status("nope", "suspended")
     assert (await store.set_account_status("acme", "suspended")).status == "suspended"
     assert (await store.set_account_status("acme", "active")).status == "active"
+
+
+async def test_names_labels_and_plans_are_checked_where_they_enter(store: Store) -> None:
+    for name, reason in (("n" * 65, "at most 64 characters"), ("a\tb", r"U\+0009"), ("\u200bacme", r"U\+200B"),
+                         ("", "must not be empty")):
+        with pytest.raises(AdminError, match=reason):
+            await store.create_account(name)
+    with pytest.raises(AdminError, match="plan must not contain"):
+        await store.create_account("acme", plan="pro\x1b")
+    assert (await store.create_account("  Café Ünal  ")).name == "Café Ünal"
+    for label, reason in (("l" * 101, "at most 100"), ("a\x1b[2J", r"U\+001B"), ("a\u2028b", r"U\+2028")):
+        with pytest.raises(AdminError, match=reason):
+            await store.create_key("Café Ünal", label=label)
+    assert (await store.create_key("Café Ünal", label="l" * 100)).info.label == "l" * 100
+    assert await store.list_accounts() == [await store.get_account("Café Ünal")]
 
 
 async def test_keys_several_per_account_and_lookup(store: Store) -> None:
@@ -225,8 +278,8 @@ async def test_unknown_keys_are_cached_apart_and_bounded(db_path: str) -> None:
         for _ in range(20):
             with pytest.raises(AuthenticationFailed):
                 await store.authenticate(generate_key())
-        assert len(store._unknown._entries) == 3
+        assert len(store._auth.unknown._entries) == 3
         # The flood did not evict the real key.
-        assert len(store._known._entries) == 1
+        assert len(store._auth.known._entries) == 1
     finally:
         await store.close()

@@ -128,6 +128,25 @@ def test_stop_timeout_outlasts_the_grace_period() -> None:
     assert settings["Restart"] == ["on-failure"]
 
 
+def test_unit_restarts_failed_starts_with_back_off_but_not_config_errors() -> None:
+    """`privatai serve` exits 1 when a required part cannot start (tests/test_startup.py)
+    and 2 for an invalid configuration (tests/test_config.py)."""
+    settings = unit_settings()
+    assert settings["Restart"] == ["on-failure"]
+    restart_sec = seconds(settings["RestartSec"][-1])
+    assert restart_sec >= 2
+    assert settings["RestartPreventExitStatus"] == ["2"]
+    # The start limit can trip: its burst of restarts fits into its interval.
+    burst = int(settings["StartLimitBurst"][-1])
+    assert 2 <= burst <= 10
+    assert seconds(settings["StartLimitIntervalSec"][-1]) > burst * restart_sec
+
+
+def test_unit_allows_file_descriptors_for_many_connections() -> None:
+    settings = unit_settings()
+    assert int(settings["LimitNOFILE"][-1]) >= 16 * 1024
+
+
 def test_unit_keeps_content_off_disk() -> None:
     settings = unit_settings()
     assert settings["LimitCORE"] == ["0"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import re
 import sqlite3
@@ -13,9 +14,11 @@ import pytest
 
 from privatai.config import StoreConfig
 from privatai.core.protocol import parse_chat_request
-from privatai.store.database import Principal, Store
+from privatai.store.database import Store
+from privatai.store.records import Principal
 from privatai.core.tokens import count_completion, count_prompt
-from privatai.store.recorder import Batch, Counts, utc_now
+from privatai.store.recorder import MAX_TOKENS, Batch, Counts, UsageRecorder
+from privatai.store.records import utc_now
 
 ISO_SECONDS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
 
@@ -27,9 +30,16 @@ def db_path(tmp_path: Path) -> str:
 
 @pytest.fixture
 async def store(db_path: str) -> AsyncIterator[Store]:
-    store = await Store.open(db_path, flush_interval=0.01)
+    store = await Store.open(db_path)
     yield store
     await store.close()
+
+
+@pytest.fixture
+async def recorder(store: Store) -> AsyncIterator[UsageRecorder]:
+    recorder = UsageRecorder(store, flush_interval=0.01)
+    yield recorder
+    await recorder.stop()
 
 
 async def _principals(store: Store, n: int, account: str = "acme") -> list[Principal]:
@@ -45,18 +55,18 @@ def _db_totals(path: str) -> dict[tuple[int, str], tuple[int, int, int]]:
     return {(k, m): (r, p, c) for k, m, r, p, c in rows}
 
 
-async def test_concurrent_records_are_exact(store: Store, db_path: str) -> None:
+async def test_concurrent_records_are_exact(store: Store, recorder: UsageRecorder, db_path: str) -> None:
     principals = await _principals(store, 5)
     models = ["phi4-mini", "llama3.2", "smollm2"]
     expected: dict[tuple[int, str], list[int]] = {}
-    store.recorder.start()
+    recorder.start()
 
     async def client(seed: int) -> None:
         rng = random.Random(seed)
         for _ in range(100):
             principal, model = rng.choice(principals), rng.choice(models)
             prompt, completion = rng.randrange(0, 5000), rng.randrange(0, 5000)
-            store.recorder.record(principal, model, prompt, completion)
+            recorder.record(principal.key_id, model, prompt, completion)
             totals = expected.setdefault((principal.key_id, model), [0, 0, 0])
             totals[0] += 1
             totals[1] += prompt
@@ -64,60 +74,118 @@ async def test_concurrent_records_are_exact(store: Store, db_path: str) -> None:
             await asyncio.sleep(rng.random() / 1000)  # interleave with the background flushes
 
     await asyncio.gather(*(client(seed) for seed in range(50)))
-    await store.recorder.stop()
-    assert store.recorder.pending_counts == {}
+    await recorder.stop()
+    assert recorder.pending_counts == {}
     assert _db_totals(db_path) == {key: tuple(v) for key, v in expected.items()}
     assert sum(v[0] for v in expected.values()) == 5000
 
 
-async def test_failed_flush_keeps_counts_pending(store: Store, db_path: str) -> None:
-    [principal] = await _principals(store, 1)
-    with sqlite3.connect(db_path) as db:
-        db.execute("CREATE TRIGGER fail BEFORE INSERT ON usage_daily BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
-    store.recorder.record(principal, "m", 10, 20)
-    with pytest.raises(sqlite3.Error, match="disk says no"):
-        await store.recorder.flush()
-    store.recorder.record(principal, "m", 1, 2)
-    assert [(c.requests, c.prompt_tokens, c.completion_tokens)
-            for c in store.recorder.pending_counts.values()] == [(2, 11, 22)]
+async def test_failed_flush_keeps_counts_pending(db_path: str) -> None:
+    store = await Store.open(db_path, busy_timeout=0.2)
+    recorder = UsageRecorder(store, flush_interval=0.01)
+    try:
+        [principal] = await _principals(store, 1)
+        # Another process (the CLI, a backup) holds the write lock past the busy timeout.
+        blocker = sqlite3.connect(db_path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        recorder.record(principal.key_id, "m", 10, 20)
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            await recorder.flush()
+        recorder.record(principal.key_id, "m", 1, 2)
+        assert [(c.requests, c.prompt_tokens, c.completion_tokens)
+                for c in recorder.pending_counts.values()] == [(2, 11, 22)]
 
-    # The background task keeps retrying without losing or doubling anything.
-    store.recorder.start()
-    await asyncio.sleep(0.1)
-    with sqlite3.connect(db_path) as db:
-        db.execute("DROP TRIGGER fail")
-    await store.recorder.stop()
-    assert _db_totals(db_path) == {(principal.key_id, "m"): (2, 11, 22)}
+        # The background task keeps retrying without losing or doubling anything.
+        recorder.start()
+        await asyncio.sleep(0.5)
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        await recorder.stop()
+        assert _db_totals(db_path) == {(principal.key_id, "m"): (2, 11, 22)}
+    finally:
+        await recorder.stop()
+        await store.close()
 
 
-async def test_cancelled_flush_neither_loses_nor_doubles(store: Store, db_path: str) -> None:
+def _totals(usage: dict) -> tuple[int, int, int]:
+    return usage["requests"], usage["prompt_tokens"], usage["completion_tokens"]
+
+
+async def test_out_of_range_counts_are_clamped_and_block_nobody(store: Store, recorder: UsageRecorder) -> None:
+    liar, honest = await _principals(store, 2)
+    recorder.record(liar.key_id, "m", 2**64 + 1, -5)
+    recorder.record(honest.key_id, "m", 10, 20)
+    recorder.record(honest.key_id, "m", -1000, -1000)  # counts a request, lowers nothing
+    recorder.record(honest.key_id, "m", 2.0, float("nan"))  # type: ignore[arg-type]
+    await recorder.flush()
+    assert recorder.pending_counts == {}
+    assert _totals(await store.usage_for_key(liar.key_id)) == (1, MAX_TOKENS, 0)
+    assert _totals(await store.usage_for_key(honest.key_id)) == (3, 12, 20)
+    # Clamped rows keep adding up without overflowing a 64-bit column.
+    for _ in range(3):
+        recorder.record(liar.key_id, "m", 2**70, 2**70)
+        await recorder.flush()
+    assert _totals(await store.usage_for_key(liar.key_id)) == (4, 4 * MAX_TOKENS, 3 * MAX_TOKENS)
+
+
+async def test_rows_the_database_refuses_are_dropped_and_the_rest_written(
+        store: Store, recorder: UsageRecorder, caplog: pytest.LogCaptureFixture) -> None:
+    alive, other = await _principals(store, 2)
+    day = utc_now().date().isoformat()
+    refused = await store.write_usage(Batch({
+        (alive.key_id, day, "big"): Counts(1, 2**63, 0),   # beyond a 64-bit column
+        (alive.key_id, day, "m"): Counts(1, 5, 6),
+        (9999, day, "m"): Counts(1, 1, 1),                  # no such key (deleted)
+        (other.key_id, day, "m"): Counts(2, 7, 8)}))
+    assert sorted(refused) == [(alive.key_id, day, "big"), (9999, day, "m")]
+    assert _totals(await store.usage_for_key(alive.key_id)) == (1, 5, 6)
+    assert _totals(await store.usage_for_key(other.key_id)) == (2, 7, 8)
+
+    # Through the recorder: a key that vanished is dropped with one log line,
+    # and every later flush still works.
+    recorder.record(9999, "m", 1, 1)
+    recorder.record(other.key_id, "m", 1, 1)
+    with caplog.at_level(logging.ERROR, logger="privatai.store.recorder"):
+        await recorder.flush()
+    assert [r.getMessage() for r in caplog.records] == [
+        "usage row refused by the database and dropped (key id 9999)"]
+    assert recorder.pending_counts == {}
+    recorder.record(other.key_id, "m", 1, 1)
+    await recorder.flush()
+    assert _totals(await store.usage_for_key(other.key_id)) == (4, 9, 10)
+
+
+async def test_cancelled_flush_neither_loses_nor_doubles(store: Store, recorder: UsageRecorder, db_path: str) -> None:
     [principal] = await _principals(store, 1)
     for _ in range(200):
-        store.recorder.record(principal, "m", 3, 4)
-        flush = asyncio.ensure_future(store.recorder.flush())
+        recorder.record(principal.key_id, "m", 3, 4)
+        flush = asyncio.ensure_future(recorder.flush())
         await asyncio.sleep(0)
         flush.cancel()
-    await store.recorder.flush()
+    await recorder.flush()
     assert _db_totals(db_path) == {(principal.key_id, "m"): (200, 600, 800)}
 
 
-async def test_stop_flushes_even_if_the_loop_cancelled_the_task(store: Store, db_path: str) -> None:
+async def test_stop_flushes_even_if_the_loop_cancelled_the_task(store: Store, recorder: UsageRecorder,
+                                                                 db_path: str) -> None:
     [principal] = await _principals(store, 1)
-    store.recorder.start()
-    store.recorder.record(principal, "m", 1, 1)
-    assert store.recorder._task is not None
-    store.recorder._task.cancel()  # what a shutting-down event loop does to pending tasks
+    recorder.start()
+    recorder.record(principal.key_id, "m", 1, 1)
+    assert recorder._task is not None
+    recorder._task.cancel()  # what a shutting-down event loop does to pending tasks
     await asyncio.sleep(0)
-    await store.recorder.stop()
+    await recorder.stop()
     assert _db_totals(db_path) == {(principal.key_id, "m"): (1, 1, 1)}
 
 
 async def test_usage_survives_close_and_reopen(db_path: str) -> None:
     store = await Store.open(db_path)
     [principal] = await _principals(store, 1)
-    store.recorder.start()
-    store.recorder.record(principal, "m", 5, 7)
-    await store.close()  # stops the recorder, which flushes a last time
+    recorder = UsageRecorder(store)
+    recorder.start()
+    recorder.record(principal.key_id, "m", 5, 7)
+    await recorder.stop()  # flushes a last time
+    await store.close()
 
     store = await Store.open(db_path)
     try:
@@ -128,16 +196,16 @@ async def test_usage_survives_close_and_reopen(db_path: str) -> None:
         await store.close()
 
 
-async def test_usage_json_has_the_seed_shape(store: Store) -> None:
+async def test_usage_json_has_the_seed_shape(store: Store, recorder: UsageRecorder) -> None:
     alice, bob = await _principals(store, 2)
     assert await store.usage_for_key(alice.key_id) == {
         "tokens_used": 0, "prompt_tokens": 0, "completion_tokens": 0, "requests": 0, "last_used": None}
 
-    store.recorder.record(alice, "phi4-mini", 100, 50)
-    store.recorder.record(alice, "phi4-mini", 1, 2)
-    store.recorder.record(alice, "llama3.2", 10, 20)
-    store.recorder.record(bob, "llama3.2", 1000, 2000)
-    # Not flushed yet: the query flushes first, so it is exact.
+    recorder.record(alice.key_id, "phi4-mini", 100, 50)
+    recorder.record(alice.key_id, "phi4-mini", 1, 2)
+    recorder.record(alice.key_id, "llama3.2", 10, 20)
+    recorder.record(bob.key_id, "llama3.2", 1000, 2000)
+    await recorder.flush()
     usage = await store.usage_for_key(alice.key_id)
     assert set(usage) == {"tokens_used", "prompt_tokens", "completion_tokens", "requests", "last_used"}
     assert (usage["requests"], usage["prompt_tokens"], usage["completion_tokens"], usage["tokens_used"]) == (
@@ -180,15 +248,18 @@ async def test_period_filters_and_pruning(store: Store) -> None:
 
 
 async def test_recorder_prunes_at_start_when_retention_is_set(db_path: str) -> None:
-    store = await Store.from_config(StoreConfig(path=db_path, usage_retention_days=30, flush_interval=0.01))
+    config = StoreConfig(path=db_path, usage_retention_days=30, flush_interval=0.01)
+    store = await Store.from_config(config)
+    recorder = UsageRecorder.from_config(store, config)
     try:
         [principal] = await _principals(store, 1)
         old = (utc_now().date() - timedelta(days=31)).isoformat()
         await store.write_usage(Batch({(principal.key_id, old, "m"): Counts(1, 1, 1)}))
-        store.recorder.start()
+        recorder.start()
         await asyncio.sleep(0.1)
         assert (await store.usage_for_key(principal.key_id))["requests"] == 0
     finally:
+        await recorder.stop()
         await store.close()
 
 
@@ -198,11 +269,12 @@ async def test_only_counts_are_stored(db_path: str) -> None:
     await store.create_account("acme")
     created = await store.create_key("acme", label="ci")
     principal = await store.authenticate(created.key)
+    recorder = UsageRecorder(store)
     request = parse_chat_request(
         ('{"model": "m", "messages": [{"role": "user", "content": "%s"}]}' % canary).encode())
-    store.recorder.record(principal, request.model or "m", count_prompt(request),
-                          count_completion(canary + " answer", canary + " thinking", '{"q": "%s"}' % canary))
-    await store.recorder.flush()
+    recorder.record(principal.key_id, request.model or "m", count_prompt(request),
+                    count_completion(canary + " answer", canary + " thinking", '{"q": "%s"}' % canary))
+    await recorder.flush()
 
     files = [Path(db_path), Path(db_path + "-wal")]
     assert files[1].exists()  # the WAL is inspected before the checkpoint at close

@@ -43,6 +43,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         "backends": [embedded_backend(models=[MODEL, "smollm2-unlisted"])],
         "web_chat": {"requests_per_minute": 2, "max_tokens": CAP, "concurrent_streams": 1,
                      "models": [MODEL], "trusted_proxies": ["127.0.0.1"]},
+        # Without the portal's landing page, / belongs to the web chat.
+        "portal": {"enabled": False},
     }
     with Gateway(tmp_path_factory.mktemp("webchat-http"), config) as gw:
         yield gw

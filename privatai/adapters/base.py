@@ -5,8 +5,10 @@ nothing else: it knows nothing of our HTTP server, keys, metering or logging.
 
 Error contract (the router and the stream writer rely on it):
 - before the first event, raise :class:`BackendUnavailable` for anything worth
-  trying on another backend (refused, timed out, 5xx), :class:`UpstreamRejected`
-  for a request the backend found invalid (400, context too long);
+  trying on another backend (refused, timed out, 5xx; a 429 as its subclass
+  :class:`BackendRateLimited`, which carries the upstream's Retry-After),
+  :class:`UpstreamRejected` for a request the backend found invalid (400,
+  context too long);
 - after the first event, raise :class:`BackendError`; it goes to the client
   in-band.
 Messages may contain upstream text (which may echo the prompt): they go to the
@@ -35,14 +37,27 @@ class Adapter(abc.ABC):
     async def close(self) -> None:
         """Close them again (``after_server_stop``)."""
 
-    @abc.abstractmethod
     def stream(self, request: ChatRequest, model: str) -> AsyncIterator[Event]:
         """Run one chat request against upstream model ``model``.
 
-        An async generator of events: text, thinking and tool-call deltas, then
+        An async iterator of events: text, thinking and tool-call deltas, then
         exactly one :class:`Finish`, and a :class:`Usage` when the backend
-        reports one. Closing the generator must close the upstream request.
+        reports one. Closing it must close the upstream request. A streamed
+        client request streams from the upstream (:meth:`stream_tokens`); a
+        non-streamed one asks it for one whole answer (:meth:`complete`).
         """
+        if request.stream:
+            return self.stream_tokens(request, model)
+        return self.complete(request, model)
+
+    @abc.abstractmethod
+    def stream_tokens(self, request: ChatRequest, model: str) -> AsyncIterator[Event]:
+        """The events of an answer streamed by the upstream, each as it arrives."""
+
+    def complete(self, request: ChatRequest, model: str) -> AsyncIterator[Event]:
+        """The events of one whole upstream answer. Backends without a cheaper
+        non-streamed mode stream, and the handler gathers the events."""
+        return self.stream_tokens(request, model)
 
     async def list_models(self) -> list[str]:
         """Upstream model names this backend serves now (for discovery)."""

@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 from privatai.errors import BackendError, BackendUnavailable, UpstreamRejected
-from privatai.core.events import Event, Finish, TextDelta, ToolCallDelta
+from privatai.core.events import Event
 from privatai.core.protocol import ChatRequest, message_to_openai, tools_to_openai
 from privatai.adapters.base import Adapter
 from privatai.adapters.llama_guard import check_grammars, quiet_llama_log
+from privatai.adapters.openai_wire import ChunkMapper
 
 _END = object()
 
@@ -102,7 +103,7 @@ class EmbeddedAdapter(Adapter):
                 kwargs["response_format"]["schema"] = request.response_format.json_schema.get("schema")
         return kwargs
 
-    async def stream(self, request: ChatRequest, model: str) -> AsyncIterator[Event]:
+    async def stream_tokens(self, request: ChatRequest, model: str) -> AsyncIterator[Event]:
         if self._llm is None:
             raise BackendUnavailable("The embedded model is not loaded.")
         kwargs = self._arguments(request)
@@ -132,6 +133,9 @@ class EmbeddedAdapter(Adapter):
             finally:
                 loop.call_soon_threadsafe(queue.put_nowait, _END)
 
+        # llama-cpp-python's chunks are OpenAI's: the shared mapping
+        # normalises finish reasons, numbers tool calls and splits think tags.
+        mapper = ChunkMapper(self.config.think_tags)
         async with self._lock:
             work = loop.run_in_executor(self._executor, generate)
             started = False
@@ -139,32 +143,18 @@ class EmbeddedAdapter(Adapter):
                 while True:
                     item = await queue.get()
                     if item is _END:
-                        return
+                        break
                     if isinstance(item, Exception):
                         if started and not isinstance(item, BackendError):
                             raise BackendError(str(item)) from None
                         raise item
-                    for event in self._events(item):
+                    for event in mapper.feed(item):
                         started = True
                         yield event
+                for event in mapper.finish():
+                    yield event
             finally:
                 # Stop generating for a client that left, and wait for the
                 # thread so the next request gets the model to itself.
                 stop.set()
                 await asyncio.shield(work)
-
-    @staticmethod
-    def _events(chunk: dict[str, Any]) -> list[Event]:
-        events: list[Event] = []
-        for choice in chunk.get("choices") or ():
-            delta = choice.get("delta") or {}
-            if delta.get("content"):
-                events.append(TextDelta(delta["content"]))
-            for call in delta.get("tool_calls") or ():
-                function = call.get("function") or {}
-                events.append(ToolCallDelta(index=call.get("index", 0), id=call.get("id"),
-                                            name=function.get("name"),
-                                            arguments=function.get("arguments") or ""))
-            if choice.get("finish_reason"):
-                events.append(Finish(choice["finish_reason"]))
-        return events

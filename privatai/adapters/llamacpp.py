@@ -8,7 +8,7 @@ without ``[DONE]`` becomes an in-band error for the client.
 """
 from __future__ import annotations
 
-from privatai.adapters.openai_stream import SelfHostedOpenAIAdapter
+from privatai.adapters.openai_compatible import SelfHostedOpenAIAdapter
 
 
 class LlamaCppAdapter(SelfHostedOpenAIAdapter):

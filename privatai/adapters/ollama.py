@@ -1,42 +1,45 @@
-"""Ollama through its native ``/api/chat`` (NDJSON), with the ``ollama`` package.
+"""Ollama through its native ``/api/chat`` (NDJSON), on the shared HTTP transport.
 
-``url`` is the server root (``http://127.0.0.1:11434``). The package's
-``AsyncClient`` runs on an aiohttp transport (``httpx_aiohttp``) for speed.
+``url`` is the server root (``http://127.0.0.1:11434``). A streamed answer is
+one JSON object per line: ``{"model", "created_at", "message": {"role":
+"assistant", "content", "thinking"?, "tool_calls"?}, "done": false}``, then a
+last line with ``"done": true``, ``done_reason`` (stop or length),
+``prompt_eval_count`` and ``eval_count``. Errors are an HTTP status with
+``{"error": "..."}``, or, once the answer began, a line ``{"error": "..."}``
+while the status stays 200. With ``"stream": false`` the answer is one such
+object with ``done: true``; it arrives only when generation ends, so
+``first_token_timeout`` bounds the whole call.
 
-We call ``AsyncClient._request(dict, ...)`` rather than ``chat()``: ``chat()``
-validates the request and every streamed line through pydantic models that
-silently drop fields we need (tool-call ``id``s in responses, ``tool_call_id``
-on tool results, nested tool-schema keys such as ``properties`` of an object
-parameter or ``anyOf``), and costs a model construction per token. ``_request``
-keeps the package's error semantics: HTTP errors raise ``ResponseError`` with
-the status, an error line mid-stream raises it with status -1. The tests pin
-this down, so an ``ollama`` upgrade that changes it fails loudly.
+Chat speaks that wire format itself, over the same aiohttp pool, line reader,
+deadlines and caps as the OpenAI kinds (:mod:`privatai.adapters.transport`).
+The ``ollama`` package's ``chat()`` would validate the request and every line
+through pydantic models that silently drop fields we need (tool-call ``id``s
+in answers, ``tool_call_id`` on tool results, nested tool-schema keys such as
+``properties`` of an object parameter or ``anyOf``), at the cost of a model
+construction per token. The package still lists the models (``/api/tags``),
+which it reads well.
 
 Mapping: OpenAI messages -> Ollama messages (tool-call arguments as JSON
 objects, tool results with ``tool_name`` and ``tool_call_id``); ``think`` from
 ``think`` or ``reasoning_effort``; ``format`` from ``response_format``;
 ``options`` only for what the client set (no defaults of ours, so the model's
-own apply). Ollama sends tool calls whole: each becomes one fragment with an
-``id`` (generated when the server sends none) and our own index.
-
-A client that asked for a non-streamed answer gets Ollama's non-streamed
-answer (one JSON object, read by the same :class:`LineMapper`): it arrives
-only when generation ends, so ``first_token_timeout`` bounds the whole call.
+own apply). Ollama sends tool calls whole, with ``id`` and ``function.index``
+(older releases: neither): each becomes one fragment with an ``id``
+(generated when the server sends none) and our own index. After a tool call
+``done_reason`` is still ``stop``; the client is told ``tool_calls``.
 """
 from __future__ import annotations
 
 import asyncio
 from typing import Any, AsyncIterator
 
-import aiohttp
 import httpx
 import orjson
-from httpx_aiohttp import AiohttpTransport
 from ollama import AsyncClient, ResponseError
 
 from privatai.config import BackendConfig
-from privatai.errors import BackendError, BackendUnavailable, InvalidRequest, PrivatAIError
-from privatai.core.events import Event, Finish, TextDelta, ThinkingDelta, ToolCallDelta, Usage
+from privatai.errors import BackendError, InvalidRequest
+from privatai.core.events import Event, Finish, TextDelta, ThinkingDelta, ToolCallDelta
 from privatai.core.protocol import (
     AssistantMessage,
     ChatRequest,
@@ -48,22 +51,25 @@ from privatai.core.protocol import (
     tools_to_openai,
 )
 from privatai.adapters.base import Adapter
-from privatai.adapters.openai_stream import (
-    PROBE_TIMEOUT,
-    ReadWatchdog,
-    auth_headers,
-    new_call_id,
-    normalize_finish,
-    pooled_connector,
-)
+from privatai.adapters.openai_wire import new_call_id, normalize_finish
+from privatai.adapters.reported_usage import reported_usage
 from privatai.adapters.think_tags import ThinkTagSplitter
+from privatai.adapters.transport import (
+    PROBE_TIMEOUT,
+    TRANSPORT_ERRORS,
+    UNFINISHED,
+    Upstream,
+    WireError,
+    auth_headers,
+    transport_failure,
+    unreadable,
+)
 from privatai.adapters.upstream_errors import classify, error_details
 
 _EFFORT_TO_THINK: dict[str, bool | str] = {
     "none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high",
 }
 
-_TRANSPORT_ERRORS = (httpx.TransportError, aiohttp.ClientError, OSError)
 
 
 def messages_to_ollama(messages: list[Message]) -> list[dict[str, Any]]:
@@ -175,9 +181,9 @@ class LineMapper:
         last = self.done or {}
         events: list[Event] = self._splitter.flush() if self._splitter is not None else []
         events.append(Finish(normalize_finish(last.get("done_reason"), self._calls > 0)))
-        prompt, completion = last.get("prompt_eval_count"), last.get("eval_count")
-        if prompt is not None or completion is not None:
-            events.append(Usage(int(prompt or 0), int(completion or 0)))
+        usage = reported_usage(last.get("prompt_eval_count"), last.get("eval_count"))
+        if usage is not None:
+            events.append(usage)
         return events
 
 
@@ -188,131 +194,90 @@ class OllamaAdapter(Adapter):
         super().__init__(config)
         assert config.url, "config validation requires a url for this kind"
         self.host = config.url.rstrip("/")
-        # For an Ollama behind an authenticating proxy.
-        self._headers = auth_headers(config)
-        self._client: AsyncClient | None = None
+        # The Authorization header is for an Ollama behind an authenticating proxy.
+        self._auth = auth_headers(config)
+        self._headers = {"Content-Type": "application/json", **self._auth}
+        self._upstream = Upstream(config)
+        self._listing: AsyncClient | None = None
 
     async def start(self) -> None:
-        self._ollama()
+        self._upstream.session()
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
+        await self._upstream.close()
+        if self._listing is not None:
+            await self._listing.close()
+            self._listing = None
 
-    def _ollama(self) -> AsyncClient:
-        if self._client is None:
-            session = aiohttp.ClientSession(connector=pooled_connector(self.config))
-            # Only connecting has a fixed timeout: first-token and idle
-            # deadlines are applied around each line in stream().
-            timeout = httpx.Timeout(None, connect=self.config.connect_timeout)
-            self._client = AsyncClient(host=self.host, timeout=timeout, headers=self._headers,
-                                       transport=AiohttpTransport(client=session))
-        return self._client
-
-    def stream(self, request: ChatRequest, model: str) -> AsyncIterator[Event]:
-        if request.stream:
-            return self._stream(request, model)
-        return self._complete(request, model)
-
-    async def _complete(self, request: ChatRequest, model: str) -> AsyncIterator[Event]:
+    async def complete(self, request: ChatRequest, model: str) -> AsyncIterator[Event]:
         """A non-streamed ``/api/chat`` for a non-streamed client request.
 
-        Nothing arrives before generation ends, so ``first_token_timeout``
-        bounds the whole call; every failure happens before the first event.
-        Cancelling the wait (timeout, the client left) cancels the package's
-        request, which closes its connection.
+        Every failure happens before the first event: BackendUnavailable or
+        UpstreamRejected, never BackendError.
         """
-        body = build_chat_body(request, model)
-        try:
-            async with asyncio.timeout(self.config.first_token_timeout):
-                part = await self._ollama()._request(dict, "POST", "/api/chat", json=body, stream=False)
-        except TimeoutError:
-            raise BackendUnavailable("The backend did not answer in time.") from None
-        except ResponseError as exc:
-            raise _response_error(exc, False) from None
-        except _TRANSPORT_ERRORS as exc:
-            raise BackendUnavailable(f"The backend is unreachable ({type(exc).__name__}).") from None
-        except (ValueError, TypeError):
-            # Not JSON, or not a JSON object.
-            raise BackendUnavailable("The backend sent an answer we cannot read.") from None
-        if part.get("error"):
-            # An error object with status 200: its text, as in a stream.
-            raise classify(None, error_details(part), started=False)
+        body = await self._upstream.fetch(self.host + "/api/chat", orjson.dumps(build_chat_body(request, model)),
+                                          self._headers)
         mapper = LineMapper(self.config.think_tags)
         try:
+            part = orjson.loads(body)
+            if part.get("error"):
+                # An error object with status 200: its text, as in a stream.
+                raise classify(None, error_details(part), started=False)
             events = mapper.feed(part)
         except (ValueError, AttributeError, TypeError):
-            raise BackendUnavailable("The backend sent an answer we cannot read.") from None
+            # Not JSON, or not the shape of an answer.
+            raise transport_failure(unreadable("an answer"), started=False) from None
         if mapper.done is None:
-            raise BackendUnavailable("The backend ended the response without finishing it.")
+            raise transport_failure(WireError(UNFINISHED), started=False)
         events.extend(mapper.finish())
         for event in events:
             yield event
 
-    async def _stream(self, request: ChatRequest, model: str) -> AsyncIterator[Event]:
-        body = build_chat_body(request, model)
-        client = self._ollama()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.first_token_timeout
-        idle = self.config.idle_timeout
-        # Nothing is sent until the first iteration.
-        lines: AsyncIterator[dict[str, Any]] = await client._request(dict, "POST", "/api/chat",
-                                                                    json=body, stream=True)
+    async def stream_tokens(self, request: ChatRequest, model: str) -> AsyncIterator[Event]:
+        reader = await self._upstream.open_stream(self.host + "/api/chat",
+                                                  orjson.dumps(build_chat_body(request, model)), self._headers)
         mapper = LineMapper(self.config.think_tags)
         started = False
-        # One timer per stream, not asyncio.timeout_at per line (about 15 %
-        # of the gateway's CPU on an Ollama stream). On expiry it cancels the
-        # task waiting for the line, as asyncio.timeout does, and the
-        # cancellation is taken back below.
-        reader = _Reader()
-        watchdog = ReadWatchdog(loop, deadline, reader.cancel)
         try:
-            while True:
-                if started:
-                    watchdog.move(loop.time() + idle)
-                reader.start()
-                watchdog.reading = True
+            while mapper.done is None:
                 try:
-                    part = await anext(lines)
-                    watchdog.reading = False
-                    events = mapper.feed(part)
-                except asyncio.CancelledError:
-                    if watchdog.expired and reader.uncancel():
-                        raise _failure(started, "The backend stopped sending tokens." if started
-                                       else "The backend did not answer in time.") from None
-                    raise
-                except StopAsyncIteration:
-                    raise _failure(started, "The backend ended the response without finishing it.") from None
-                except ResponseError as exc:
-                    raise _response_error(exc, started) from None
-                except _TRANSPORT_ERRORS as exc:
-                    raise _failure(started, "The backend closed the connection mid-response." if started
-                                   else f"The backend is unreachable ({type(exc).__name__}).") from None
-                except (ValueError, AttributeError, TypeError):
-                    # Not JSON, or not the shape of a chat line.
-                    raise _failure(started, "The backend sent a line we cannot read.") from None
-                for event in events:
-                    started = True
-                    yield event
-                if mapper.done is not None:
-                    break
+                    lines = await reader.read(started)
+                except TRANSPORT_ERRORS as exc:
+                    raise transport_failure(exc, started=started) from None
+                if lines is None:
+                    raise transport_failure(WireError(UNFINISHED), started=started)
+                for line in lines:
+                    if not line:
+                        continue
+                    try:
+                        part = orjson.loads(line)
+                        if part.get("error"):
+                            raise _error_line(part["error"])
+                        events = mapper.feed(part)
+                    except (ValueError, AttributeError, TypeError):
+                        # Not JSON, or not the shape of a chat line.
+                        raise transport_failure(unreadable("a line"), started=started) from None
+                    for event in events:
+                        started = True
+                        yield event
+                    if mapper.done is not None:
+                        break
             for event in mapper.finish():
                 yield event
         finally:
-            watchdog.cancel()
-            # Closing the package's generator closes the HTTP response, which
-            # makes Ollama stop generating for a client that left.
-            await lines.aclose()  # type: ignore[attr-defined]
+            reader.close()
 
     async def list_models(self) -> list[str]:
+        if self._listing is None:
+            timeout = httpx.Timeout(PROBE_TIMEOUT, connect=self.config.connect_timeout)
+            self._listing = AsyncClient(host=self.host, timeout=timeout, headers=self._auth)
         try:
             async with asyncio.timeout(self.config.connect_timeout + PROBE_TIMEOUT):
-                listing = await self._ollama().list()
+                listing = await self._listing.list()
         except ResponseError as exc:
-            raise _response_error(exc, False) from None
-        except (TimeoutError, *_TRANSPORT_ERRORS) as exc:
-            raise BackendUnavailable(f"The backend is unreachable ({type(exc).__name__}).") from None
+            raise classify(exc.status_code, error_details({"error": str(exc.error)}), started=False) from None
+        except (*TRANSPORT_ERRORS, httpx.TransportError) as exc:
+            raise transport_failure(exc, started=False) from None
         return [m.model for m in listing.models if m.model]
 
     async def probe(self) -> None:
@@ -320,37 +285,9 @@ class OllamaAdapter(Adapter):
         await self.list_models()
 
 
-class _Reader:
-    """The task waiting for the next line, cancelled by the watchdog on expiry
-    (the first line may be awaited by another task than the rest)."""
-
-    __slots__ = ("task", "cancelling")
-
-    def __init__(self) -> None:
-        self.task: asyncio.Task[Any] | None = None
-        self.cancelling = 0
-
-    def start(self) -> None:
-        self.task = asyncio.current_task()
-        self.cancelling = self.task.cancelling() if self.task is not None else 0
-
-    def cancel(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-
-    def uncancel(self) -> bool:
-        """Take our cancellation back; False if someone else cancelled the task too."""
-        return self.task is not None and self.task.uncancel() <= self.cancelling
-
-
-def _failure(started: bool, message: str) -> PrivatAIError:
-    return BackendError(message) if started else BackendUnavailable(message)
-
-
-def _response_error(exc: ResponseError, started: bool) -> PrivatAIError:
-    details = error_details({"error": str(exc.error)})
-    if exc.status_code == -1:
-        # An error line inside a 200 stream: the response has begun upstream.
-        message = details[0]
-        return BackendError(f"The backend failed mid-response: {message}")
-    return classify(exc.status_code, details, started=started)
+def _error_line(error: Any) -> BackendError:
+    """An ``{"error": ...}`` line in a 200 answer: Ollama had begun the
+    response, so it is not retried on another backend, and after the first
+    event it goes to the client in-band."""
+    message = error_details({"error": str(error)})[0]
+    return BackendError(f"The backend failed mid-response: {message}")

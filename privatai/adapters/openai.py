@@ -10,10 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from privatai.core.protocol import ChatRequest
-from privatai.adapters.openai_stream import OpenAIStreamAdapter, build_body, reasoning_effort_of
+from privatai.adapters.openai_compatible import OpenAICompatibleAdapter
+from privatai.adapters.openai_wire import build_body, reasoning_effort_of
 
 
-class OpenAIAdapter(OpenAIStreamAdapter):
+class OpenAIAdapter(OpenAICompatibleAdapter):
     kind = "openai"
 
     @classmethod

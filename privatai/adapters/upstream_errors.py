@@ -6,15 +6,20 @@ the client, and nowhere else.
 """
 from __future__ import annotations
 
+import math
+import time
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import orjson
 
-from privatai.errors import BackendError, BackendUnavailable, PrivatAIError, UpstreamRejected
+from privatai.errors import BackendError, BackendRateLimited, BackendUnavailable, PrivatAIError, UpstreamRejected
 
-# Cap what we keep of an error body: it is for a human, and a misbehaving
-# upstream must not make us hold megabytes.
-MAX_ERROR_BODY = 64 * 1024
+# Seconds a client is told to wait after an upstream 429 that named no time
+# (or an unreadable one), and the most we pass on: a longer wait is no retry.
+DEFAULT_RETRY_AFTER = 2
+MAX_RETRY_AFTER = 600
+
 _MAX_MESSAGE = 2000
 
 # llama.cpp sends an error ``type`` with an integer ``code``; without a code
@@ -65,11 +70,13 @@ def parse_error_body(body: bytes) -> ErrorDetails:
     return error_details(payload)
 
 
-def classify(status: int | None, details: ErrorDetails, *, started: bool) -> PrivatAIError:
+def classify(status: int | None, details: ErrorDetails, *, started: bool,
+             retry_after: str | None = None) -> PrivatAIError:
     """The error to raise for an upstream failure.
 
     ``status`` is the HTTP status, or None for an error that arrived inside a
-    200 stream (then the error's own integer code, else its type, decides).
+    200 stream (then the error's own integer code, else its type, decides);
+    ``retry_after`` the response's ``Retry-After`` header, for a 429.
     After the first event everything is a :class:`BackendError`, sent to the
     client in-band.
     """
@@ -85,7 +92,10 @@ def classify(status: int | None, details: ErrorDetails, *, started: bool) -> Pri
         # The configured upstream model or path does not exist there; another
         # backend may serve the model.
         return BackendUnavailable(f"The backend cannot serve this model: {message}", status=502)
-    if status in (408, 429) or status >= 500:
+    if status == 429:
+        return BackendRateLimited(f"The backend is rate limiting requests: {message}",
+                                  retry_after=retry_after_seconds(retry_after))
+    if status == 408 or status >= 500:
         return BackendUnavailable(f"The backend is unavailable: {message}")
     if 400 <= status < 500:
         if _is_context_overflow(message, kind, code):
@@ -93,6 +103,25 @@ def classify(status: int | None, details: ErrorDetails, *, started: bool) -> Pri
                                     code="context_length_exceeded")
         return UpstreamRejected(f"The backend rejected the request: {message}")
     return BackendUnavailable(f"The backend answered HTTP {status}: {message}")
+
+
+def retry_after_seconds(value: str | None) -> int:
+    """Whole seconds from a ``Retry-After`` header (delta-seconds or an HTTP
+    date), rounded up and kept within 1..MAX_RETRY_AFTER; the default when
+    there is none or it cannot be read."""
+    if not value:
+        return DEFAULT_RETRY_AFTER
+    try:
+        seconds = float(value)
+        if not 0 <= seconds < math.inf:  # negative, infinite or NaN
+            return DEFAULT_RETRY_AFTER
+    except ValueError:
+        try:
+            # A date in the past means "now": at least a second, below.
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, OverflowError):
+            return DEFAULT_RETRY_AFTER
+    return min(MAX_RETRY_AFTER, max(1, math.ceil(seconds)))
 
 
 def _is_context_overflow(message: str, kind: str | None, code: int | str | None) -> bool:

@@ -5,11 +5,11 @@
 engine is dead). Reasoning arrives as ``reasoning`` or ``reasoning_content``
 (both, or explicit nulls, depending on the version); errors as
 ``{"error": {...}}`` or, in older versions, flat ``{"object": "error", ...}``;
-the shared :class:`~privatai.adapters.openai_stream.ChunkMapper` accepts all.
+the shared :class:`~privatai.adapters.openai_wire.ChunkMapper` accepts all.
 """
 from __future__ import annotations
 
-from privatai.adapters.openai_stream import SelfHostedOpenAIAdapter
+from privatai.adapters.openai_compatible import SelfHostedOpenAIAdapter
 
 
 class VLLMAdapter(SelfHostedOpenAIAdapter):

@@ -32,10 +32,12 @@ async def usage(request: Request) -> HTTPResponse:
         raise InvalidRequest("'since' is after 'until'.", param="since")
     by_model = request.args.get("by_model", "").lower() in _TRUE
     scope = request.args.get("scope", "key")
+    if scope not in ("key", "account"):
+        raise InvalidRequest("'scope' must be 'key' or 'account'.", param="scope")
+    # Usage recorded before this request may still be in memory: write it first.
+    await state.recorder.flush()
     if scope == "account":
         body = await state.store.usage_for_account(principal.account_id, since, until, by_model)
-    elif scope == "key":
-        body = await state.store.usage_for_key(principal.key_id, since, until, by_model)
     else:
-        raise InvalidRequest("'scope' must be 'key' or 'account'.", param="scope")
+        body = await state.store.usage_for_key(principal.key_id, since, until, by_model)
     return json(body)

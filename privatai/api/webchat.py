@@ -2,7 +2,7 @@
 
 Routes (the serving contract is ``privatai/web/README.md``)::
 
-    GET  /                              -> 302 /webchat
+    GET  /                              -> 302 /webchat (unless the portal has its landing page there)
     GET  /webchat, /webchat/            the page, with a strict CSP
     GET  /webchat/static/<name>         chat.js, sse.js, chat.css (nothing else)
     GET  /webchat/api/models            the web chat's model allowlist
@@ -59,8 +59,8 @@ class StaticFile:
     headers: dict[str, str]
 
 
-def load_static(directory: Path = STATIC_DIR) -> dict[str, StaticFile]:
-    """Every servable file of the page by name, read once."""
+def load_static(directory: Path = STATIC_DIR, page: str | None = PAGE_NAME) -> dict[str, StaticFile]:
+    """Every servable file of a directory by name, read once; ``page`` gets the CSP."""
     files: dict[str, StaticFile] = {}
     for path in sorted(directory.iterdir()):
         content_type = CONTENT_TYPES.get(path.suffix)
@@ -68,10 +68,10 @@ def load_static(directory: Path = STATIC_DIR) -> dict[str, StaticFile]:
             continue
         body = path.read_bytes()
         etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
-        headers = PAGE_HEADERS if path.name == PAGE_NAME else SECURITY_HEADERS
+        headers = PAGE_HEADERS if path.name == page else SECURITY_HEADERS
         files[path.name] = StaticFile(body, content_type, etag, headers)
-    if PAGE_NAME not in files:
-        raise RuntimeError(f"the web chat page is missing: {directory / PAGE_NAME}")
+    if page is not None and page not in files:
+        raise RuntimeError(f"the page is missing: {directory / page}")
     return files
 
 
@@ -88,7 +88,7 @@ def effective_config(config: Config) -> WebChatConfig:
     return msgspec.structs.replace(web, models=[fallback]) if fallback else web
 
 
-def _serve(request: Request, file: StaticFile) -> HTTPResponse:
+def serve_static(request: Request, file: StaticFile) -> HTTPResponse:
     headers = {**file.headers, "ETag": file.etag, "Cache-Control": CACHE_CONTROL}
     if file.etag in request.headers.get("if-none-match", ""):
         return empty(status=304, headers=headers)
@@ -112,13 +112,13 @@ def register(app: Sanic) -> None:
         return redirect("/webchat")
 
     async def webchat_page(request: Request) -> HTTPResponse:
-        return _serve(request, page)
+        return serve_static(request, page)
 
     async def webchat_static(request: Request, name: str) -> HTTPResponse:
         file = assets.get(name)
         if file is None:
             raise NotFound("Unknown file.")
-        return _serve(request, file)
+        return serve_static(request, file)
 
     async def webchat_models(request: Request) -> HTTPResponse:
         created = int(state.started_wall)
@@ -157,7 +157,9 @@ def register(app: Sanic) -> None:
             # release() is idempotent, so the normal path is not charged twice.
             admission.release()
 
-    app.add_route(root, "/", methods=["GET"], name="root")
+    if not state.config.portal.enabled:
+        # Otherwise the portal's landing page is at / (privatai/portal).
+        app.add_route(root, "/", methods=["GET"], name="root")
     # Sanic's routes are not strict about a trailing slash: this is /webchat/ too.
     app.add_route(webchat_page, "/webchat", methods=["GET"], name="webchat_page")
     app.add_route(webchat_static, "/webchat/static/<name>", methods=["GET"], name="webchat_static")

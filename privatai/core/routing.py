@@ -50,6 +50,15 @@ class Backend:
         return now >= self.open_until
 
 
+class BackendStartFailed(Exception):
+    """A backend's adapter could not start (an embedded model that does not
+    load); the cause is chained, the backend is named."""
+
+    def __init__(self, backend: str) -> None:
+        super().__init__(f"backend {backend!r} could not start")
+        self.backend = backend
+
+
 @dataclass(slots=True)
 class RouteInfo:
     """What the handler learns about where a request went (for logs and metrics)."""
@@ -75,7 +84,10 @@ class Router:
 
     async def start(self) -> None:
         for backend in self.backends.values():
-            await backend.adapter.start()
+            try:
+                await backend.adapter.start()
+            except Exception as exc:
+                raise BackendStartFailed(backend.name) from exc
         await self._discover()
         self._health_task = asyncio.create_task(self._health_loop(), name="privatai-health")
 

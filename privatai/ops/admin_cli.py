@@ -17,7 +17,9 @@ from typing import Any, Awaitable, Callable, Sequence
 
 from privatai.config import load_config
 from privatai.errors import ConfigError
-from privatai.store.database import DEFAULT_PLAN, AdminError, Store, UsageRow
+from privatai.store.database import Store
+from privatai.store.records import DEFAULT_PLAN, UsageRow
+from privatai.store.names import LABEL_MAX, AdminError, printable, quoted
 
 Handler = Callable[[argparse.Namespace, Store], Awaitable[int]]
 
@@ -103,14 +105,14 @@ def _date(value: str | None, option: str) -> date | None:
     try:
         return date.fromisoformat(value)
     except ValueError:
-        raise UsageError(f"{option}: {value!r} is not a date like 2025-12-31") from None
+        raise UsageError(f"{option}: {quoted(value)} is not a date like 2025-12-31") from None
 
 
 # ---------------------------------------------------------------------- accounts
 
 async def _accounts_create(args: argparse.Namespace, store: Store) -> int:
     account = await store.create_account(args.name, args.plan)
-    print(f"Created account {account.name!r} (plan {account.plan}).")
+    print(f"Created account {quoted(account.name)} (plan {account.plan}).")
     return 0
 
 
@@ -128,13 +130,13 @@ async def _accounts_list(args: argparse.Namespace, store: Store) -> int:
 
 async def _accounts_suspend(args: argparse.Namespace, store: Store) -> int:
     account = await store.set_account_status(args.name, "suspended")
-    print(f"Suspended account {account.name!r}: its keys now get 403.")
+    print(f"Suspended account {quoted(account.name)}: its keys now get 403.")
     return 0
 
 
 async def _accounts_activate(args: argparse.Namespace, store: Store) -> int:
     account = await store.set_account_status(args.name, "active")
-    print(f"Activated account {account.name!r}.")
+    print(f"Activated account {quoted(account.name)}.")
     return 0
 
 
@@ -147,8 +149,8 @@ async def _keys_create(args: argparse.Namespace, store: Store) -> int:
         expires_at=datetime(expires.year, expires.month, expires.day, tzinfo=timezone.utc) if expires else None)
     info = created.info
     # The key alone on stdout (so scripts can capture it), the notes on stderr.
-    print(f"Created key {info.prefix}… (id {info.id}) for account {info.account_name!r}"
-          + (f", label {info.label!r}" if info.label else "")
+    print(f"Created key {info.prefix}… (id {info.id}) for account {quoted(info.account_name)}"
+          + (f", label {quoted(info.label)}" if info.label else "")
           + (f", expires {info.expires_at} UTC" if info.expires_at else "") + ":", file=sys.stderr)
     print(created.key)
     print("Store it now: it is shown only this once and cannot be recovered.", file=sys.stderr)
@@ -158,7 +160,7 @@ async def _keys_create(args: argparse.Namespace, store: Store) -> int:
 async def _keys_list(args: argparse.Namespace, store: Store) -> int:
     keys = await store.list_keys(args.account)
     if not keys:
-        print("No keys." if args.account is None else f"No keys for account {args.account!r}.")
+        print("No keys." if args.account is None else f"No keys for account {quoted(args.account)}.")
         return 0
     print(_table(["ID", "PREFIX", "LABEL", "ACCOUNT", "CREATED", "LAST USED", "EXPIRES", "STATUS"],
                  [[str(k.id), k.prefix + "…", k.label, k.account_name, k.created, k.last_used or "never",
@@ -168,7 +170,7 @@ async def _keys_list(args: argparse.Namespace, store: Store) -> int:
 
 async def _keys_revoke(args: argparse.Namespace, store: Store) -> int:
     key = await store.revoke_key(args.key)
-    print(f"Revoked key {key.prefix}… (id {key.id}) of account {key.account_name!r}; "
+    print(f"Revoked key {key.prefix}… (id {key.id}) of account {quoted(key.account_name)}; "
           "a running server refuses it within seconds.")
     return 0
 
@@ -210,8 +212,10 @@ def _usage_cells(row: UsageRow, per_key: bool, by_model: bool) -> list[Any]:
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, separator_before_last: bool = False) -> str:
-    """Columns aligned; numbers right-aligned with thousands separators."""
-    cells = [[f"{v:,}" if isinstance(v, int) else str(v) for v in row] for row in rows]
+    """Columns aligned; numbers right-aligned with thousands separators; text
+    escaped and shortened, since names stored by an older release may hold
+    control characters or be very long."""
+    cells = [[f"{v:,}" if isinstance(v, int) else printable(str(v), LABEL_MAX) for v in row] for row in rows]
     numeric = [bool(rows) and all(isinstance(row[i], int) for row in rows) for i in range(len(headers))]
     widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
 

@@ -1,8 +1,10 @@
-"""`privatai check`: start, probe and list the models of every configured backend.
+"""`privatai check`: start, probe and list the models of every configured backend,
+and check that the database path can be written.
 
-It prints one row per model and backend. A failure shows the error's class and
-status only (:func:`privatai.ops.logs.describe_error`): upstream error text can
-echo a prompt, and this output ends up in terminals, CI logs and tickets.
+It prints one row per model and backend, then a line for the store. A failure
+shows the error's class and status only (:func:`privatai.ops.logs.describe_error`):
+upstream error text can echo a prompt, and this output ends up in terminals,
+CI logs and tickets.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from privatai.adapters import create_adapter
 from privatai.config import BackendConfig, Config
 from privatai.ops.logs import describe_error
+from privatai.ops.preflight import store_problem
 
 OK = "ok"
 # Ollama lists "llama3.2:latest" for a model pulled and requested as "llama3.2".
@@ -86,7 +89,9 @@ def format_table(rows: list[Row]) -> str:
 
 
 def run_check(config: Config) -> int:
-    """Print the table; 0 when every row is ok, 1 otherwise."""
+    """Print the table and the store's line; 0 when all are ok, 1 otherwise."""
     rows = asyncio.run(check_all(config))
+    problem = store_problem(config.store.path)
     print(format_table(rows), flush=True)
-    return 0 if all(r.status == OK for r in rows) else 1
+    print(f"\nStore {config.store.path}: {f'error: {problem}' if problem else OK}", flush=True)
+    return 0 if problem is None and all(r.status == OK for r in rows) else 1

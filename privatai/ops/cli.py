@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import logging
 import os
 import shlex
 import signal
@@ -32,12 +33,31 @@ def settle_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+def _config_error(exc: ConfigError) -> SystemExit:
+    """The one line of an invalid configuration, and exit code 2."""
+    print(f"privatai: configuration error: {exc}", file=sys.stderr)
+    return SystemExit(2)
+
+
 def _load(path: str) -> Config:
     try:
         return load_config(path)
     except ConfigError as exc:
-        print(f"privatai: configuration error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise _config_error(exc) from None
+
+
+def _fail(message: str) -> int:
+    """One line on stderr and exit code 1: a start that cannot succeed as configured
+    (the unit restarts it with back-off; exit code 2, a configuration error, it does not)."""
+    print(f"privatai: {message}", file=sys.stderr, flush=True)
+    return 1
+
+
+def _store_problem(config: Config) -> str | None:
+    from privatai.ops.preflight import store_problem
+
+    problem = store_problem(config.store.path)
+    return f"store {config.store.path}: {problem}" if problem else None
 
 
 def _address(config: Config, args: argparse.Namespace) -> tuple[str, int]:
@@ -46,34 +66,65 @@ def _address(config: Config, args: argparse.Namespace) -> tuple[str, int]:
     return host, port
 
 
+def _not_reported_here(record: logging.LogRecord) -> bool:
+    """Drop Sanic's own record of a start-up failure: serve prints one line for it."""
+    from privatai.ops.startup import StartupFailed
+
+    return not (record.exc_info and isinstance(record.exc_info[1], StartupFailed))
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args.config)
+    from sanic.server.socket import bind_socket
+
+    from privatai.api.http_limits import GatewayProtocol
     from privatai.app import create_app
     from privatai.ops.hardening import disable_core_dumps
-    from privatai.ops.logs import setup_logging
+    from privatai.ops.logs import describe_error, setup_logging
+    from privatai.ops.startup import StartupFailed
 
     config.server.host, config.server.port = _address(config, args)
     setup_logging(config.logging.level, config.logging.format, config.logging.third_party_level)
     disable_core_dumps()
-    app = create_app(config)
+    problem = _store_problem(config)
+    if problem:
+        return _fail(problem)
+    try:
+        app = create_app(config)
+    except ConfigError as exc:
+        # A setting only the environment can satisfy (a backend's api_key_env).
+        raise _config_error(exc) from None
+    host, port = config.server.host, config.server.port
+    try:
+        # Bound here rather than by Sanic, so that a port in use is one line too.
+        # Sanic's default listen backlog of 100 overflows when hundreds of
+        # clients connect at once (streams opening together): the kernel then
+        # drops their handshakes and they retry seconds later. The kernel caps
+        # this value at net.core.somaxconn.
+        sock = bind_socket(host, port, backlog=LISTEN_BACKLOG)
+    except OSError as exc:
+        return _fail(f"cannot listen on {host}:{port}: {(exc.strerror or describe_error(exc)).lower()}")
+    port = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
 
     @app.after_server_start
-    async def _settle_gc(app: object) -> None:
+    async def _started(app: object) -> None:
         settle_gc()
+        # Only now: the store, the tokenizer and every backend have started.
+        print(f"PrivatAI listening on http://{shown}:{port}/api/v1 (and /v1)", flush=True)
 
-    host, port = config.server.host, config.server.port
-    print(f"PrivatAI listening on http://{host}:{port}/api/v1 (and /v1)", flush=True)
-    # Sanic's default listen backlog of 100 overflows when hundreds of clients
-    # connect at once (streams opening together): the kernel then drops their
-    # handshakes and they retry seconds later. The kernel caps this value at
-    # net.core.somaxconn.
-    app.run(host=host, port=port, single_process=True, access_log=False, debug=False,
-            motd=False, auto_reload=False, backlog=LISTEN_BACKLOG)
+    logging.getLogger("sanic.error").addFilter(_not_reported_here)
+    try:
+        app.run(sock=sock, protocol=GatewayProtocol, single_process=True, access_log=False,
+                debug=False, motd=False, auto_reload=False, backlog=LISTEN_BACKLOG)
+    except StartupFailed as exc:
+        return _fail(f"start-up failed: {exc}")
     return 0
 
 
 async def _quickstart(config: Config) -> str:
-    from privatai.store.database import AdminError, Store
+    from privatai.store.database import Store
+    from privatai.store.names import AdminError
 
     store = await Store.open(config.store.path)
     try:
@@ -89,6 +140,9 @@ async def _quickstart(config: Config) -> str:
 def cmd_quickstart(args: argparse.Namespace) -> int:
     """A key for trying the gateway out, printed to this terminal (never to a log)."""
     config = _load(args.config)
+    problem = _store_problem(config)
+    if problem:
+        return _fail(problem)
     key = asyncio.run(_quickstart(config))
     host, port = _address(config, args)
     body = '{"messages": [{"role": "user", "content": "Hello, how are you?"}]}'

@@ -1,26 +1,45 @@
 """Usage metering off the request path.
 
 :meth:`UsageRecorder.record` only adds to an in-memory aggregate keyed by
-(key, UTC day, model); a background task writes the aggregate in one
-transaction every ``flush_interval`` seconds. Counts taken out for a write go
+(key, UTC day, model); a background task hands the aggregate to a
+:class:`UsageSink` (the store) every ``flush_interval`` seconds, to be written
+in one transaction. The recorder knows the sink only by that narrow interface,
+so the store does not depend on it and can be used without it (the CLI). Counts taken out for a write go
 back into the aggregate if the write fails, and writes run as tasks that a
 cancelled caller cannot interrupt, so a count is never lost or written twice.
 Only numbers are kept: no prompt, no client address, no per-request rows.
+
+Counts are clamped to ``0..MAX_TOKENS`` on the way in: a backend that reports
+a negative or absurd number must neither lower a key's totals nor overflow a
+64-bit column, which would fail every later write of the whole batch.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from privatai.store.database import Principal, Store
+from privatai.config import StoreConfig
+from privatai.store.records import utc_now
 
 log = logging.getLogger(__name__)
 
 UsageKey = tuple[int, str, str]  # key_id, UTC day (YYYY-MM-DD), model
+
+# Far above any real request (a million-token context is 2**20), far below
+# 2**63: even 2**31 requests a day at this size cannot overflow a day's sum.
+MAX_TOKENS = 2**31 - 1
+
+
+def clamp_tokens(value: int) -> int:
+    """A reported token count as stored: an int in ``0..MAX_TOKENS``."""
+    if not isinstance(value, int):  # a float (or worse) from a careless backend
+        try:
+            value = int(value)
+        except (TypeError, ValueError, OverflowError):
+            return 0
+    return min(max(value, 0), MAX_TOKENS)
 
 
 @dataclass(slots=True)
@@ -46,16 +65,23 @@ class Batch:
         return bool(self.counts or self.last_used)
 
 
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc).replace(microsecond=0, tzinfo=None)
+class UsageSink(Protocol):
+    """Where batches go: the store."""
+
+    async def write_usage(self, batch: Batch) -> list[UsageKey]:
+        """Add ``batch`` to the stored aggregates; return the rows refused for
+        their values (dropped). Raise, writing nothing, on any other failure."""
+
+    async def prune_usage(self, retention_days: int) -> int:
+        """Delete usage of UTC days older than ``retention_days``."""
 
 
 class UsageRecorder:
-    """Aggregates usage in memory and flushes it to a :class:`Store`."""
+    """Aggregates usage in memory and flushes it to a :class:`UsageSink`."""
 
-    def __init__(self, store: Store, *, flush_interval: float = 1.0,
+    def __init__(self, sink: UsageSink, *, flush_interval: float = 1.0,
                  retention_days: int | None = None) -> None:
-        self._store = store
+        self._sink = sink
         self._flush_interval = flush_interval
         self._retention_days = retention_days
         self._pending = Batch()
@@ -64,17 +90,24 @@ class UsageRecorder:
         self._task: asyncio.Task[None] | None = None
         self._pruned_day: str | None = None
 
-    def record(self, principal: Principal, model: str, prompt_tokens: int, completion_tokens: int) -> None:
-        """Count one finished request. Synchronous and cheap: no I/O."""
+    @classmethod
+    def from_config(cls, sink: UsageSink, config: StoreConfig) -> UsageRecorder:
+        return cls(sink, flush_interval=config.flush_interval, retention_days=config.usage_retention_days)
+
+    def record(self, key_id: int, model: str, prompt_tokens: int, completion_tokens: int) -> None:
+        """Count one finished request of key ``key_id``. Synchronous and cheap: no I/O."""
+        prompt, completion = clamp_tokens(prompt_tokens), clamp_tokens(completion_tokens)
+        if (prompt, completion) != (prompt_tokens, completion_tokens):
+            log.warning("usage out of range clamped to 0..%d tokens (key id %d)", MAX_TOKENS, key_id)
         now = utc_now()
-        key = (principal.key_id, now.date().isoformat(), model)
+        key = (key_id, now.date().isoformat(), model)
         counts = self._pending.counts.get(key)
         if counts is None:
             counts = self._pending.counts[key] = Counts()
         counts.requests += 1
-        counts.prompt_tokens += prompt_tokens
-        counts.completion_tokens += completion_tokens
-        self._pending.last_used[principal.key_id] = now.isoformat()
+        counts.prompt_tokens += prompt
+        counts.completion_tokens += completion
+        self._pending.last_used[key_id] = now.isoformat()
 
     @property
     def pending_counts(self) -> dict[UsageKey, Counts]:
@@ -103,10 +136,14 @@ class UsageRecorder:
 
     async def _write(self, batch: Batch) -> None:
         try:
-            await self._store.write_usage(batch)
+            refused = await self._sink.write_usage(batch)
         except BaseException:
             self._restore(batch)
             raise
+        for key_id, _day, _model in refused:
+            # Retrying cannot help a row the database refuses for its values;
+            # keeping it would fail every later flush.
+            log.error("usage row refused by the database and dropped (key id %d)", key_id)
 
     def _restore(self, batch: Batch) -> None:
         for key, counts in batch.counts.items():
@@ -133,13 +170,19 @@ class UsageRecorder:
         await self.flush()
 
     async def _run(self) -> None:
+        # Batches are taken every flush_interval, measured from one take to the
+        # next rather than from the end of a write: so a crash loses at most
+        # the last interval's usage plus the write in progress, the README's bound.
         assert self._stopping is not None
+        loop = asyncio.get_running_loop()
+        due = loop.time() + self._flush_interval
         while not self._stopping.is_set():
             await self._prune_daily()
             try:
-                await asyncio.wait_for(self._stopping.wait(), self._flush_interval)
+                await asyncio.wait_for(self._stopping.wait(), max(0.0, due - loop.time()))
             except asyncio.TimeoutError:
                 pass
+            due = loop.time() + self._flush_interval
             try:
                 await self.flush()
             except Exception as exc:  # kept pending; the next round retries
@@ -152,7 +195,7 @@ class UsageRecorder:
         if today == self._pruned_day:
             return
         try:
-            await self._store.prune_usage(self._retention_days)
+            await self._sink.prune_usage(self._retention_days)
             self._pruned_day = today
         except Exception as exc:
             log.warning("usage pruning failed, will retry: %s", type(exc).__name__)

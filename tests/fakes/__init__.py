@@ -1,5 +1,9 @@
 """Fake inference servers on real sockets, one per backend kind, speaking each
-kind's exact wire format (see ``shared/wire-formats.md``).
+kind's exact wire format: OpenAI's ``/v1/chat/completions`` (SSE
+``chat.completion.chunk`` events, or one ``chat.completion``) for llama.cpp's
+llama-server, vLLM and a generic OpenAI API (``openai_like.py``), and Ollama's
+NDJSON ``/api/chat`` (``ollama.py``). Each fake's class docstring lists the
+quirks of its kind that the adapters must accept.
 
 Usage, in an async test::
 
@@ -24,17 +28,18 @@ our own events (``TextDelta``, ``ThinkingDelta``, ``ToolCallDelta`` with a name
 is a whole call the fake fragments in its kind's style) or control steps:
 ``Raw(bytes)`` sent verbatim, ``Sleep(s)``, ``Hang()`` (silent until the client
 leaves), ``Drop()`` (close the TCP connection), ``ErrorLine(message, code,
-type)`` (in-band error in the kind's format). ``fail(status, message)`` queues
-an HTTP error with the kind's error body. With nothing queued a chat request
-gets ``default_text``. ``finish`` defaults to ``tool_calls`` / ``stop``;
-``usage`` to (10 per message, number of steps).
+type)`` (in-band error in the kind's format). ``fail(status, message,
+headers=None)`` queues an HTTP error with the kind's error body. With nothing
+queued a chat request gets ``default_text``. ``finish`` defaults to
+``tool_calls`` / ``stop``; ``usage`` to (10 per message, number of steps), and
+is sent as given (a test may make the upstream report nonsense).
 
 A request with ``"stream": false`` (for the OpenAI kinds also one without
 ``stream``) gets the same script as one JSON body in the kind's non-streamed
 format (``chat.completion``, or Ollama's single object): ``Sleep`` delays the
 whole answer, ``Hang`` never answers, ``Drop`` closes the connection, an
 ``ErrorLine`` becomes the kind's HTTP error body with status 500, and ``Raw``
-steps, if any, are the whole body verbatim.
+steps, if any, are the whole body verbatim (chunked, without Content-Length).
 
 Kinds and their variants: ``FakeOllama(tool_ids=True|False)``,
 ``FakeLlamaCpp()``, ``FakeVLLM(reasoning_field="reasoning"|"reasoning_content"|

@@ -1,4 +1,13 @@
-"""A fake of Ollama's native API: ``/api/chat`` NDJSON, ``/api/tags``, ``/api/version``."""
+"""A fake of Ollama's native API: ``/api/chat`` NDJSON, ``/api/tags``, ``/api/version``.
+
+``/api/chat`` streams unless the body says ``"stream": false``: one JSON
+object per line, ``{"model", "created_at", "message": {"role": "assistant",
+"content", "thinking"?, "tool_calls"?}, "done": false}``, and a last line with
+``"done": true``, ``done_reason`` (stop or length), ``prompt_eval_count``,
+``eval_count`` and durations in nanoseconds. Tool calls come whole, arguments
+as a JSON object. Errors: an HTTP status with ``{"error": "..."}``, or once
+the stream began a line ``{"error": "..."}`` while the status stays 200.
+Non-streamed, the answer is one such object with ``done: true``."""
 from __future__ import annotations
 
 import json

@@ -1,5 +1,17 @@
 """Fakes of the OpenAI-style SSE servers: llama.cpp's llama-server, vLLM, and a
-generic OpenAI API, each with the quirks listed in ``shared/wire-formats.md``."""
+generic OpenAI API.
+
+The format they share: ``POST /v1/chat/completions`` with ``"stream": true``
+answers ``text/event-stream``, one ``data: <chat.completion.chunk JSON>`` line
+and a blank line per event. The first delta carries ``role: "assistant"``;
+``choices[0].delta`` carries ``content``, reasoning text, or ``tool_calls``
+fragments (the first with ``index``, ``id``, ``type``, ``function.name``, later
+ones ``index`` and ``function.arguments`` pieces); the last content chunk has
+``finish_reason``. With ``stream_options.include_usage`` a chunk with
+``choices: []`` and ``usage`` follows, then ``data: [DONE]``. Without
+``stream`` the answer is one ``chat.completion`` object. Errors before the
+answer are an HTTP status with the kind's error body; each class below lists
+its kind's own variants."""
 from __future__ import annotations
 
 import json
@@ -103,11 +115,8 @@ class SSEFake(FakeBackend):
         await send(last)
         options = body.get("stream_options") or {}
         if options.get("include_usage"):
-            prompt, completion = reply.usage_counts(body.get("messages") or [])
             await send({"id": completion_id, "object": "chat.completion.chunk", "created": created,
-                        "model": model, "choices": [],
-                        "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
-                                  "total_tokens": prompt + completion}})
+                        "model": model, "choices": [], "usage": reply.openai_usage(body.get("messages") or [])})
         await send(b"[DONE]")
         await response.write_eof()
         return response
@@ -134,13 +143,11 @@ class SSEFake(FakeBackend):
     def whole_body(self, body: Any, reply: Reply, answer: WholeAnswer) -> Any:
         calls = [{"id": c.id or self.new_tool_id(), "type": "function",
                   "function": {"name": c.name, "arguments": c.arguments}} for c in answer.calls]
-        prompt, completion = reply.usage_counts(body.get("messages") or [])
         whole = {"id": self.object_prefix + secrets.token_hex(8), "object": "chat.completion",
                  "created": int(time.time()), "model": body.get("model", "fake-model"),
                  "choices": [{"index": 0, "message": self.whole_message(answer, calls), "logprobs": None,
                               "finish_reason": reply.finish_reason()}],
-                 "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
-                           "total_tokens": prompt + completion}}
+                 "usage": reply.openai_usage(body.get("messages") or [])}
         self.decorate_whole(whole)
         return whole
 

@@ -9,7 +9,8 @@ the kind's non-streamed format, sent when the script ends: ``Sleep`` delays
 the whole answer, ``Hang`` never answers, ``Drop`` closes the connection, an
 ``ErrorLine`` becomes the kind's HTTP error body with status 500 (the upstream
 failed while generating; there is no in-band channel), and ``Raw`` steps,
-if any, are the whole body verbatim (bring your own JSON, or none).
+if any, are the whole body verbatim (bring your own JSON, or none), sent
+chunked without Content-Length.
 """
 from __future__ import annotations
 
@@ -70,17 +71,20 @@ class Reply:
     whole call, which the fake fragments as its kind does; one without a name
     is a raw argument fragment) or the control steps above. ``finish`` None
     means ``tool_calls`` if the reply has tool calls, else ``stop``.
-    ``usage`` is (prompt, completion); None means "count the steps".
+    ``usage`` is (prompt, completion); None means "count the steps". They
+    are sent as given, so a test can make the upstream report nonsense
+    (negative, huge, a string).
     A ``status`` other than 200 answers with that HTTP status and the kind's
-    error body built from ``error``.
+    error body built from ``error``, with ``headers`` (e.g. ``Retry-After``).
     """
 
     steps: list[Step] = field(default_factory=list)
     finish: str | None = None
-    usage: tuple[int, int] | None = None
+    usage: tuple[Any, Any] | None = None
     status: int = 200
     error: str = ""
     error_type: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
 
     def finish_reason(self) -> str:
         if self.finish is not None:
@@ -88,11 +92,18 @@ class Reply:
         calls = any(isinstance(s, ToolCallDelta) and s.name is not None for s in self.steps)
         return "tool_calls" if calls else "stop"
 
-    def usage_counts(self, messages: list[Any]) -> tuple[int, int]:
+    def usage_counts(self, messages: list[Any]) -> tuple[Any, Any]:
         if self.usage is not None:
             return self.usage
         produced = sum(isinstance(s, (TextDelta, ThinkingDelta, ToolCallDelta)) for s in self.steps)
         return 10 * max(1, len(messages)), produced
+
+    def openai_usage(self, messages: list[Any]) -> dict[str, Any]:
+        """The ``usage`` object of an OpenAI-style answer."""
+        prompt, completion = self.usage_counts(messages)
+        both_numbers = all(isinstance(n, (int, float)) for n in (prompt, completion))
+        return {"prompt_tokens": prompt, "completion_tokens": completion,
+                "total_tokens": prompt + completion if both_numbers else None}
 
 
 @dataclass
@@ -163,15 +174,16 @@ class FakeBackend:
     # -- scripting -----------------------------------------------------------
 
     def reply(self, *steps: Step, finish: str | None = None,
-              usage: tuple[int, int] | None = None) -> Reply:
+              usage: tuple[Any, Any] | None = None) -> Reply:
         """Queue the answer to the next chat request."""
         reply = Reply(list(steps), finish=finish, usage=usage)
         self.replies.append(reply)
         return reply
 
-    def fail(self, status: int, message: str, *, error_type: str | None = None) -> Reply:
+    def fail(self, status: int, message: str, *, error_type: str | None = None,
+             headers: dict[str, str] | None = None) -> Reply:
         """Queue an HTTP error (the kind's error body) as the next answer."""
-        reply = Reply(status=status, error=message, error_type=error_type)
+        reply = Reply(status=status, error=message, error_type=error_type, headers=headers or {})
         self.replies.append(reply)
         return reply
 
@@ -295,7 +307,7 @@ class FakeBackend:
         reply = self.next_reply()
         if reply.status != 200:
             return web.json_response(self.error_body(reply.status, reply.error, reply.error_type),
-                                     status=reply.status)
+                                     status=reply.status, headers=reply.headers)
         record = StreamRecord()
         self.streams.append(record)
         try:
@@ -327,7 +339,13 @@ class FakeBackend:
             elif not await self.control(request, step, record):
                 return web.Response()  # never sent: the connection is gone
         if raw:
-            return web.Response(body=b"".join(raw), content_type="application/json")
+            # Chunked, without Content-Length, as a server streaming its answer out sends it.
+            response = web.StreamResponse(headers={"Content-Type": "application/json"})
+            await response.prepare(request)
+            for part in raw:
+                await response.write(part)
+            await response.write_eof()
+            return response
         return web.json_response(self.whole_body(body, reply, answer))
 
     async def control(self, request: web.Request, step: Step, record: StreamRecord) -> bool:

@@ -1,0 +1,79 @@
+"""Opening the parts the server cannot run without, before it accepts connections.
+
+The store, the tokenizer and every backend's adapter are opened in Sanic's
+``before_server_start``. A failure there stops the start with
+:class:`StartupFailed`, which names the part and a content-free reason in one
+line; whatever was opened before it is closed again, because an open aiosqlite
+connection's thread would keep the process alive after the error (the start
+used to hang instead of exiting).
+
+What is required: the store, the tokenizer, and each adapter's ``start()``.
+Remote adapters only build their HTTP clients there and never connect, so an
+unreachable remote backend is not a start-up failure: health probes mark it
+down. An embedded model that does not load is one.
+"""
+from __future__ import annotations
+
+import asyncio
+
+from privatai.core import tokens
+from privatai.core.routing import BackendStartFailed
+from privatai.errors import PrivatAIError
+from privatai.ops.logs import describe_error
+from privatai.state import AppState
+from privatai.store.database import Store
+from privatai.store.recorder import UsageRecorder
+
+
+class StartupFailed(Exception):
+    """A required part could not be opened: ``part`` and a one-line ``reason``."""
+
+    def __init__(self, part: str, reason: str) -> None:
+        super().__init__(f"{part}: {reason}")
+        self.part = part
+        self.reason = reason
+
+
+def _reason(exc: BaseException) -> str:
+    # Our own errors carry fixed texts ("Model file not found: <path>"); at
+    # start-up no request exists whose content they could echo. Any other
+    # exception is shown by class only, as everywhere.
+    return exc.message if isinstance(exc, PrivatAIError) else describe_error(exc)
+
+
+async def open_parts(state: AppState) -> None:
+    """Open store, tokenizer and backends, or close what opened and raise StartupFailed."""
+    config = state.config
+    try:
+        try:
+            state.store = await Store.from_config(config.store)
+        except Exception as exc:
+            raise StartupFailed(f"store {config.store.path}", _reason(exc)) from exc
+        state.recorder = UsageRecorder.from_config(state.store, config.store)
+        state.recorder.start()
+        try:
+            # Now rather than on the first request that needs it.
+            await asyncio.to_thread(tokens.encoding)
+        except Exception as exc:
+            raise StartupFailed("tokenizer", _reason(exc)) from exc
+        try:
+            await state.router.start()
+        except BackendStartFailed as exc:
+            cause = exc.__cause__ or exc
+            raise StartupFailed(f"backend {exc.backend!r}", _reason(cause)) from exc
+    except BaseException:
+        await close_parts(state)
+        raise
+
+
+async def close_parts(state: AppState) -> None:
+    """Close backends, then flush usage and close the store (which may never have opened)."""
+    try:
+        await state.router.close()
+    finally:
+        try:
+            if state.recorder is not None:
+                await state.recorder.stop()
+        finally:
+            if state.store is not None:
+                await state.store.close()

@@ -1,0 +1,2 @@
+curl __ORIGIN__/healthz
+curl __ORIGIN__/readyz

@@ -1,0 +1,144 @@
+"""The documentation's examples, pasted: each snippet is taken from the docs
+page a live gateway serves (on the real embedded model) and run as a visitor
+would, with only ``PRIVATAI_API_KEY`` set, as the page tells them to.
+
+curl through bash, Python with this interpreter (it has ``openai`` and
+``httpx``, the page's prerequisites), JavaScript with node after
+``npm install openai`` into a temp directory (skipped, with the reason, when
+node or the npm registry is not there).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.gateway import Gateway
+from tests.portal_helpers import example_files, parse
+
+pytestmark = pytest.mark.slow
+
+MODEL = "smollm2-135m"
+RUN_TIMEOUT = 240
+
+
+@pytest.fixture(scope="module")
+def examples(embedded_gateway: Gateway) -> dict[str, str]:
+    response = httpx.get(embedded_gateway.url + "/en/docs", timeout=30)
+    assert response.status_code == 200
+    found = parse(response.text).examples
+    assert set(found) == example_files()
+    return found
+
+
+@dataclass
+class Node:
+    directory: Path
+    missing: str | None         # why node cannot run at all
+    openai_missing: str | None  # why the openai package is not there
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Node:
+    """A directory with the openai npm package installed, or why there is none."""
+    directory = tmp_path_factory.mktemp("node-examples")
+    if shutil.which("node") is None:
+        return Node(directory, "node is not installed", "node is not installed")
+    if shutil.which("npm") is None:
+        return Node(directory, None, "npm is not installed")
+    # Exactly the page's instruction: npm install openai.
+    install = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--loglevel=error", "openai"],
+                             cwd=directory, capture_output=True, text=True, timeout=300)
+    reason = None if install.returncode == 0 else f"npm install openai failed: {install.stderr[-300:]}"
+    return Node(directory, None, reason)
+
+
+def run(command: list[str], key: str, cwd: Path) -> str:
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=RUN_TIMEOUT,
+                            env={**os.environ, "PRIVATAI_API_KEY": key})
+    assert result.returncode == 0, f"{command}: exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def check_output(name: str, out: str) -> None:
+    """What each topic's snippet prints in Python and JavaScript."""
+    topic = name.split(".")[0]
+    assert out.strip(), f"{name} printed nothing"
+    if topic in ("chat", "chat-stream"):
+        assert "tokens" in out and len(out.strip().splitlines()[0]) > 0
+    elif topic == "models":
+        assert out.count(MODEL) >= 2  # in the list, and retrieved
+    elif topic == "usage":
+        assert "tokens_used" in out and "completion_tokens" in out and "models" in out
+    elif topic == "health":
+        assert "ok" in out and "ready" in out
+
+
+def json_documents(text: str) -> list[Any]:
+    """The JSON bodies curl printed one after the other."""
+    decoder, documents, position = json.JSONDecoder(), [], 0
+    text = text.strip()
+    while position < len(text):
+        document, end = decoder.raw_decode(text, position)
+        documents.append(document)
+        position = end
+        while position < len(text) and text[position].isspace():
+            position += 1
+    return documents
+
+
+@pytest.mark.parametrize("name", sorted(n for n in example_files() if n.endswith(".sh")))
+def test_curl_example(name: str, examples: dict[str, str], api_key: str, tmp_path: Path) -> None:
+    out = run(["bash", "-c", examples[name]], api_key, tmp_path)
+    topic = name.split(".")[0]
+    if topic == "chat-stream":
+        data = [line[6:] for line in out.splitlines() if line.startswith("data: ")]
+        assert data[-1] == "[DONE]"
+        chunks = [json.loads(d) for d in data[:-1]]
+        assert not [c for c in chunks if "error" in c]
+        text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+        assert text and len(chunks) > 2, "answered token by token"
+        assert chunks[-1]["usage"]["completion_tokens"] > 0
+        return
+    documents = json_documents(out)
+    assert not [d for d in documents if "error" in d], documents
+    if topic in ("chat", "conversation"):
+        (completion,) = documents
+        assert completion["choices"][0]["message"]["content"]
+        assert completion["model"] == MODEL and completion["usage"]["total_tokens"] > 0
+    elif topic == "models":
+        listing, model = documents
+        assert MODEL in [m["id"] for m in listing["data"]] and model["id"] == MODEL
+    elif topic == "usage":
+        (usage,) = documents
+        assert {"tokens_used", "prompt_tokens", "completion_tokens", "requests", "last_used", "models"} <= set(usage)
+    elif topic == "health":
+        healthz, readyz = documents
+        assert healthz == {"status": "ok"} and readyz["status"] == "ready"
+    else:
+        pytest.fail(f"no check for {name}")
+
+
+@pytest.mark.parametrize("name", sorted(n for n in example_files() if n.endswith(".py")))
+def test_python_example(name: str, examples: dict[str, str], api_key: str, tmp_path: Path) -> None:
+    script = tmp_path / name
+    script.write_text(examples[name], encoding="utf-8")
+    check_output(name, run([sys.executable, str(script)], api_key, tmp_path))
+
+
+@pytest.mark.parametrize("name", sorted(n for n in example_files() if n.endswith(".mjs")))
+def test_javascript_example(name: str, examples: dict[str, str], api_key: str, node: Node) -> None:
+    reason = node.openai_missing if ".openai." in name else node.missing
+    if reason is not None:
+        pytest.skip(reason)
+    script = node.directory / name
+    script.write_text(examples[name], encoding="utf-8")
+    check_output(name, run(["node", str(script)], api_key, node.directory))

@@ -65,11 +65,14 @@ class CompletionRequest(msgspec.Struct, kw_only=True):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
-    def sampling_options(self) -> dict[str, Any]:
-        """The options the client set, under OpenAI's names; unset ones are
-        left out so the model's own defaults apply."""
+    def sampling_options(self, max_tokens_key: str = "max_tokens") -> dict[str, Any]:
+        """The options the client set, under OpenAI's names (the output limit
+        under ``max_tokens_key``); unset ones are left out so the model's own
+        defaults apply."""
         options: dict[str, Any] = {}
-        for name in ("max_tokens", "temperature", "top_p", "seed", "presence_penalty", "frequency_penalty"):
+        if self.max_tokens is not None:
+            options[max_tokens_key] = self.max_tokens
+        for name in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty"):
             value = getattr(self, name)
             if value is not None:
                 options[name] = value

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import struct
+from dataclasses import dataclass
 from typing import Annotated, Literal, Union
 
 import msgspec
@@ -38,6 +39,15 @@ class EmbeddingsRequest(msgspec.Struct, kw_only=True):
                 raise InvalidRequest("Embedding inputs must not be empty strings.",
                                      param="input" if isinstance(self.input, str) else f"input[{i}]")
         return texts
+
+
+@dataclass(slots=True)
+class EmbeddingResult:
+    """What a backend returns: one vector per input, in order, and the prompt
+    tokens it reports (None: count them)."""
+
+    vectors: list[list[float]]
+    prompt_tokens: int | None = None
 
 
 def parse_embeddings_request(body: bytes) -> EmbeddingsRequest:

@@ -13,7 +13,7 @@ from openai.types import Completion, CreateEmbeddingResponse
 from privatai.core import tokens
 from privatai.core.completions import CompletionChunkEncoder, completion_body, parse_completion_request
 from privatai.core.embeddings import embeddings_response, parse_embeddings_request
-from privatai.core.events import Usage
+from privatai.core.events import TextDelta, Usage
 from privatai.errors import InvalidRequest
 from tests.sdk_types import strict
 
@@ -77,7 +77,7 @@ def test_completion_options() -> None:
         "prompt": "Once", "model": "m", "max_tokens": 5, "temperature": 0.1, "top_p": 0.5, "stop": ["\n"],
         "seed": 3, "presence_penalty": 1, "frequency_penalty": -1, "n": 1, "best_of": 1, "echo": False,
         "stream": True, "stream_options": {"include_usage": True}, "user": "u"}).encode())
-    assert request.prompts() == ["Once"] and request.include_usage
+    assert request.text() == "Once" and request.include_usage
     assert request.sampling_options() == {"max_tokens": 5, "temperature": 0.1, "top_p": 0.5, "seed": 3,
                                           "presence_penalty": 1, "frequency_penalty": -1, "stop": ["\n"]}
 
@@ -104,19 +104,24 @@ def test_completion_refusals_name_the_parameter(extra: dict[str, Any], param: st
     assert (error.param, error.code) == (param, code)
 
 
-def test_completion_prompt_limits() -> None:
+def test_completion_prompt_forms() -> None:
     assert error_of(parse_completion_request, {}).param == "prompt"
-    assert error_of(parse_completion_request, {"prompt": ["x"] * 17}).param == "prompt"
-    assert parse_completion_request(b'{"prompt": ["a", "b"]}').prompts() == ["a", "b"]
+    assert parse_completion_request(b'{"prompt": ["only"]}').text() == "only"
+    ids = tokens.encoding().encode_ordinary("Once upon a time")
+    assert parse_completion_request(json.dumps({"prompt": ids}).encode()).text() == "Once upon a time"
+    # A batch of prompts is refused by name rather than answered with one choice.
+    batch = error_of(parse_completion_request, {"prompt": ["a", "b"]})
+    assert (batch.param, batch.code) == ("prompt", "unsupported_parameter")
 
 
 def test_whole_completion_body() -> None:
-    body = strict(Completion, json.loads(completion_body(
-        "cmpl-1", 5, "m", [("Hello", "stop"), ("cut", "length"), ("x", "tool_calls")], Usage(3, 4))))
-    assert [(c.index, c.text, c.finish_reason) for c in body.choices] == [
-        (0, "Hello", "stop"), (1, "cut", "length"), (2, "x", "stop")]
+    body = strict(Completion, json.loads(completion_body("cmpl-1", 5, "m", "Hello", "length", Usage(3, 4))))
+    assert [(c.index, c.text, c.finish_reason) for c in body.choices] == [(0, "Hello", "length")]
     assert (body.object, body.id, body.model, body.created) == ("text_completion", "cmpl-1", "m", 5)
     assert (body.usage.prompt_tokens, body.usage.completion_tokens, body.usage.total_tokens) == (3, 4, 7)
+    # Only the reasons this endpoint knows: a tool-call finish cannot happen here and reads as stop.
+    odd = json.loads(completion_body("cmpl-1", 5, "m", "x", "tool_calls", Usage(1, 1)))
+    assert odd["choices"][0]["finish_reason"] == "stop"
 
 
 def chunks(stream: bytes) -> list[dict[str, Any]]:
@@ -142,17 +147,12 @@ def sdk_chunk(chunk: dict[str, Any]) -> Completion:
 @pytest.mark.parametrize("include_usage", [False, True])
 def test_streamed_completion_usage_placement(include_usage: bool) -> None:
     encoder = CompletionChunkEncoder("cmpl-2", 5, "m", include_usage=include_usage)
-    usage = Usage(3, 2)
-    stream = (encoder.text(0, "He") + encoder.text(0, "y") + encoder.finish(0, "stop")
-              + encoder.text(1, "Yo") + encoder.finish(1, "length", usage) + encoder.end(usage))
+    stream = encoder.encode(TextDelta("He")) + encoder.encode(TextDelta("y")) + encoder.finish("length", Usage(3, 2))
     parsed = [sdk_chunk(c) for c in chunks(stream)]
-    texts = {i: "".join(c.choices[0].text for c in parsed if c.choices and c.choices[0].index == i) for i in (0, 1)}
-    assert texts == {0: "Hey", 1: "Yo"}
-    finishes = [(c.choices[0].index, c.choices[0].finish_reason) for c in parsed
-                if c.choices and c.choices[0].finish_reason]
-    assert finishes == [(0, "stop"), (1, "length")]
+    assert "".join(c.choices[0].text for c in parsed if c.choices) == "Hey"
+    assert [c.choices[0].finish_reason for c in parsed if c.choices] == [None, None, "length"]
     with_usage = [c for c in parsed if c.usage is not None]
     assert len(with_usage) == 1 and with_usage[0].usage.total_tokens == 5
-    # With include_usage, OpenAI's separate choices-less chunk; otherwise on the last finish chunk.
+    # With include_usage, OpenAI's separate choices-less chunk; otherwise on the finish chunk.
     assert (with_usage[0].choices == []) is include_usage
     assert all(c.id == "cmpl-2" and c.object == "text_completion" for c in parsed)

@@ -67,7 +67,7 @@ def test_what_the_encoders_send_matches_the_document() -> None:
         builder.add(event)
     builder.finish("tool_calls", Usage(3, 4))
     validator("Response").validate(json.loads(builder.body()))
-    validator("TextCompletion").validate(json.loads(completion_body("cmpl-1", 1, "m", [("a", "stop")], Usage(1, 1))))
+    validator("TextCompletion").validate(json.loads(completion_body("cmpl-1", 1, "m", "a", "stop", Usage(1, 1))))
     for encoding in ("float", "base64"):
         validator("EmbeddingsResponse").validate(json.loads(embeddings_response([[0.5]], "m", 1, encoding)))
     validator("Error").validate(InvalidRequest("bad", param="x").to_dict())

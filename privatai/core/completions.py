@@ -5,8 +5,10 @@ prompt-based endpoint (``/v1/completions``, Ollama's ``/api/generate`` with
 ``raw``, llama.cpp's ``create_completion``), never through chat with the prompt
 as a user message, whose chat template would change what the model sees.
 
-Each prompt of a list is one choice (``index`` = its position), as at OpenAI.
-Options OpenAI offers that no backend here can honour are refused by name.
+One prompt per request (a string, a list of one, or one token array): OpenAI
+answers a list of prompts with one choice each, which would hold a backend
+for several generations in one request; such a batch is refused by name, as
+is every option that no backend here can honour.
 """
 from __future__ import annotations
 
@@ -15,17 +17,15 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from privatai.core.events import Usage
+from privatai.core.events import Event, TextDelta, Usage
 from privatai.core.protocol import DONE, StreamOptions
 from privatai.core.text_input import text_inputs, texts_of
 from privatai.core.validation import decode, refuse
 from privatai.errors import InvalidRequest
 
-# Each prompt is generated in turn; a bound keeps one request from holding a
-# backend for long.
-MAX_PROMPTS = 16
 Penalty = Annotated[float, msgspec.Meta(ge=-2, le=2)]
-Prompt = text_inputs(MAX_PROMPTS)
+# A list holds strings, or as one token array up to a long context's tokens.
+Prompt = text_inputs(1 << 17)
 
 
 class CompletionRequest(msgspec.Struct, kw_only=True):
@@ -52,8 +52,12 @@ class CompletionRequest(msgspec.Struct, kw_only=True):
     # An end-user id for abuse monitoring at OpenAI; nothing here keeps it.
     user: str | None = None
 
-    def prompts(self) -> list[str]:
-        return texts_of(self.prompt, "prompt")
+    def text(self) -> str:
+        """The one prompt, as text (a token array decoded)."""
+        prompts = texts_of(self.prompt, "prompt")
+        if len(prompts) != 1:
+            raise refuse("prompt", "one prompt per request; send one request for each prompt.")
+        return prompts[0]
 
     @property
     def stop_list(self) -> list[str] | None:
@@ -97,7 +101,7 @@ def parse_completion_request(body: bytes) -> CompletionRequest:
         raise refuse("logit_bias", "token ids differ between the backends' models.")
     if request.stream_options is not None and not request.stream:
         raise InvalidRequest("'stream_options' is only allowed when 'stream' is true.", param="stream_options")
-    request.prompts()  # token arrays that do not decode are a 400 before any routing
+    request.text()  # a batch, or token arrays that do not decode, are a 400 before any routing
     return request
 
 
@@ -140,21 +144,20 @@ def finish_reason(reason: str | None) -> Literal["stop", "length", "content_filt
     return reason if reason in ("length", "content_filter") else "stop"  # type: ignore[return-value]
 
 
-def completion_body(completion_id: str, created: int, model: str,
-                    choices: list[tuple[str, str | None]], usage: Usage) -> bytes:
-    """The non-streamed ``text_completion``: one (text, finish reason) per prompt."""
+def completion_body(completion_id: str, created: int, model: str, text: str, reason: str | None,
+                    usage: Usage) -> bytes:
+    """The non-streamed ``text_completion``."""
     return msgspec.json.encode(TextCompletion(
         id=completion_id, created=created, model=model, usage=usage_of(usage),
-        choices=[CompletionChoice(index=i, text=text, finish_reason=finish_reason(reason))
-                 for i, (text, reason) in enumerate(choices)]))
+        choices=[CompletionChoice(index=0, text=text, finish_reason=finish_reason(reason))]))
 
 
 class CompletionChunkEncoder:
     """``text_completion`` chunks as SSE frames for one response.
 
-    Usage follows the chat endpoint's rule: on the last prompt's finish chunk,
-    or with ``stream_options.include_usage`` in one ``choices: []`` chunk
-    before ``[DONE]``, never both.
+    Usage follows the chat endpoint's rule: on the finish chunk, or with
+    ``stream_options.include_usage`` in one ``choices: []`` chunk before
+    ``[DONE]``, never both.
     """
 
     def __init__(self, completion_id: str, created: int, model: str, *, include_usage: bool = False) -> None:
@@ -168,14 +171,14 @@ class CompletionChunkEncoder:
                                usage=usage_of(usage) if usage is not None else None)
         return b"data: " + msgspec.json.encode(chunk) + b"\n\n"
 
-    def text(self, index: int, text: str) -> bytes:
-        return self._frame([CompletionChoice(index=index, text=text, finish_reason=None)])
+    def encode(self, event: Event) -> bytes:
+        """A text delta as a chunk (a raw continuation has no other content)."""
+        if type(event) is not TextDelta:
+            raise TypeError(f"not text: {type(event).__name__}")
+        return self._frame([CompletionChoice(index=0, text=event.text, finish_reason=None)])  # type: ignore[union-attr]
 
-    def finish(self, index: int, reason: str | None, usage: Usage | None = None) -> bytes:
-        """Choice ``index``'s last chunk; pass ``usage`` for the last prompt."""
-        choice = CompletionChoice(index=index, text="", finish_reason=finish_reason(reason))
-        return self._frame([choice], None if self._include_usage else usage)
-
-    def end(self, usage: Usage) -> bytes:
-        """The usage chunk when asked for, then ``[DONE]``."""
-        return (self._frame([], usage) if self._include_usage else b"") + DONE
+    def finish(self, reason: str | None, usage: Usage) -> bytes:
+        """The finish chunk, the usage (placed per the rule above), then ``[DONE]``."""
+        last = self._frame([CompletionChoice(index=0, text="", finish_reason=finish_reason(reason))],
+                           None if self._include_usage else usage)
+        return last + (self._frame([], usage) if self._include_usage else b"") + DONE

@@ -156,7 +156,7 @@ async def test_router_tries_another_replica_after_a_429_and_passes_the_last_one_
     async with FakeVLLM() as a, FakeVLLM() as b:
         # Equally loaded replicas are chosen by weight: a's makes it the first choice.
         backends = [{"name": name, "kind": "vllm", "url": fake.url, "models": [{"name": "m", "upstream": "x"}],
-                     "weight": weight} for name, fake, weight in (("a", a, 1e12), ("b", b, 1e-12))]
+                     "weight": weight} for name, fake, weight in (("a", a, 1e9), ("b", b, 1e-9))]
         router = Router(parse_config({"backends": backends, "routing": {"health_interval": 60}}))
         await router.start()
         try:

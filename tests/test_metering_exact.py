@@ -128,7 +128,9 @@ async def test_sigterm_during_open_streams_loses_no_usage(tmp_path: Path) -> Non
 
 async def test_absurd_backend_usage_blocks_no_other_key(tmp_path: Path) -> None:
     """A backend reports more than 2**63 prompt tokens and a negative completion:
-    every other key's usage is still exact in /usage and survives a restart.
+    the adapters take that as no report and count the request instead, the
+    client is told those counts and the store keeps exactly them, and every
+    other key's usage is still exact in /usage and survives a restart.
     No periodic flush runs meanwhile: /usage writes what is pending first."""
     async with FakeVLLM() as fast, FakeVLLM() as slow:
         fast.reply(TextDelta("hi"), usage=(2**63 + 5, -7))
@@ -139,7 +141,10 @@ async def test_absurd_backend_usage_blocks_no_other_key(tmp_path: Path) -> None:
         told = [0, 0, 0]
         with gateway:
             async with httpx.AsyncClient(timeout=30) as client:
-                assert (await client.post(url, json=body(0, "fast", False), headers=liar)).status_code == 200
+                lied = await client.post(url, json=body(0, "fast", False), headers=liar)
+                assert lied.status_code == 200
+                counted = lied.json()["usage"]
+                assert 0 < counted["prompt_tokens"] < 2**31 and 0 <= counted["completion_tokens"] < 2**31
                 for i in (1, 2):
                     usage = (await client.post(url, json=body(i, "fast", False), headers=honest)).json()["usage"]
                     told = [told[0] + 1, told[1] + usage["prompt_tokens"], told[2] + usage["completion_tokens"]]
@@ -149,7 +154,8 @@ async def test_absurd_backend_usage_blocks_no_other_key(tmp_path: Path) -> None:
                 clamped = await client.get(f"{gateway.base_url}/usage", headers=liar)
                 assert clamped.status_code == 200
                 assert clamped.json()["requests"] == 1
-                assert 0 <= clamped.json()["prompt_tokens"] < 2**63 and clamped.json()["completion_tokens"] == 0
+                assert [clamped.json()[k] for k in ("prompt_tokens", "completion_tokens")] == \
+                    [counted["prompt_tokens"], counted["completion_tokens"]]
         # The honest usage written at shutdown is there after a restart.
         with gateway:
             stored = httpx.get(f"{gateway.base_url}/usage", headers=honest, timeout=10).json()

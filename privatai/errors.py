@@ -51,6 +51,13 @@ class InvalidRequest(PrivatAIError):
     code = "invalid_request"
 
 
+class NotOffered(InvalidRequest):
+    """An endpoint the backend serving the model cannot offer (embeddings from
+    a chat-only server, say): refused, never answered with something else."""
+
+    code = "unsupported_endpoint"
+
+
 class PayloadTooLarge(InvalidRequest):
     status = 413
     code = "request_too_large"

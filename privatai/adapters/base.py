@@ -20,8 +20,11 @@ import abc
 from typing import AsyncIterator, ClassVar
 
 from privatai.config import BackendConfig
+from privatai.core.completions import CompletionRequest
+from privatai.core.embeddings import EmbeddingResult, EmbeddingsRequest
 from privatai.core.events import Event
 from privatai.core.protocol import ChatRequest
+from privatai.errors import NotOffered
 
 
 class Adapter(abc.ABC):
@@ -58,6 +61,17 @@ class Adapter(abc.ABC):
         """The events of one whole upstream answer. Backends without a cheaper
         non-streamed mode stream, and the handler gathers the events."""
         return self.stream_tokens(request, model)
+
+    def complete_text(self, request: CompletionRequest, prompt: str, model: str) -> AsyncIterator[Event]:
+        """Continue the raw text ``prompt`` (legacy completions): text deltas,
+        one :class:`Finish`, a :class:`Usage` when reported. The backend's own
+        prompt-based endpoint, never a chat template. Same error contract."""
+        raise NotOffered(f"Text completions are not offered by the '{self.kind}' backend that serves "
+                         "this model.")
+
+    async def embed(self, request: EmbeddingsRequest, texts: list[str], model: str) -> EmbeddingResult:
+        """The vectors of ``texts`` in order (errors as before the first event)."""
+        raise NotOffered(f"Embeddings are not offered by the '{self.kind}' backend that serves this model.")
 
     async def list_models(self) -> list[str]:
         """Upstream model names this backend serves now (for discovery)."""

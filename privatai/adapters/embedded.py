@@ -5,7 +5,9 @@ model instance is not thread-safe, so requests take turns through a FIFO lock
 (asyncio's lock wakes waiters in order: fair queueing), and generation runs on
 one worker thread; llama.cpp releases the GIL while it computes, so the event
 loop keeps answering /models and health meanwhile. No prompt cache is enabled:
-nothing with content is written anywhere.
+nothing with content is written anywhere. Text completions continue the raw
+prompt (``create_completion``, no chat template); embeddings come from the
+same GGUF file in embedding mode (:mod:`privatai.adapters.llama_embed`).
 """
 from __future__ import annotations
 
@@ -15,14 +17,19 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable, Iterator
 
 from privatai.errors import BackendError, BackendUnavailable, UpstreamRejected
+from privatai.core.completions import CompletionRequest
+from privatai.core.embeddings import EmbeddingResult, EmbeddingsRequest
 from privatai.core.events import Event
 from privatai.core.protocol import ChatRequest, message_to_openai, tools_to_openai
+from privatai.core.validation import refuse
 from privatai.adapters.base import Adapter
+from privatai.adapters.llama_embed import embed, load_embedder
 from privatai.adapters.llama_guard import check_grammars, quiet_llama_log
 from privatai.adapters.openai_wire import ChunkMapper
+from privatai.adapters.text_wire import as_chat_chunk
 
 _END = object()
 
@@ -48,16 +55,20 @@ class EmbeddedAdapter(Adapter):
     def __init__(self, config: Any) -> None:
         super().__init__(config)
         self._llm: Any = None
+        # A second context over the same file, in embedding mode, made on the
+        # first embeddings request (most deployments never ask for one).
+        self._embedder: Any = None
         self._lock = asyncio.Lock()
         self._executor: ThreadPoolExecutor | None = None
+        self._path = Path(config.model_path) if config.model_path else None
+        self._threads = config.n_threads or max(1, (os.cpu_count() or 2) // 2)
 
     async def start(self) -> None:
         # One thread: the model is used by one generation at a time anyway.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="privatai-llama")
-        path = Path(self.config.model_path) if self.config.model_path else bundled_model_path()
-        threads = self.config.n_threads or max(1, (os.cpu_count() or 2) // 2)
+        self._path = self._path or bundled_model_path()
         loop = asyncio.get_running_loop()
-        self._llm = await loop.run_in_executor(self._executor, self._load, path, threads)
+        self._llm = await loop.run_in_executor(self._executor, self._load, self._path, self._threads)
 
     def _load(self, path: Path, threads: int) -> Any:
         try:
@@ -74,9 +85,10 @@ class EmbeddedAdapter(Adapter):
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
-        if self._llm is not None:
-            self._llm.close()
-            self._llm = None
+        for llm in (self._llm, self._embedder):
+            if llm is not None:
+                llm.close()
+        self._llm = self._embedder = None
 
     async def probe(self) -> None:
         if self._llm is None:
@@ -103,10 +115,43 @@ class EmbeddedAdapter(Adapter):
                 kwargs["response_format"]["schema"] = request.response_format.json_schema.get("schema")
         return kwargs
 
-    async def stream_tokens(self, request: ChatRequest, model: str) -> AsyncIterator[Event]:
+    def stream_tokens(self, request: ChatRequest, model: str) -> AsyncIterator[Event]:
+        kwargs = self._arguments(request)
+
+        def produce(llm: Any) -> Iterator[dict[str, Any]]:
+            check_grammars(llm, kwargs)
+            return llm.create_chat_completion(**kwargs)
+
+        # llama-cpp-python's chunks are OpenAI's: the shared mapping
+        # normalises finish reasons, numbers tool calls and splits think tags.
+        mapper = ChunkMapper(self.config.think_tags)
+        return self._run(produce, mapper, mapper.feed)
+
+    def complete_text(self, request: CompletionRequest, prompt: str, model: str) -> AsyncIterator[Event]:
+        kwargs = {"prompt": prompt, "stream": True, **request.sampling_options()}
+        mapper = ChunkMapper()
+        return self._run(lambda llm: llm.create_completion(**kwargs), mapper,
+                         lambda chunk: mapper.feed(as_chat_chunk(chunk)))
+
+    async def embed(self, request: EmbeddingsRequest, texts: list[str], model: str) -> EmbeddingResult:
+        if request.dimensions is not None:
+            raise refuse("dimensions", "the 'embedded' backend returns the model's own vector size.")
         if self._llm is None:
             raise BackendUnavailable("The embedded model is not loaded.")
-        kwargs = self._arguments(request)
+        loop = asyncio.get_running_loop()
+        async with self._lock:
+            if self._embedder is None:
+                self._embedder = await loop.run_in_executor(self._executor, load_embedder, self._path,
+                                                            self.config.n_ctx, self._threads)
+            vectors, count = await loop.run_in_executor(self._executor, embed, self._embedder, texts)
+        return EmbeddingResult(vectors, count)
+
+    async def _run(self, produce: Callable[[Any], Iterator[dict[str, Any]]], mapper: ChunkMapper,
+                   feed: Callable[[Any], list[Event]]) -> AsyncIterator[Event]:
+        """The chunks ``produce(llm)`` yields on the worker thread, as events.
+        One generation at a time: requests wait their turn on the FIFO lock."""
+        if self._llm is None:
+            raise BackendUnavailable("The embedded model is not loaded.")
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         stop = threading.Event()
@@ -118,8 +163,7 @@ class EmbeddedAdapter(Adapter):
                 # changes the numerics, so the same request with the same seed
                 # could answer differently; it also drops the last prompt.
                 llm.reset()
-                check_grammars(llm, kwargs)
-                for chunk in llm.create_chat_completion(**kwargs):
+                for chunk in produce(llm):
                     if stop.is_set():
                         break
                     loop.call_soon_threadsafe(queue.put_nowait, chunk)
@@ -133,9 +177,6 @@ class EmbeddedAdapter(Adapter):
             finally:
                 loop.call_soon_threadsafe(queue.put_nowait, _END)
 
-        # llama-cpp-python's chunks are OpenAI's: the shared mapping
-        # normalises finish reasons, numbers tool calls and splits think tags.
-        mapper = ChunkMapper(self.config.think_tags)
         async with self._lock:
             work = loop.run_in_executor(self._executor, generate)
             started = False
@@ -148,7 +189,7 @@ class EmbeddedAdapter(Adapter):
                         if started and not isinstance(item, BackendError):
                             raise BackendError(str(item)) from None
                         raise item
-                    for event in mapper.feed(item):
+                    for event in feed(item):
                         started = True
                         yield event
                 for event in mapper.finish():

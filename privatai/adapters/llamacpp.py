@@ -4,7 +4,9 @@
 ``/v1``. Health is ``GET /health`` (503 while the model loads). Errors carry an
 integer ``code`` and a ``type`` such as ``exceed_context_size_error``, which
 becomes our 400 with code ``context_length_exceeded``; an in-band error line
-without ``[DONE]`` becomes an in-band error for the client.
+without ``[DONE]`` becomes an in-band error for the client. Text completions
+go to ``/v1/completions`` (no chat template); embeddings to ``/v1/embeddings``,
+which llama-server offers when started with ``--embeddings``.
 """
 from __future__ import annotations
 
@@ -13,3 +15,5 @@ from privatai.adapters.openai_compatible import SelfHostedOpenAIAdapter
 
 class LlamaCppAdapter(SelfHostedOpenAIAdapter):
     kind = "llamacpp"
+    # llama-server's /v1/embeddings (with --embeddings) returns the model's own size.
+    embedding_dimensions = False

@@ -1,4 +1,6 @@
-"""Ollama through its native ``/api/chat`` (NDJSON), on the shared HTTP transport.
+"""Ollama through its native ``/api/chat`` (NDJSON), on the shared HTTP transport;
+text completions through ``/api/generate`` with ``raw`` (same line format, the
+text in ``response``), embeddings through ``/api/embed``.
 
 ``url`` is the server root (``http://127.0.0.1:11434``). A streamed answer is
 one JSON object per line: ``{"model", "created_at", "message": {"role":
@@ -31,7 +33,7 @@ own apply). Ollama sends tool calls whole, with ``id`` and ``function.index``
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import httpx
 import orjson
@@ -39,6 +41,8 @@ from ollama import AsyncClient, ResponseError
 
 from privatai.config import BackendConfig
 from privatai.errors import BackendError, InvalidRequest
+from privatai.core.completions import CompletionRequest
+from privatai.core.embeddings import EmbeddingResult, EmbeddingsRequest
 from privatai.core.events import Event, Finish, TextDelta, ThinkingDelta, ToolCallDelta
 from privatai.core.protocol import (
     AssistantMessage,
@@ -140,17 +144,37 @@ def build_chat_body(request: ChatRequest, model: str) -> dict[str, Any]:
     return body
 
 
+def build_generate_body(request: CompletionRequest, prompt: str, model: str) -> dict[str, Any]:
+    """The ``/api/generate`` body for a text completion: ``raw``, so the model
+    continues the prompt as it is, without its chat template."""
+    body: dict[str, Any] = {"model": model, "prompt": prompt, "raw": True, "stream": request.stream}
+    options = request.sampling_options(max_tokens_key="num_predict")
+    if options:
+        body["options"] = options
+    return body
+
+
+def generate_line_as_chat(part: dict[str, Any]) -> dict[str, Any]:
+    """An ``/api/generate`` line (``response`` text) in the ``/api/chat`` line's shape."""
+    return {**part, "message": {"content": part.get("response")}}
+
+
 class LineMapper:
-    """Ollama's streamed ``/api/chat`` lines -> our events, for one response."""
+    """Ollama's streamed ``/api/chat`` lines (or ``/api/generate`` lines,
+    reshaped) -> our events, for one response."""
 
-    __slots__ = ("_calls", "_splitter", "done")
+    __slots__ = ("_calls", "_reshape", "_splitter", "done")
 
-    def __init__(self, think_tags: bool = False) -> None:
+    def __init__(self, think_tags: bool = False,
+                 reshape: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
         self._splitter = ThinkTagSplitter() if think_tags else None
+        self._reshape = reshape
         self._calls = 0
         self.done: dict[str, Any] | None = None  # the final line, once seen
 
     def feed(self, part: dict[str, Any]) -> list[Event]:
+        if self._reshape is not None:
+            part = self._reshape(part)
         message = part.get("message") or {}
         events: list[Event] = []
         thinking = message.get("thinking")
@@ -209,17 +233,47 @@ class OllamaAdapter(Adapter):
             await self._listing.close()
             self._listing = None
 
-    async def complete(self, request: ChatRequest, model: str) -> AsyncIterator[Event]:
-        """A non-streamed ``/api/chat`` for a non-streamed client request.
+    def complete(self, request: ChatRequest, model: str) -> AsyncIterator[Event]:
+        """A non-streamed ``/api/chat`` for a non-streamed client request."""
+        return self._whole("/api/chat", build_chat_body(request, model), LineMapper(self.config.think_tags))
+
+    def stream_tokens(self, request: ChatRequest, model: str) -> AsyncIterator[Event]:
+        return self._streamed("/api/chat", build_chat_body(request, model), LineMapper(self.config.think_tags))
+
+    def complete_text(self, request: CompletionRequest, prompt: str, model: str) -> AsyncIterator[Event]:
+        body = build_generate_body(request, prompt, model)
+        mapper = LineMapper(reshape=generate_line_as_chat)
+        if request.stream:
+            return self._streamed("/api/generate", body, mapper)
+        return self._whole("/api/generate", body, mapper)
+
+    async def embed(self, request: EmbeddingsRequest, texts: list[str], model: str) -> EmbeddingResult:
+        # truncate false: an input over the context is an error, as at OpenAI, not silently cut.
+        body: dict[str, Any] = {"model": model, "input": texts, "truncate": False}
+        if request.dimensions is not None:
+            body["dimensions"] = request.dimensions
+        answer = await self._upstream.fetch(self.host + "/api/embed", orjson.dumps(body), self._headers)
+        try:
+            part = orjson.loads(answer)
+            if part.get("error"):
+                raise classify(None, error_details(part), started=False)
+            vectors = [[float(x) for x in vector] for vector in part["embeddings"]]
+            if len(vectors) != len(texts):
+                raise ValueError("one vector per input expected")
+        except (KeyError, ValueError, AttributeError, TypeError):
+            raise transport_failure(unreadable("embeddings"), started=False) from None
+        usage = reported_usage(part.get("prompt_eval_count"), 0)
+        return EmbeddingResult(vectors, usage.prompt_tokens if usage is not None else None)
+
+    async def _whole(self, path: str, body: dict[str, Any], mapper: LineMapper) -> AsyncIterator[Event]:
+        """One non-streamed answer as events.
 
         Every failure happens before the first event: BackendUnavailable or
         UpstreamRejected, never BackendError.
         """
-        body = await self._upstream.fetch(self.host + "/api/chat", orjson.dumps(build_chat_body(request, model)),
-                                          self._headers)
-        mapper = LineMapper(self.config.think_tags)
+        answer = await self._upstream.fetch(self.host + path, orjson.dumps(body), self._headers)
         try:
-            part = orjson.loads(body)
+            part = orjson.loads(answer)
             if part.get("error"):
                 # An error object with status 200: its text, as in a stream.
                 raise classify(None, error_details(part), started=False)
@@ -233,10 +287,8 @@ class OllamaAdapter(Adapter):
         for event in events:
             yield event
 
-    async def stream_tokens(self, request: ChatRequest, model: str) -> AsyncIterator[Event]:
-        reader = await self._upstream.open_stream(self.host + "/api/chat",
-                                                  orjson.dumps(build_chat_body(request, model)), self._headers)
-        mapper = LineMapper(self.config.think_tags)
+    async def _streamed(self, path: str, body: dict[str, Any], mapper: LineMapper) -> AsyncIterator[Event]:
+        reader = await self._upstream.open_stream(self.host + path, orjson.dumps(body), self._headers)
         started = False
         try:
             while mapper.done is None:
@@ -255,7 +307,7 @@ class OllamaAdapter(Adapter):
                             raise _error_line(part["error"])
                         events = mapper.feed(part)
                     except (ValueError, AttributeError, TypeError):
-                        # Not JSON, or not the shape of a chat line.
+                        # Not JSON, or not the shape of a line.
                         raise transport_failure(unreadable("a line"), started=started) from None
                     for event in events:
                         started = True

@@ -7,8 +7,10 @@ incrementally (``data: <chunk JSON>`` lines, blank lines between events,
 arrives. A client that asked for a non-streamed answer gets the upstream's
 non-streamed answer, read as one ``chat.completion`` JSON body (parsing SSE
 token by token was a fifth of the gateway's CPU on such requests) and turned
-into the same events. The wire mapping lives in
-:mod:`privatai.adapters.openai_wire`, the HTTP plumbing in
+into the same events. Legacy text completions (``/completions``) take the
+same two paths, and embeddings are one ``/embeddings`` call. The wire mapping
+lives in :mod:`privatai.adapters.openai_wire` and
+:mod:`privatai.adapters.text_wire`, the HTTP plumbing in
 :mod:`privatai.adapters.transport`.
 
 Timeouts come from the backend's config: ``connect_timeout`` for the TCP
@@ -19,14 +21,17 @@ non-streamed answer arrives only when generation ends, so
 """
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, ClassVar
+from typing import Any, AsyncIterator, Callable, ClassVar
 
 import orjson
 
 from privatai.config import BackendConfig
 from privatai.errors import BackendUnavailable
+from privatai.core.completions import CompletionRequest
+from privatai.core.embeddings import EmbeddingResult, EmbeddingsRequest
 from privatai.core.events import Event
 from privatai.core.protocol import ChatRequest
+from privatai.core.validation import refuse
 from privatai.adapters.base import Adapter
 from privatai.adapters.openai_wire import (
     DONE,
@@ -45,6 +50,7 @@ from privatai.adapters.transport import (
     transport_failure,
     unreadable,
 )
+from privatai.adapters.text_wire import as_chat_chunk, completion_body, embeddings_body, parse_embeddings
 from privatai.adapters.upstream_errors import classify, error_details, parse_error_body
 
 
@@ -55,6 +61,8 @@ class OpenAICompatibleAdapter(Adapter):
     # Path under the server root answering 200 when the backend can serve;
     # None probes ``GET {api_base}/models`` instead.
     health_path: ClassVar[str | None] = None
+    # Whether ``/embeddings`` takes ``dimensions`` (vLLM and OpenAI do; llama-server does not).
+    embedding_dimensions: ClassVar[bool] = True
 
     def __init__(self, config: BackendConfig) -> None:
         super().__init__(config)
@@ -87,32 +95,68 @@ class OpenAICompatibleAdapter(Adapter):
     async def close(self) -> None:
         await self._upstream.close()
 
-    # -- chat ---------------------------------------------------------------
+    # -- chat, text completions, embeddings ---------------------------------
 
-    async def complete(self, request: ChatRequest, model: str) -> AsyncIterator[Event]:
-        """A non-streamed upstream call for a non-streamed client request.
+    def complete(self, request: ChatRequest, model: str) -> AsyncIterator[Event]:
+        """A non-streamed upstream call for a non-streamed client request."""
+        mapper = ChunkMapper(self.config.think_tags)
+        return self._whole("/chat/completions", self.build_body(request, model), mapper,
+                           mapper.feed_completion)
+
+    def stream_tokens(self, request: ChatRequest, model: str) -> AsyncIterator[Event]:
+        mapper = ChunkMapper(self.config.think_tags)
+        return self._streamed("/chat/completions", self.build_body(request, model), mapper, mapper.feed)
+
+    def complete_text(self, request: CompletionRequest, prompt: str, model: str) -> AsyncIterator[Event]:
+        # Raw text: think tags in it are the client's business, not split off.
+        mapper = ChunkMapper()
+        body = completion_body(request, prompt, model)
+
+        def feed(chunk: Any) -> list[Event]:
+            return mapper.feed(as_chat_chunk(chunk))
+
+        if request.stream:
+            return self._streamed("/completions", body, mapper, feed)
+        return self._whole("/completions", body, mapper, feed)
+
+    async def embed(self, request: EmbeddingsRequest, texts: list[str], model: str) -> EmbeddingResult:
+        if request.dimensions is not None and not self.embedding_dimensions:
+            raise refuse("dimensions", f"the '{self.kind}' backend returns the model's own vector size.")
+        body = await self._upstream.fetch(self.base_url + "/embeddings",
+                                          embeddings_body(request, texts, model), self._json_headers)
+        try:
+            answer = orjson.loads(body)
+            if isinstance(answer, dict) and (answer.get("error") or answer.get("object") == "error"):
+                raise UpstreamStreamError(answer)
+            return parse_embeddings(answer, len(texts))
+        except UpstreamStreamError as exc:
+            raise classify(None, error_details(exc.payload), started=False) from None
+        except (KeyError, IndexError, AttributeError, TypeError, ValueError):
+            raise transport_failure(unreadable("embeddings"), started=False) from None
+
+    async def _whole(self, path: str, body: dict[str, Any], mapper: ChunkMapper,
+                     feed: Callable[[Any], list[Event]]) -> AsyncIterator[Event]:
+        """One non-streamed upstream answer as events.
 
         Every failure happens before the first event: BackendUnavailable or
         UpstreamRejected, never BackendError.
         """
-        body = await self._upstream.fetch(self.base_url + "/chat/completions",
-                                          orjson.dumps(self.build_body(request, model)), self._json_headers)
-        mapper = ChunkMapper(self.config.think_tags)
+        answer = await self._upstream.fetch(self.base_url + path, orjson.dumps(body), self._json_headers)
         try:
-            events = mapper.feed_completion(orjson.loads(body))
+            events = feed(orjson.loads(answer))
         except UpstreamStreamError as exc:
             raise classify(None, error_details(exc.payload), started=False) from None
         except (KeyError, IndexError, AttributeError, TypeError, ValueError):
-            # Not JSON (orjson's error is a ValueError), or not a chat.completion.
+            # Not JSON (orjson's error is a ValueError), or not the expected object.
             raise transport_failure(unreadable("an answer"), started=False) from None
         events.extend(mapper.finish())
         for event in events:
             yield event
 
-    async def stream_tokens(self, request: ChatRequest, model: str) -> AsyncIterator[Event]:
-        reader = await self._upstream.open_stream(self.base_url + "/chat/completions",
-                                                  orjson.dumps(self.build_body(request, model)), self._headers)
-        mapper = ChunkMapper(self.config.think_tags)
+    async def _streamed(self, path: str, body: dict[str, Any], mapper: ChunkMapper,
+                        feed: Callable[[Any], list[Event]]) -> AsyncIterator[Event]:
+        """A streamed upstream answer (SSE) as events, each as it arrives."""
+        reader = await self._upstream.open_stream(self.base_url + path, orjson.dumps(body), self._headers)
         started = False
         try:
             while True:
@@ -138,7 +182,7 @@ class OpenAICompatibleAdapter(Adapter):
                         if chunk is DONE:
                             done = True
                             break
-                        events = mapper.feed(chunk)
+                        events = feed(chunk)
                     except UpstreamStreamError as exc:
                         raise classify(None, error_details(exc.payload), started=started) from None
                     except (AttributeError, TypeError, ValueError):

@@ -7,13 +7,13 @@ step. The response side is :mod:`privatai.core.encoders`.
 """
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Iterator, Literal, Union
 
 import msgspec
 
 from privatai.core.json_bounds import INT64_MAX, MAX_DEPTH, BoundsError, Int64, check_free_form, too_deep_at
 from privatai.errors import InvalidRequest
+from privatai.core.validation import invalid_body
 
 # --------------------------------------------------------------------------
 # Request types
@@ -159,7 +159,6 @@ class ChatRequest(msgspec.Struct, kw_only=True):
 
 
 _decoder = msgspec.json.Decoder(ChatRequest)
-_PATH = re.compile(r" - at `\$\.?([^`]*)`$")
 
 
 def parse_chat_request(body: bytes) -> ChatRequest:
@@ -170,13 +169,7 @@ def parse_chat_request(body: bytes) -> ChatRequest:
         chat = _decoder.decode(body)
         check_free_form(chat.free_form())
     except msgspec.ValidationError as exc:
-        text = str(exc)
-        match = _PATH.search(text)
-        param = match.group(1) if match and match.group(1) else None
-        if text.startswith("Object missing required field"):
-            field = text.split("`")[1]
-            param = f"{param}.{field}" if param else field
-        raise InvalidRequest(f"Invalid request body: {text}", param=param) from None
+        raise invalid_body(exc) from None
     except msgspec.DecodeError:
         raise InvalidRequest("Request body is not valid JSON.") from None
     except BoundsError as exc:

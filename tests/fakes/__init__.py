@@ -3,7 +3,8 @@ kind's exact wire format: OpenAI's ``/v1/chat/completions`` (SSE
 ``chat.completion.chunk`` events, or one ``chat.completion``) for llama.cpp's
 llama-server, vLLM and a generic OpenAI API (``openai_like.py``), and Ollama's
 NDJSON ``/api/chat`` (``ollama.py``). Each fake's class docstring lists the
-quirks of its kind that the adapters must accept.
+quirks of its kind that the adapters must accept. Each also answers its kind's
+embeddings and raw-completion endpoints (``endpoints.py``).
 
 Usage, in an async test::
 

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from privatai.core.events import TextDelta, ThinkingDelta, ToolCallDelta
 
+from tests.fakes.endpoints import ollama_embed, ollama_generate
 from tests.fakes.server import ErrorLine, FakeBackend, Raw, Reply, StreamRecord, WholeAnswer
 
 # The durations Ollama reports on its final line, in nanoseconds.
@@ -105,6 +106,10 @@ class FakeOllama(FakeBackend):
         return response
 
     async def handle_other(self, request: web.Request) -> web.StreamResponse:
+        if request.method == "POST" and request.path == "/api/embed":
+            return web.json_response(ollama_embed(await request.json()))
+        if request.method == "POST" and request.path == "/api/generate":
+            return await self.text_reply(request, ollama_generate)
         if request.method == "GET" and request.path == "/api/tags":
             return web.json_response({"models": [
                 {"name": m, "model": m, "modified_at": "2026-01-01T00:00:00Z", "size": 1000,

@@ -24,6 +24,7 @@ from aiohttp import web
 
 from privatai.core.events import TextDelta, ThinkingDelta, ToolCallDelta
 
+from tests.fakes.endpoints import openai_completion, openai_embeddings
 from tests.fakes.server import ErrorLine, FakeBackend, Raw, Reply, StreamRecord, WholeAnswer
 
 _ALNUM = string.ascii_letters + string.digits
@@ -152,6 +153,10 @@ class SSEFake(FakeBackend):
         return whole
 
     async def handle_other(self, request: web.Request) -> web.StreamResponse:
+        if request.method == "POST" and request.path == "/v1/embeddings":
+            return web.json_response(openai_embeddings(await request.json(), extras=self.kind == "vllm"))
+        if request.method == "POST" and request.path == "/v1/completions":
+            return await self.text_reply(request, openai_completion)
         if request.method == "GET" and request.path == "/v1/models":
             return web.json_response({"object": "list", "data": [
                 {"id": m, "object": "model", "created": 0, "owned_by": self.kind} for m in self.models]})

@@ -207,6 +207,10 @@ class FakeBackend:
     def chat_bodies(self) -> list[Any]:
         return [r.json for r in self.requests if r.path == self.chat_path]
 
+    def bodies(self, path: str) -> list[Any]:
+        """JSON bodies received on ``path`` (``/v1/embeddings``, ``/api/generate``...)."""
+        return [r.json for r in self.requests if r.path == path]
+
     @property
     def last_body(self) -> Any:
         return self.chat_bodies[-1]
@@ -362,6 +366,15 @@ class FakeBackend:
             request.transport.close()
             return False
         return True
+
+    async def text_reply(self, request: web.Request, render: Any) -> web.StreamResponse:
+        """A raw-completion request: the next scripted reply, rendered by
+        ``render(request, body, reply)`` (tests/fakes/endpoints.py), or its HTTP error."""
+        reply = self.next_reply()
+        if reply.status != 200:
+            return web.json_response(self.error_body(reply.status, reply.error, reply.error_type),
+                                     status=reply.status)
+        return await render(request, await request.json(), reply)
 
     # -- kind hooks ----------------------------------------------------------
 

@@ -32,7 +32,7 @@ import httpx
 import openai
 import pytest
 
-from privatai.ops.audit import Canaries, new_canary, scan_bytes, scan_file, scan_tree, walk_files
+from privatai.ops.canary_scan import Canaries, new_canary, scan_bytes, scan_file, scan_tree, walk_files
 from privatai.core.events import TextDelta, ThinkingDelta, ToolCallDelta
 from privatai.ops.logs import NOISY_LOGGERS, describe_error, loop_exception_handler, setup_logging
 from tests.fakes import Drop, ErrorLine, FakeBackend, FakeLlamaCpp, FakeOllama, FakeOpenAI, FakeVLLM, Hang, Raw, Sleep

@@ -23,8 +23,13 @@ from privatai.core.protocol import ChatRequest, message_to_openai, tools_to_open
 from privatai.adapters.base import Adapter
 from privatai.adapters.llama_guard import check_grammars, quiet_llama_log
 from privatai.adapters.openai_wire import ChunkMapper
+from privatai.adapters.params import refuse_unsupported, sampling_extras
 
 _END = object()
+# What llama-cpp-python's create_chat_completion honours beyond the basics; its
+# chat templates read no message names, and the bundled model sees no images.
+_PARAMS = frozenset({"presence_penalty", "frequency_penalty", "logit_bias", "top_k", "min_p",
+                     "repetition_penalty"})
 
 
 def bundled_model_path() -> Path:
@@ -86,6 +91,7 @@ class EmbeddedAdapter(Adapter):
         return list(self.config.model_map().values())
 
     def _arguments(self, request: ChatRequest) -> dict[str, Any]:
+        refuse_unsupported(request, self.kind, _PARAMS)
         kwargs: dict[str, Any] = {
             # Chat templates concatenate content: the null content of an
             # assistant tool-call turn (as the SDKs send it) must be "".
@@ -93,6 +99,9 @@ class EmbeddedAdapter(Adapter):
             "stream": True,
         }
         kwargs.update(request.sampling_options())
+        kwargs.update(sampling_extras(request, "repeat_penalty"))
+        if request.logit_bias is not None:
+            kwargs["logit_bias"] = request.logit_bias
         if request.tools:
             kwargs["tools"] = tools_to_openai(request.tools)
             if request.tool_choice is not None:
@@ -104,9 +113,10 @@ class EmbeddedAdapter(Adapter):
         return kwargs
 
     async def stream_tokens(self, request: ChatRequest, model: str) -> AsyncIterator[Event]:
+        # A parameter the model cannot honour is the client's 400, loaded or not.
+        kwargs = self._arguments(request)
         if self._llm is None:
             raise BackendUnavailable("The embedded model is not loaded.")
-        kwargs = self._arguments(request)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         stop = threading.Event()

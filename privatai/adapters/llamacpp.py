@@ -13,3 +13,5 @@ from privatai.adapters.openai_compatible import SelfHostedOpenAIAdapter
 
 class LlamaCppAdapter(SelfHostedOpenAIAdapter):
     kind = "llamacpp"
+    # llama-server's name for it; it ignores ``repetition_penalty``.
+    repetition_key = "repeat_penalty"

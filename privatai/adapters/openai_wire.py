@@ -26,6 +26,7 @@ import orjson
 
 from privatai.core.events import Event, Finish, TextDelta, ThinkingDelta, ToolCallDelta, Usage
 from privatai.core.protocol import ChatRequest, message_to_openai, tools_to_openai
+from privatai.adapters.params import sampling_extras
 from privatai.adapters.reported_usage import reported_usage
 from privatai.adapters.think_tags import ThinkTagSplitter
 
@@ -63,12 +64,13 @@ def thinking_wanted(request: ChatRequest) -> bool | None:
     return effort != "none"
 
 
-def build_body(request: ChatRequest, model: str) -> dict[str, Any]:
+def build_body(request: ChatRequest, model: str, repetition_key: str = "repetition_penalty") -> dict[str, Any]:
     """The upstream request body: streamed (asking for usage) exactly when the
     client streams; a non-streamed answer always carries usage.
 
     Options the client did not send are left out, so the model's own
-    defaults apply.
+    defaults apply. Which options a kind may receive at all is checked
+    before (:func:`~privatai.adapters.params.refuse_unsupported`).
     """
     body: dict[str, Any] = {
         "model": model,
@@ -81,7 +83,14 @@ def build_body(request: ChatRequest, model: str) -> dict[str, Any]:
         body["tools"] = tools_to_openai(request.tools)
     if request.tool_choice is not None:
         body["tool_choice"] = request.tool_choice
+    if request.parallel_tool_calls is not None and request.tools:
+        body["parallel_tool_calls"] = request.parallel_tool_calls
     body.update(request.sampling_options())
+    body.update(sampling_extras(request, repetition_key))
+    if request.logit_bias is not None:
+        body["logit_bias"] = request.logit_bias
+    if request.chat_template_kwargs is not None:
+        body["chat_template_kwargs"] = dict(request.chat_template_kwargs)
     if request.response_format is not None:
         body["response_format"] = response_format_to_openai(request)
     return body
@@ -104,7 +113,8 @@ def add_reasoning_switches(body: dict[str, Any], request: ChatRequest) -> None:
     """
     wanted = thinking_wanted(request)
     if wanted is not None:
-        body["chat_template_kwargs"] = {"enable_thinking": wanted}
+        # Merged with the client's own template kwargs; its think switch wins.
+        body["chat_template_kwargs"] = {**body.get("chat_template_kwargs", {}), "enable_thinking": wanted}
     effort = reasoning_effort_of(request)
     if effort in ("low", "medium", "high"):
         body["reasoning_effort"] = effort

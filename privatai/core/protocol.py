@@ -26,7 +26,18 @@ class TextPart(msgspec.Struct, tag_field="type", tag="text"):
     text: str
 
 
+class ImageURL(msgspec.Struct, omit_defaults=True):
+    url: str
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(msgspec.Struct, tag_field="type", tag="image_url"):
+    image_url: ImageURL
+
+
 Content = Union[str, list[TextPart]]
+# Only user turns may carry images, as in OpenAI's API.
+UserContent = Union[str, list[Union[TextPart, ImagePart]]]
 
 
 class FunctionCall(msgspec.Struct):
@@ -53,7 +64,7 @@ class DeveloperMessage(msgspec.Struct, tag_field="role", tag="developer"):
 
 
 class UserMessage(msgspec.Struct, tag_field="role", tag="user"):
-    content: Content
+    content: UserContent
     name: str | None = None
 
 
@@ -89,6 +100,21 @@ class Tool(msgspec.Struct):
     type: Literal["function"] = "function"
 
 
+class LegacyFunctionCall(msgspec.Struct):
+    """A named ``function_call`` of the legacy functions API."""
+
+    name: str
+
+
+class Reasoning(msgspec.Struct):
+    """The Responses-style ``reasoning: {effort}`` that xAI-style clients send."""
+
+    effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
+
+
+Penalty = Annotated[float, msgspec.Meta(ge=-2, le=2)]
+
+
 class StreamOptions(msgspec.Struct):
     include_usage: bool = False
 
@@ -109,7 +135,7 @@ class ChatRequest(msgspec.Struct, kw_only=True):
     top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
     max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
     max_completion_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
-    stop: str | list[str] | None = None
+    stop: str | Annotated[list[str], msgspec.Meta(max_length=4)] | None = None
     seed: int | None = None
     tools: list[Tool] | None = None
     tool_choice: str | dict[str, Any] | None = None
@@ -117,6 +143,22 @@ class ChatRequest(msgspec.Struct, kw_only=True):
     response_format: ResponseFormat | None = None
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
     think: bool | Literal["low", "medium", "high"] | None = None
+    reasoning: Reasoning | None = None
+    n: Annotated[int, msgspec.Meta(ge=1, le=128)] | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    logit_bias: dict[str, Annotated[float, msgspec.Meta(ge=-100, le=100)]] | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
+    parallel_tool_calls: bool | None = None
+    # The legacy functions API; parse_chat_request turns it into tools.
+    functions: list[FunctionDef] | None = None
+    function_call: Literal["none", "auto"] | LegacyFunctionCall | None = None
+    # Sampling extras of self-hosted servers (vLLM, llama.cpp, Ollama).
+    top_k: Annotated[int, msgspec.Meta(ge=-1)] | None = None
+    min_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    repetition_penalty: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
 
     @property
     def max_output_tokens(self) -> int | None:
@@ -163,19 +205,52 @@ def parse_chat_request(body: bytes) -> ChatRequest:
     except msgspec.ValidationError as exc:
         text = str(exc)
         match = _PATH.search(text)
-        param = match.group(1) if match and match.group(1) else None
+        # msgspec writes a map's key as "[...]": the map itself is the parameter.
+        param = match.group(1).replace("[...]", "") if match and match.group(1) else None
         if text.startswith("Object missing required field"):
             field = text.split("`")[1]
             param = f"{param}.{field}" if param else field
         raise InvalidRequest(f"Invalid request body: {text}", param=param) from None
     except msgspec.DecodeError:
         raise InvalidRequest("Request body is not valid JSON.") from None
+    chat = _normalized(chat)
     if chat.tool_choice is not None and isinstance(chat.tool_choice, str) and chat.tool_choice not in (
         "auto", "none", "required"
     ):
         raise InvalidRequest("tool_choice must be 'auto', 'none', 'required' or an object.",
                              param="tool_choice")
+    if isinstance(chat.tool_choice, dict):
+        name = (chat.tool_choice.get("function") or {}).get("name")
+        if name not in {tool.function.name for tool in chat.tools or ()}:
+            raise InvalidRequest("tool_choice names a function that is not in 'tools'.", param="tool_choice")
     return chat
+
+
+def _normalized(chat: ChatRequest) -> ChatRequest:
+    """Cross-field rules OpenAI enforces, and the aliases folded into one field
+    each: legacy ``functions``/``function_call`` become ``tools``/``tool_choice``,
+    ``reasoning.effort`` becomes ``reasoning_effort``."""
+    if chat.stream_options is not None and not chat.stream:
+        raise InvalidRequest("stream_options is only allowed when stream is true.", param="stream_options")
+    if chat.top_logprobs is not None and not chat.logprobs:
+        raise InvalidRequest("top_logprobs requires logprobs to be true.", param="top_logprobs")
+    changes: dict[str, Any] = {}
+    if chat.functions is not None:
+        if chat.tools is not None:
+            raise InvalidRequest("Send either 'tools' or the legacy 'functions', not both.", param="functions")
+        changes["tools"] = [Tool(function=f) for f in chat.functions]
+    if chat.function_call is not None:
+        if chat.tool_choice is not None:
+            raise InvalidRequest("Send either 'tool_choice' or the legacy 'function_call', not both.",
+                                 param="function_call")
+        call = chat.function_call
+        changes["tool_choice"] = call if isinstance(call, str) else {"type": "function",
+                                                                    "function": {"name": call.name}}
+    if chat.reasoning is not None and chat.reasoning.effort is not None:
+        if chat.reasoning_effort not in (None, chat.reasoning.effort):
+            raise InvalidRequest("reasoning.effort and reasoning_effort disagree.", param="reasoning.effort")
+        changes["reasoning_effort"] = chat.reasoning.effort
+    return msgspec.structs.replace(chat, **changes) if changes else chat
 
 
 def text_of(content: Content | None) -> str:
@@ -184,7 +259,14 @@ def text_of(content: Content | None) -> str:
         return ""
     if isinstance(content, str):
         return content
-    return "".join(part.text for part in content)
+    return "".join(part.text for part in content if type(part) is TextPart)
+
+
+def image_urls(message: Message) -> list[str]:
+    """The image URLs of a user turn (data URLs or remote ones)."""
+    if not isinstance(message, UserMessage) or isinstance(message.content, str):
+        return []
+    return [part.image_url.url for part in message.content if type(part) is ImagePart]
 
 
 def message_to_openai(message: Message) -> dict[str, Any]:
@@ -199,11 +281,20 @@ def message_to_openai(message: Message) -> dict[str, Any]:
             ]
             if message.content is None:
                 out["content"] = None
+        if message.name is not None:
+            out["name"] = message.name
         return out
     if isinstance(message, ToolMessage):
         return {"role": "tool", "content": text_of(message.content), "tool_call_id": message.tool_call_id}
     role = "system" if isinstance(message, DeveloperMessage) else message.__struct_config__.tag
-    return {"role": role, "content": text_of(message.content)}
+    if image_urls(message):
+        # Images go as OpenAI content parts, which these servers take as they are.
+        out = {"role": role, "content": msgspec.to_builtins(message.content)}
+    else:
+        out = {"role": role, "content": text_of(message.content)}
+    if message.name is not None:
+        out["name"] = message.name
+    return out
 
 
 def tools_to_openai(tools: list[Tool] | None) -> list[dict[str, Any]] | None:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
+import httpx
 import openai
 import pytest
 
-from privatai.core.events import TextDelta
+from privatai.core.events import TextDelta, ThinkingDelta
 from tests.fakes import FAKES, FakeBackend
 from tests.gateway import Gateway
 
@@ -150,3 +151,52 @@ def test_refusal_of_a_streamed_request_is_a_real_400(served: tuple[FakeBackend, 
         client.chat.completions.create(model="chat-model", messages=USER, stream=True, n=3)
     assert caught.value.status_code == 400 and caught.value.body["param"] == "n"
     assert len(fake.chat_bodies) == sent_before
+
+
+def test_usage_details_the_backend_reports_reach_the_client(served: tuple[FakeBackend, openai.OpenAI]) -> None:
+    """Cached prompt tokens and reasoning tokens as the upstream reports them;
+    the metered totals are the upstream's totals, details or not."""
+    fake, client = served
+    usage_url = f"{str(client.base_url).rstrip('/')}/usage"
+    headers = {"Authorization": f"Bearer {client.api_key}"}
+    before = httpx.get(usage_url, headers=headers, timeout=10).json()
+    reply = fake.reply(ThinkingDelta("Hmm."), TextDelta("ok"), usage=(30, 12))
+    reply.cached_tokens, reply.reasoning_tokens = 20, 8
+    whole = client.chat.completions.create(model="chat-model", messages=USER).usage
+    reply = fake.reply(ThinkingDelta("Hmm."), TextDelta("ok"), usage=(30, 12))
+    reply.cached_tokens, reply.reasoning_tokens = 20, 8
+    chunks = list(client.chat.completions.create(model="chat-model", messages=USER, stream=True,
+                                                 stream_options={"include_usage": True}))
+    (streamed,) = [c.usage for c in chunks if c.usage]
+    for usage in (whole, streamed):
+        assert usage is not None and (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (30, 12, 42)
+        if fake.kind == "ollama":  # Ollama's counts have no such breakdown
+            assert usage.prompt_tokens_details is None and usage.completion_tokens_details is None
+        else:
+            assert usage.prompt_tokens_details and usage.prompt_tokens_details.cached_tokens == 20
+            assert usage.completion_tokens_details and usage.completion_tokens_details.reasoning_tokens == 8
+    after = httpx.get(usage_url, headers=headers, timeout=10).json()
+    assert (after["prompt_tokens"] - before["prompt_tokens"], after["completion_tokens"] - before["completion_tokens"],
+            after["requests"] - before["requests"]) == (60, 24, 2)
+
+
+def test_implausible_usage_details_are_left_out(served: tuple[FakeBackend, openai.OpenAI]) -> None:
+    fake, client = served
+    reply = fake.reply(TextDelta("ok"), usage=(30, 12))
+    reply.cached_tokens, reply.reasoning_tokens = 31, -1
+    usage = client.chat.completions.create(model="chat-model", messages=USER).usage
+    assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (30, 12)
+    assert usage.prompt_tokens_details is None and usage.completion_tokens_details is None
+
+
+def test_content_filter_finish_reaches_the_client(served: tuple[FakeBackend, openai.OpenAI]) -> None:
+    fake, client = served
+    if fake.kind == "ollama":
+        pytest.skip("Ollama's done_reason is only stop or length")
+    fake.reply(TextDelta("I can"), finish="content_filter")
+    assert client.chat.completions.create(model="chat-model", messages=USER).choices[0].finish_reason \
+        == "content_filter"
+    fake.reply(TextDelta("I can"), finish="content_filter")
+    chunks = list(client.chat.completions.create(model="chat-model", messages=USER, stream=True))
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] \
+        == ["content_filter"]

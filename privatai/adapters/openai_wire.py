@@ -166,7 +166,9 @@ class ChunkMapper:
             raise UpstreamStreamError(chunk)
         usage = chunk.get("usage")
         if usage and isinstance(usage, dict):
-            reported = reported_usage(usage.get("prompt_tokens"), usage.get("completion_tokens"))
+            reported = reported_usage(usage.get("prompt_tokens"), usage.get("completion_tokens"),
+                                      cached=_detail(usage, "prompt_tokens_details", "cached_tokens"),
+                                      reasoning=_detail(usage, "completion_tokens_details", "reasoning_tokens"))
             if reported is not None:
                 self.usage = reported
         choices = chunk.get("choices")
@@ -244,6 +246,12 @@ class ChunkMapper:
         if self.usage is not None:
             events.append(self.usage)
         return events
+
+
+def _detail(usage: dict[str, Any], group: str, name: str) -> Any:
+    """``usage[group][name]``, or None when the upstream sent no such detail (or null)."""
+    details = usage.get(group)
+    return details.get(name) if isinstance(details, dict) else None
 
 
 # What :func:`sse_payload` returns for the ``data: [DONE]`` line that ends a stream.

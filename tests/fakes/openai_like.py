@@ -259,7 +259,7 @@ class FakeVLLM(SSEFake):
 
     def decorate_whole(self, completion: dict[str, Any]) -> None:
         self.decorate_last(completion)
-        completion["usage"]["prompt_tokens_details"] = None
+        completion["usage"].setdefault("prompt_tokens_details", None)
         completion.update({"service_tier": None, "system_fingerprint": None, "prompt_logprobs": None,
                            "kv_transfer_params": None})
 

@@ -60,7 +60,8 @@ ROWS: list[tuple[str, dict[str, Any], dict[str, Any], str]] = [
      {"ollama": REFUSED, "llamacpp": ("chat_template_kwargs", {"custom": 1}),
       "vllm": ("chat_template_kwargs", {"custom": 1}), "openai": REFUSED}, "chat_template_kwargs"),
     ("n", {"n": 2}, {kind: REFUSED for kind in KINDS}, "n"),
-    ("logprobs", {"logprobs": True, "top_logprobs": 2}, {kind: REFUSED for kind in KINDS}, "logprobs"),
+    ("logprobs", {"logprobs": True, "top_logprobs": 2},
+     {"ollama": REFUSED, **same("top_logprobs", 2)}, "logprobs"),
     ("message_name", {"messages": [{"role": "user", "content": "Hi", "name": "alice"}]},
      {"ollama": REFUSED, **same("messages.0.name", "alice")}, "name"),
     ("image_data_url", {"messages": image_message(f"data:image/png;base64,{PIXEL}")},
@@ -200,3 +201,29 @@ def test_content_filter_finish_reaches_the_client(served: tuple[FakeBackend, ope
     chunks = list(client.chat.completions.create(model="chat-model", messages=USER, stream=True))
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] \
         == ["content_filter"]
+
+
+def test_logprobs_come_back_whole_and_streamed(served: tuple[FakeBackend, openai.OpenAI]) -> None:
+    fake, client = served
+    if fake.kind == "ollama":
+        pytest.skip("refused on Ollama (see the parameter table)")
+    fake.reply(TextDelta("Hel"), TextDelta("lo"))
+    choice = client.chat.completions.create(model="chat-model", messages=USER, logprobs=True,
+                                            top_logprobs=2).choices[0]
+    assert choice.message.content == "Hello"
+    assert choice.logprobs is not None and choice.logprobs.content is not None
+    assert [(t.token, t.logprob) for t in choice.logprobs.content] == [("Hel", -0.25), ("lo", -0.25)]
+    assert [a.token for a in choice.logprobs.content[0].top_logprobs] == ["alt0", "alt1"]
+
+    fake.reply(TextDelta("Hel"), TextDelta("lo"))
+    chunks = list(client.chat.completions.create(model="chat-model", messages=USER, stream=True, logprobs=True))
+    streamed = [t.token for c in chunks if c.choices and c.choices[0].logprobs
+                for t in c.choices[0].logprobs.content or []]
+    assert streamed == ["Hel", "lo"]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello"
+
+
+def test_no_logprobs_unless_asked(served: tuple[FakeBackend, openai.OpenAI]) -> None:
+    fake, client = served
+    fake.reply(TextDelta("Hello"))
+    assert client.chat.completions.create(model="chat-model", messages=USER).choices[0].logprobs is None

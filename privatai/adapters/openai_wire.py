@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from privatai.core.events import Event, Finish, TextDelta, ThinkingDelta, ToolCallDelta, Usage
+from privatai.core.events import Event, Finish, Logprobs, TextDelta, ThinkingDelta, ToolCallDelta, Usage
 from privatai.core.protocol import ChatRequest, message_to_openai, tools_to_openai
 from privatai.adapters.params import sampling_extras
 from privatai.adapters.reported_usage import reported_usage
@@ -89,6 +89,10 @@ def build_body(request: ChatRequest, model: str, repetition_key: str = "repetiti
     body.update(sampling_extras(request, repetition_key))
     if request.logit_bias is not None:
         body["logit_bias"] = request.logit_bias
+    if request.logprobs is not None:
+        body["logprobs"] = request.logprobs
+    if request.top_logprobs is not None:
+        body["top_logprobs"] = request.top_logprobs
     if request.chat_template_kwargs is not None:
         body["chat_template_kwargs"] = dict(request.chat_template_kwargs)
     if request.response_format is not None:
@@ -191,6 +195,9 @@ class ChunkMapper:
             calls = delta.get("tool_calls")
             if calls:
                 self._tool_calls(calls, events)
+        logprobs = choice.get("logprobs")
+        if isinstance(logprobs, dict) and isinstance(logprobs.get("content"), list) and logprobs["content"]:
+            events.append(Logprobs(logprobs["content"]))
         reason = choice.get("finish_reason")
         if reason:
             self.finish_reason = reason
@@ -236,7 +243,8 @@ class ChunkMapper:
         calls = message.get("tool_calls")
         if calls:
             message = {**message, "tool_calls": [{**call, "index": i} for i, call in enumerate(calls)]}
-        return self.feed({"choices": [{"delta": message, "finish_reason": choice.get("finish_reason")}],
+        return self.feed({"choices": [{"delta": message, "logprobs": choice.get("logprobs"),
+                                       "finish_reason": choice.get("finish_reason")}],
                           "usage": completion.get("usage")})
 
     def finish(self) -> list[Event]:

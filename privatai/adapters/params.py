@@ -17,7 +17,7 @@ _VALUED = ("presence_penalty", "frequency_penalty", "logit_bias", "top_k", "min_
            "repetition_penalty", "chat_template_kwargs")
 
 # What every OpenAI-wire server accepts under OpenAI's own names.
-OPENAI_PARAMS = frozenset({"presence_penalty", "frequency_penalty", "logit_bias",
+OPENAI_PARAMS = frozenset({"presence_penalty", "frequency_penalty", "logit_bias", "logprobs",
                            "parallel_tool_calls", "image_url", "name"})
 # Sampling extras the self-hosted servers (vLLM, llama-server) know as well.
 SELF_HOSTED_EXTRAS = frozenset({"top_k", "min_p", "repetition_penalty", "chat_template_kwargs"})
@@ -27,8 +27,7 @@ def requested(request: ChatRequest) -> list[str]:
     """The optional features this request asks for, by parameter name.
 
     ``n`` counts only above 1 and ``parallel_tool_calls`` only when false:
-    their other values are what every backend does anyway. ``logprobs`` is
-    refused by all kinds for now (the answer has no place for them yet).
+    their other values are what every backend does anyway.
     """
     names = [name for name in _VALUED if getattr(request, name) is not None]
     if request.n is not None and request.n > 1:

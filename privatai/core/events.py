@@ -31,6 +31,14 @@ class ToolCallDelta:
 
 
 @dataclass(slots=True, frozen=True)
+class Logprobs:
+    """Token log probabilities the upstream sent for the text just before it,
+    as OpenAI's ``logprobs.content`` entries (passed through as they came)."""
+
+    content: list[Any]
+
+
+@dataclass(slots=True, frozen=True)
 class Finish:
     reason: str  # stop | length | tool_calls | content_filter
 
@@ -62,4 +70,4 @@ class Usage:
         return out
 
 
-Event = TextDelta | ThinkingDelta | ToolCallDelta | Finish | Usage
+Event = TextDelta | ThinkingDelta | ToolCallDelta | Logprobs | Finish | Usage

@@ -16,7 +16,7 @@ import msgspec
 import orjson
 
 from privatai.errors import InvalidRequest, PrivatAIError
-from privatai.core.events import Event, Finish, TextDelta, ThinkingDelta, ToolCallDelta, Usage
+from privatai.core.events import Event, Finish, Logprobs, TextDelta, ThinkingDelta, ToolCallDelta, Usage
 
 # --------------------------------------------------------------------------
 # Request types
@@ -342,10 +342,14 @@ class ChunkEncoder:
         self._role_sent = False
 
     def _delta(self, delta: dict[str, Any], finish_reason: str | None = None,
-               usage: Usage | None = None) -> bytes:
+               usage: Usage | None = None, logprobs: list[Any] | None = None) -> bytes:
         if not self._role_sent:
             delta = {"role": "assistant", **delta}
             self._role_sent = True
+        if logprobs is not None:
+            # Their own chunk with an empty delta, as the tokens they describe went just before.
+            return (self._choice_prefix + orjson.dumps(delta) + b',"logprobs":{"content":'
+                    + orjson.dumps(logprobs) + b'},"finish_reason":null}]}\n\n')
         tail = b',"finish_reason":null}]}\n\n' if finish_reason is None else (
             b',"finish_reason":' + orjson.dumps(finish_reason) + b"}]"
             + (b',"usage":' + orjson.dumps(usage.to_dict()) if usage is not None else b"")
@@ -369,6 +373,8 @@ class ChunkEncoder:
             function["arguments"] = event.arguments
             call["function"] = function
             return self._delta({"tool_calls": [call]})
+        if type(event) is Logprobs:
+            return self._delta({}, logprobs=event.content)
         raise TypeError(f"not a content event: {type(event).__name__}")
 
     def finish(self, reason: str, usage: Usage) -> bytes:
@@ -387,6 +393,7 @@ class CompletionAggregator:
         self._text: list[str] = []
         self._thinking: list[str] = []
         self._calls: dict[int, dict[str, Any]] = {}
+        self._logprobs: list[Any] = []
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
 
@@ -403,6 +410,8 @@ class CompletionAggregator:
             if event.name is not None:
                 call["name"] = event.name
             call["arguments"].append(event.arguments)
+        elif kind is Logprobs:
+            self._logprobs.extend(event.content)
         elif kind is Finish:
             self.finish_reason = event.reason
         elif kind is Usage:
@@ -425,13 +434,16 @@ class CompletionAggregator:
 
     def result(self, completion_id: str, created: int, model: str) -> dict[str, Any]:
         usage = self.usage or Usage(0, 0)
+        choice: dict[str, Any] = {"index": 0, "message": self.message(),
+                                  "finish_reason": self.finish_reason or "stop"}
+        if self._logprobs:
+            choice["logprobs"] = {"content": self._logprobs}
         return {
             "id": completion_id,
             "object": "chat.completion",
             "created": created,
             "model": model,
-            "choices": [{"index": 0, "message": self.message(),
-                         "finish_reason": self.finish_reason or "stop"}],
+            "choices": [choice],
             "usage": usage.to_dict(),
         }
 

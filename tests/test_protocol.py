@@ -122,3 +122,13 @@ def test_names_and_image_parts_go_upstream_as_openai_sends_them() -> None:
     assert message_to_openai(chat.messages[0]) == {"role": "user", "content": parts, "name": "alice"}
     assert message_to_openai(chat.messages[1]) == {"role": "assistant", "content": "A dot.", "name": "bot"}
     assert text_of(chat.messages[0].content) == "What is this?"
+
+
+def test_an_absent_stream_field_takes_the_negotiated_default() -> None:
+    body = json.dumps({"messages": [{"role": "user", "content": "x"}],
+                       "stream_options": {"include_usage": True}}).encode()
+    assert parse_chat_request(body, stream_default=True).stream is True
+    assert error_of(body).param == "stream_options"
+    explicit = json.dumps({"messages": [{"role": "user", "content": "x"}], "stream": False}).encode()
+    assert parse_chat_request(explicit, stream_default=True).stream is False
+    assert parse({"messages": [{"role": "user", "content": "x"}]}).stream is False

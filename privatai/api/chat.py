@@ -16,6 +16,7 @@ from privatai.core.metering import Meter
 from privatai.core.protocol import (DONE, KEEPALIVE, THINKING_FIELDS, ChatRequest, ChunkEncoder,
                         CompletionAggregator, error_event, new_completion_id, parse_chat_request)
 from privatai.core.routing import RouteInfo
+from privatai.api.negotiation import stream_default
 from privatai.state import AppState
 
 SSE_HEADERS = {
@@ -27,7 +28,8 @@ SSE_HEADERS = {
 
 async def chat_completions(request: Request) -> HTTPResponse | None:
     state: AppState = request.app.ctx.state
-    chat = parse_chat_request(request.body)
+    chat = parse_chat_request(request.body, stream_default=stream_default(
+        request.headers.get("accept"), state.config.server.stream_by_default))
     return await run_chat(request, state, chat)
 
 

@@ -130,7 +130,9 @@ class ChatRequest(msgspec.Struct, kw_only=True):
 
     messages: Annotated[list[Message], msgspec.Meta(min_length=1)]
     model: str | None = None
-    stream: bool = False
+    # None only while decoding: parse_chat_request settles an absent field
+    # (format negotiation), so every request seen after it has a bool.
+    stream: bool | None = None
     temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
     top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
     max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
@@ -196,8 +198,12 @@ _decoder = msgspec.json.Decoder(ChatRequest)
 _PATH = re.compile(r" - at `\$\.?([^`]*)`$")
 
 
-def parse_chat_request(body: bytes) -> ChatRequest:
-    """Decode and validate a request body; a clear 400 naming the field on error."""
+def parse_chat_request(body: bytes, *, stream_default: bool = False) -> ChatRequest:
+    """Decode and validate a request body; a clear 400 naming the field on error.
+
+    ``stream_default`` is the answer format for a body without ``stream``
+    (negotiated from the request's ``Accept``; OpenAI's default is false).
+    """
     if not body:
         raise InvalidRequest("Request body is empty; expected a JSON object with 'messages'.")
     try:
@@ -213,7 +219,7 @@ def parse_chat_request(body: bytes) -> ChatRequest:
         raise InvalidRequest(f"Invalid request body: {text}", param=param) from None
     except msgspec.DecodeError:
         raise InvalidRequest("Request body is not valid JSON.") from None
-    chat = _normalized(chat)
+    chat = _normalized(chat, stream_default)
     if chat.tool_choice is not None and isinstance(chat.tool_choice, str) and chat.tool_choice not in (
         "auto", "none", "required"
     ):
@@ -226,15 +232,19 @@ def parse_chat_request(body: bytes) -> ChatRequest:
     return chat
 
 
-def _normalized(chat: ChatRequest) -> ChatRequest:
+def _normalized(chat: ChatRequest, stream_default: bool) -> ChatRequest:
     """Cross-field rules OpenAI enforces, and the aliases folded into one field
     each: legacy ``functions``/``function_call`` become ``tools``/``tool_choice``,
-    ``reasoning.effort`` becomes ``reasoning_effort``."""
-    if chat.stream_options is not None and not chat.stream:
+    ``reasoning.effort`` becomes ``reasoning_effort``; an absent ``stream`` is
+    ``stream_default``."""
+    changes: dict[str, Any] = {}
+    stream = chat.stream
+    if stream is None:
+        stream = changes["stream"] = stream_default
+    if chat.stream_options is not None and not stream:
         raise InvalidRequest("stream_options is only allowed when stream is true.", param="stream_options")
     if chat.top_logprobs is not None and not chat.logprobs:
         raise InvalidRequest("top_logprobs requires logprobs to be true.", param="top_logprobs")
-    changes: dict[str, Any] = {}
     if chat.functions is not None:
         if chat.tools is not None:
             raise InvalidRequest("Send either 'tools' or the legacy 'functions', not both.", param="functions")

@@ -11,7 +11,7 @@ from sanic.handlers import ErrorHandler
 from sanic.response import HTTPResponse, json
 
 from privatai import portal
-from privatai.api import webchat
+from privatai.api import cors, webchat
 from privatai.api.chat import chat_completions
 from privatai.api.health import first_probe, healthz, readyz
 from privatai.api.metrics import metrics_endpoint
@@ -79,12 +79,16 @@ def create_app(config: Config, *, name: str = "privatai") -> Sanic:
     app.config.AUTO_EXTEND = False
     app.ctx.state = AppState(config=config, router=Router(config))
 
+    api_paths: list[tuple[str, str]] = []
     for prefix in API_PREFIXES:
         tag = prefix.strip("/").replace("/", "_")
         app.add_route(chat_completions, f"{prefix}/chat/completions", methods=["POST"], name=f"{tag}_chat")
         app.add_route(list_models, f"{prefix}/models", methods=["GET"], name=f"{tag}_models")
         app.add_route(get_model, f"{prefix}/models/<model_id:path>", methods=["GET"], name=f"{tag}_model")
         app.add_route(usage, f"{prefix}/usage", methods=["GET"], name=f"{tag}_usage")
+        api_paths += [(f"{prefix}/chat/completions", f"{tag}_chat"), (f"{prefix}/models", f"{tag}_models"),
+                      (f"{prefix}/models/<model_id:path>", f"{tag}_model"), (f"{prefix}/usage", f"{tag}_usage")]
+    cors.register(app, config.server.cors_origins, api_paths)
     app.add_route(healthz, "/healthz", methods=["GET"], name="healthz")
     app.add_route(readyz, "/readyz", methods=["GET"], name="readyz")
     if config.metrics.enabled:

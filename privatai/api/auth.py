@@ -15,7 +15,8 @@ PROTECTED_PREFIXES = ("/api/v1/", "/v1/")
 
 
 async def authenticate(request: Request) -> None:
-    if not request.path.startswith(PROTECTED_PREFIXES):
+    # A CORS preflight carries no key by design (privatai.api.cors answers it).
+    if request.method == "OPTIONS" or not request.path.startswith(PROTECTED_PREFIXES):
         return
     state: AppState = request.app.ctx.state
     header = request.headers.get("authorization")

@@ -227,3 +227,25 @@ def test_no_logprobs_unless_asked(served: tuple[FakeBackend, openai.OpenAI]) -> 
     fake, client = served
     fake.reply(TextDelta("Hello"))
     assert client.chat.completions.create(model="chat-model", messages=USER).choices[0].logprobs is None
+
+
+def test_system_fingerprint_reaches_the_client(served: tuple[FakeBackend, openai.OpenAI]) -> None:
+    fake, client = served
+    if fake.kind == "ollama":
+        pytest.skip("Ollama reports no fingerprint")
+    fake.reply(TextDelta("ok")).system_fingerprint = "fp_b4567"
+    assert client.chat.completions.create(model="chat-model", messages=USER).system_fingerprint == "fp_b4567"
+    fake.reply(TextDelta("o"), TextDelta("k")).system_fingerprint = "fp_b4567"
+    chunks = list(client.chat.completions.create(model="chat-model", messages=USER, stream=True,
+                                                 stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "ok"
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert {c.system_fingerprint for c in chunks} == {"fp_b4567"}
+
+
+def test_no_fingerprint_when_the_upstream_sends_none(served: tuple[FakeBackend, openai.OpenAI]) -> None:
+    fake, client = served
+    fake.reply(TextDelta("ok"))
+    # llama-server names its build in every whole answer; the others send none (or null).
+    expected = "b6000-fake" if fake.kind == "llamacpp" else None
+    assert client.chat.completions.create(model="chat-model", messages=USER).system_fingerprint == expected

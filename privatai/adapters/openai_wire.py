@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from privatai.core.events import Event, Finish, Logprobs, TextDelta, ThinkingDelta, ToolCallDelta, Usage
+from privatai.core.events import Event, Fingerprint, Finish, Logprobs, TextDelta, ThinkingDelta, ToolCallDelta, Usage
 from privatai.core.protocol import ChatRequest, message_to_openai, tools_to_openai
 from privatai.adapters.params import sampling_extras
 from privatai.adapters.reported_usage import reported_usage
@@ -154,12 +154,14 @@ class ChunkMapper:
     object (raises :class:`UpstreamStreamError`).
     """
 
-    __slots__ = ("_calls", "_last_call", "_splitter", "finish_reason", "usage")
+    __slots__ = ("_calls", "_fingerprint", "_last_call", "_splitter", "finish_reason", "usage")
 
     def __init__(self, think_tags: bool = False) -> None:
         self._splitter = ThinkTagSplitter() if think_tags else None
         self._calls: dict[object, int] = {}  # upstream key -> our index
         self._last_call: object = None
+        # The upstream's system_fingerprint until it went out (then "" marks it sent).
+        self._fingerprint: str | None = None
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
 
@@ -168,6 +170,21 @@ class ChunkMapper:
             return []
         if chunk.get("error") or chunk.get("object") == "error":
             raise UpstreamStreamError(chunk)
+        fingerprint = chunk.get("system_fingerprint")
+        if self._fingerprint is None and fingerprint and isinstance(fingerprint, str):
+            self._fingerprint = fingerprint
+        events = self._feed(chunk)
+        return self._with_fingerprint(events) if events else events
+
+    def _with_fingerprint(self, events: list[Event]) -> list[Event]:
+        """The fingerprint goes out with the first content, not on its own: an
+        upstream that fails before any content can still be failed over."""
+        if self._fingerprint:
+            events.insert(0, Fingerprint(self._fingerprint))
+            self._fingerprint = ""
+        return events
+
+    def _feed(self, chunk: dict[str, Any]) -> list[Event]:
         usage = chunk.get("usage")
         if usage and isinstance(usage, dict):
             reported = reported_usage(usage.get("prompt_tokens"), usage.get("completion_tokens"),
@@ -245,11 +262,13 @@ class ChunkMapper:
             message = {**message, "tool_calls": [{**call, "index": i} for i, call in enumerate(calls)]}
         return self.feed({"choices": [{"delta": message, "logprobs": choice.get("logprobs"),
                                        "finish_reason": choice.get("finish_reason")}],
-                          "usage": completion.get("usage")})
+                          "usage": completion.get("usage"),
+                          "system_fingerprint": completion.get("system_fingerprint")})
 
     def finish(self) -> list[Event]:
         """The closing events: held-back text, :class:`Finish`, then :class:`Usage` if reported."""
         events: list[Event] = self._splitter.flush() if self._splitter is not None else []
+        events = self._with_fingerprint(events)
         events.append(Finish(normalize_finish(self.finish_reason, bool(self._calls))))
         if self.usage is not None:
             events.append(self.usage)

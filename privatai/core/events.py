@@ -39,6 +39,14 @@ class Logprobs:
 
 
 @dataclass(slots=True, frozen=True)
+class Fingerprint:
+    """The upstream's ``system_fingerprint`` (its build or configuration), sent
+    once, just before the first content event, so it rides on every chunk after."""
+
+    value: str
+
+
+@dataclass(slots=True, frozen=True)
 class Finish:
     reason: str  # stop | length | tool_calls | content_filter
 
@@ -70,4 +78,4 @@ class Usage:
         return out
 
 
-Event = TextDelta | ThinkingDelta | ToolCallDelta | Logprobs | Finish | Usage
+Event = TextDelta | ThinkingDelta | ToolCallDelta | Logprobs | Fingerprint | Finish | Usage

@@ -16,7 +16,7 @@ import msgspec
 import orjson
 
 from privatai.errors import InvalidRequest, PrivatAIError
-from privatai.core.events import Event, Finish, Logprobs, TextDelta, ThinkingDelta, ToolCallDelta, Usage
+from privatai.core.events import Event, Fingerprint, Finish, Logprobs, TextDelta, ThinkingDelta, ToolCallDelta, Usage
 
 # --------------------------------------------------------------------------
 # Request types
@@ -343,13 +343,15 @@ class ChunkEncoder:
 
     def __init__(self, completion_id: str, created: int, model: str, *,
                  include_usage: bool = False, thinking_fields: tuple[str, ...] = ("thinking",)) -> None:
-        head = orjson.dumps({"id": completion_id, "object": "chat.completion.chunk",
-                             "created": created, "model": model})
-        self._head = b"data: " + head[:-1]
-        self._choice_prefix = self._head + b',"choices":[{"index":0,"delta":'
+        self._fields = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model}
+        self._set_head(self._fields)
         self._include_usage = include_usage
         self._thinking_fields = thinking_fields
         self._role_sent = False
+
+    def _set_head(self, fields: dict[str, Any]) -> None:
+        self._head = b"data: " + orjson.dumps(fields)[:-1]
+        self._choice_prefix = self._head + b',"choices":[{"index":0,"delta":'
 
     def _delta(self, delta: dict[str, Any], finish_reason: str | None = None,
                usage: Usage | None = None, logprobs: list[Any] | None = None) -> bytes:
@@ -385,6 +387,10 @@ class ChunkEncoder:
             return self._delta({"tool_calls": [call]})
         if type(event) is Logprobs:
             return self._delta({}, logprobs=event.content)
+        if type(event) is Fingerprint:
+            # From here on every chunk names it, as OpenAI's do; this one opens the stream.
+            self._set_head({**self._fields, "system_fingerprint": event.value})
+            return self._delta({})
         raise TypeError(f"not a content event: {type(event).__name__}")
 
     def finish(self, reason: str, usage: Usage) -> bytes:
@@ -404,6 +410,7 @@ class CompletionAggregator:
         self._thinking: list[str] = []
         self._calls: dict[int, dict[str, Any]] = {}
         self._logprobs: list[Any] = []
+        self._fingerprint: str | None = None
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
 
@@ -422,6 +429,8 @@ class CompletionAggregator:
             call["arguments"].append(event.arguments)
         elif kind is Logprobs:
             self._logprobs.extend(event.content)
+        elif kind is Fingerprint:
+            self._fingerprint = event.value
         elif kind is Finish:
             self.finish_reason = event.reason
         elif kind is Usage:
@@ -448,7 +457,7 @@ class CompletionAggregator:
                                   "finish_reason": self.finish_reason or "stop"}
         if self._logprobs:
             choice["logprobs"] = {"content": self._logprobs}
-        return {
+        result = {
             "id": completion_id,
             "object": "chat.completion",
             "created": created,
@@ -456,6 +465,9 @@ class CompletionAggregator:
             "choices": [choice],
             "usage": usage.to_dict(),
         }
+        if self._fingerprint is not None:
+            result["system_fingerprint"] = self._fingerprint
+        return result
 
 
 def aggregate(events: Iterable[Event], completion_id: str, model: str, *, created: int | None = None,

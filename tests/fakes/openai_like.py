@@ -94,8 +94,11 @@ class SSEFake(FakeBackend):
         def chunk(delta: dict[str, Any] | None, finish: str | None = None) -> dict[str, Any]:
             choice: dict[str, Any] = {"index": 0, "delta": delta or {}, "logprobs": None,
                                       "finish_reason": finish}
-            return {"id": completion_id, "object": "chat.completion.chunk", "created": created,
-                    "model": model, "choices": [choice]}
+            out = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
+                   "model": model, "choices": [choice]}
+            if reply.system_fingerprint is not None:
+                out["system_fingerprint"] = reply.system_fingerprint
+            return out
 
         async def send(payload: Any) -> None:
             data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
@@ -164,6 +167,8 @@ class SSEFake(FakeBackend):
                                            if body.get("logprobs") else None),
                               "finish_reason": reply.finish_reason()}],
                  "usage": reply.openai_usage(body.get("messages") or [])}
+        if reply.system_fingerprint is not None:
+            whole["system_fingerprint"] = reply.system_fingerprint
         self.decorate_whole(whole)
         return whole
 
@@ -204,7 +209,7 @@ class FakeLlamaCpp(SSEFake):
         return message
 
     def decorate_whole(self, completion: dict[str, Any]) -> None:
-        completion["system_fingerprint"] = "b6000-fake"
+        completion.setdefault("system_fingerprint", "b6000-fake")  # its build, unless scripted
         self.decorate_last(completion)
 
     def error_body(self, status: int, message: str, error_type: str | None) -> Any:
@@ -276,8 +281,8 @@ class FakeVLLM(SSEFake):
     def decorate_whole(self, completion: dict[str, Any]) -> None:
         self.decorate_last(completion)
         completion["usage"].setdefault("prompt_tokens_details", None)
-        completion.update({"service_tier": None, "system_fingerprint": None, "prompt_logprobs": None,
-                           "kv_transfer_params": None})
+        completion.setdefault("system_fingerprint", None)
+        completion.update({"service_tier": None, "prompt_logprobs": None, "kv_transfer_params": None})
 
     def _error(self, status: int, message: str, error_type: str) -> dict[str, Any]:
         if self.flat_errors:

@@ -75,7 +75,8 @@ class Reply:
     are sent as given, so a test can make the upstream report nonsense
     (negative, huge, a string).
     ``cached_tokens``/``reasoning_tokens`` go into OpenAI's usage details
-    (``prompt_tokens_details``, ``completion_tokens_details``) when set.
+    (``prompt_tokens_details``, ``completion_tokens_details``) when set, and
+    ``system_fingerprint`` on every chunk (OpenAI-style kinds) when set.
     A ``status`` other than 200 answers with that HTTP status and the kind's
     error body built from ``error``, with ``headers`` (e.g. ``Retry-After``).
     """
@@ -89,6 +90,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     cached_tokens: Any = None
     reasoning_tokens: Any = None
+    system_fingerprint: str | None = None
 
     def finish_reason(self) -> str:
         if self.finish is not None:

@@ -14,11 +14,10 @@ import openai
 import pytest
 
 from privatai.core.events import TextDelta, ThinkingDelta
-from tests.fakes import FAKES, FakeBackend
-from tests.gateway import Gateway
+from tests.fakes import FakeBackend
+from tests.gateway import gateway_on_fake
 
 KINDS = ["ollama", "llamacpp", "vllm", "openai"]
-UPSTREAM_KEY = "sk-upstream-secret"
 REFUSED = object()
 PIXEL = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}},
@@ -87,17 +86,8 @@ ROWS: list[tuple[str, dict[str, Any], dict[str, Any], str]] = [
 def served(request: pytest.FixtureRequest,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FakeBackend, openai.OpenAI]]:
     kind = request.param
-    fake = FAKES[kind](api_key=UPSTREAM_KEY) if kind == "openai" else FAKES[kind]()
-    with fake:
-        backend: dict[str, Any] = {"name": f"{kind}-1", "kind": kind, "url": fake.url,
-                                   "models": [{"name": "chat-model", "upstream": "fake-model"}]}
-        if kind == "openai":
-            backend["api_key_env"] = "UPSTREAM_API_KEY"
-        gateway = Gateway(tmp_path_factory.mktemp(f"gw-{kind}"), {"backends": [backend]},
-                          env={"UPSTREAM_API_KEY": UPSTREAM_KEY})
-        key = gateway.create_key()
-        with gateway:
-            yield fake, openai.OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0, timeout=30)
+    with gateway_on_fake(kind, tmp_path_factory.mktemp(f"gw-{kind}")) as (fake, gateway, key):
+        yield fake, openai.OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0, timeout=30)
 
 
 def dig(body: Any, path: str) -> Any:

@@ -22,10 +22,12 @@ install-test: $(VENV)/bin/python
 	$(VENV)/bin/pip install -e '.[embedded,test]'
 
 # The browser tests drive Debian's chromium, the unit-file test uses
-# systemd-analyze; neither can be fetched by pip.
+# systemd-analyze, the store tests start a throwaway PostgreSQL server; none
+# can be fetched by pip.
 system-test-deps:
-	@if [ ! -x /usr/bin/chromium ] || ! command -v systemd-analyze >/dev/null; then \
-		$(SUDO) apt-get update && $(SUDO) apt-get install -y chromium systemd; fi
+	@if [ ! -x /usr/bin/chromium ] || ! command -v systemd-analyze >/dev/null \
+			|| ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		$(SUDO) apt-get update && $(SUDO) apt-get install -y chromium systemd postgresql; fi
 
 serve: install
 	$(VENV)/bin/privatai quickstart --config $(CONFIG) --host $(HOST) --port $(PORT)

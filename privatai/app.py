@@ -5,71 +5,25 @@ import asyncio
 import logging
 import signal
 import time
-from sanic import Request, Sanic
-from sanic.exceptions import SanicException
-from sanic.handlers import ErrorHandler
-from sanic.response import HTTPResponse, json
 
-from privatai import portal
-from privatai.api import cors, webchat
-from privatai.api.chat import chat_completions
-from privatai.api.health import first_probe, healthz, readyz
-from privatai.api.metrics import metrics_endpoint
-from privatai.api.models import get_model, list_models
-from privatai.api.usage import usage
+from sanic import Sanic
+
+from privatai.api import access, cors, routes
 from privatai.api.auth import authenticate
+from privatai.api.context import GatewayRequest
+from privatai.api.errors import OpenAIErrorHandler
+from privatai.api.health import first_probe
 from privatai.config import Config
-from privatai.errors import InvalidRequest, NotFound, PayloadTooLarge, PrivatAIError
-from privatai.ops.logs import describe_error, loop_exception_handler
 from privatai.ops.startup import close_parts, open_parts
 from privatai.core.routing import Router
+from privatai.ops.logs import loop_exception_handler
 from privatai.state import AppState
 
 log = logging.getLogger("privatai.app")
 
-API_PREFIXES = ("/api/v1", "/v1")
-
-
-def to_api_error(exception: BaseException) -> PrivatAIError:
-    """Any exception as one of ours, without echoing its text unless it is ours."""
-    if isinstance(exception, PrivatAIError):
-        return exception
-    if isinstance(exception, SanicException):
-        status = exception.status_code
-        if status == 413:
-            return PayloadTooLarge("Request body is larger than this server accepts.")
-        if status == 404:
-            return NotFound("Unknown route.")
-        if status == 405:
-            return InvalidRequest("Method not allowed on this route.", status=405, code="method_not_allowed")
-        if 400 <= status < 500:
-            return InvalidRequest("The request could not be processed.", status=status)
-    return PrivatAIError("Internal server error.")
-
-
-class OpenAIErrorHandler(ErrorHandler):
-    """Every error as OpenAI's error JSON; logged by class and status only."""
-
-    def default(self, request: Request, exception: Exception) -> HTTPResponse:
-        if isinstance(exception, asyncio.CancelledError):
-            # The client went away (Sanic's RequestCancelled): not a server
-            # error. Nobody reads this response; 499 is nginx's name for it.
-            request.ctx.error = "client_disconnected"
-            return json(PrivatAIError("Client closed the request.").to_dict(), status=499)
-        error = to_api_error(exception)
-        if error.status >= 500:
-            log.error("request failed: %s", describe_error(exception))
-        return json(error.to_dict(), status=error.status, headers=error.headers)
-
-    @staticmethod
-    def log(request: Request, exception: Exception) -> None:
-        # Sanic's own exception logging prints tracebacks, which can quote
-        # request content; default() above logs what is safe.
-        return None
-
 
 def create_app(config: Config, *, name: str = "privatai") -> Sanic:
-    app = Sanic(name, configure_logging=False, error_handler=OpenAIErrorHandler())
+    app = Sanic(name, configure_logging=False, error_handler=OpenAIErrorHandler(), request_class=GatewayRequest)
     app.config.REQUEST_MAX_SIZE = config.server.max_body_bytes
     app.config.RESPONSE_TIMEOUT = config.server.response_timeout
     app.config.GRACEFUL_SHUTDOWN_TIMEOUT = config.server.grace_period
@@ -79,38 +33,18 @@ def create_app(config: Config, *, name: str = "privatai") -> Sanic:
     app.config.AUTO_EXTEND = False
     app.ctx.state = AppState(config=config, router=Router(config))
 
-    api_paths: list[tuple[str, str]] = []
-    for prefix in API_PREFIXES:
-        tag = prefix.strip("/").replace("/", "_")
-        app.add_route(chat_completions, f"{prefix}/chat/completions", methods=["POST"], name=f"{tag}_chat")
-        app.add_route(list_models, f"{prefix}/models", methods=["GET"], name=f"{tag}_models")
-        app.add_route(get_model, f"{prefix}/models/<model_id:path>", methods=["GET"], name=f"{tag}_model")
-        app.add_route(usage, f"{prefix}/usage", methods=["GET"], name=f"{tag}_usage")
-        api_paths += [(f"{prefix}/chat/completions", f"{tag}_chat"), (f"{prefix}/models", f"{tag}_models"),
-                      (f"{prefix}/models/<model_id:path>", f"{tag}_model"), (f"{prefix}/usage", f"{tag}_usage")]
-    cors.register(app, config.server.cors_origins, api_paths)
-    app.add_route(healthz, "/healthz", methods=["GET"], name="healthz")
-    app.add_route(readyz, "/readyz", methods=["GET"], name="readyz")
-    if config.metrics.enabled:
-        app.add_route(metrics_endpoint(config.metrics), "/metrics", methods=["GET"], name="metrics")
-    if config.web_chat.enabled:
-        webchat.register(app)
-    portal.register(app)
+    routes.register(app, config)
+    cors.register(app, config.server.cors_origins,
+                  [(prefix + route.path, prefix.strip("/").replace("/", "_") + "_" + route.name)
+                   for prefix in routes.API_PREFIXES for route in routes.API_ROUTES])
 
     @app.on_request(priority=1000)
-    async def start_clock(request: Request) -> None:
+    async def start_clock(request: GatewayRequest) -> None:
         # First in the chain: nothing before it sees the request.
         request.ctx.started = time.perf_counter()
 
     app.on_request(authenticate, priority=900)
-
-    @app.on_response
-    async def access(request: Request, response: HTTPResponse) -> None:
-        if getattr(request.ctx, "streaming", False):
-            return
-        state: AppState = request.app.ctx.state
-        body = getattr(response, "body", None)
-        state.log_access(request, response.status, len(body) if body is not None else None)
+    app.on_response(access.log_response)
 
     @app.before_server_start
     async def open_resources(app: Sanic) -> None:

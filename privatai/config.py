@@ -59,9 +59,19 @@ class ServerConfig(_Section):
 
 class StoreConfig(_Section):
     path: str = "privatai.db"
+    # PostgreSQL instead of the SQLite file at ``path``: postgresql://user@host:port/database,
+    # never with a password in it; the password comes from the variable ``password_env`` names.
+    url: str | None = None
+    password_env: str | None = None
     # At most a century: the cut-off date must stay a valid date.
     usage_retention_days: Annotated[int, msgspec.Meta(ge=1, le=36500)] = 400
     flush_interval: Positive = 1.0
+
+    @property
+    def location(self) -> str:
+        """What the store opens: the PostgreSQL URL if set, else the SQLite path
+        (never a password: the URL is refused with one)."""
+        return self.url or self.path
 
 
 class LoggingConfig(_Section):
@@ -327,7 +337,23 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     return config
 
 
+def _check_store(source: str, store: StoreConfig) -> None:
+    if store.url is None:
+        if store.password_env is not None:
+            raise ConfigError(source, "store.password_env", "only used with store.url (PostgreSQL)")
+        return
+    if not store.url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(source, "store.url", "must be a postgresql:// URL (for SQLite, set store.path)")
+    url = urlsplit(store.url)
+    if url.password is not None:
+        raise ConfigError(source, "store.url", "must not contain the password: put it in an environment "
+                                               "variable and name that in store.password_env")
+    if not url.path.strip("/"):
+        raise ConfigError(source, "store.url", "names no database, as in postgresql://user@host:5432/privatai")
+
+
 def _check(config: Config) -> None:
+    _check_store(config.source, config.store)
     if config.server.workers != 1:
         raise ConfigError(config.source, "server.workers",
                           "must be 1: the web-chat limits and the usage batches live in this one "

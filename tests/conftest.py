@@ -9,6 +9,7 @@ from privatai.adapters.base import Adapter
 from tests.adapter_helpers import API_KEY, API_KEY_ENV, backend_config, started_adapter
 from tests.fakes import FAKES, FakeBackend
 from tests.gateway import Gateway, embedded_backend
+from tests.services import postgresql, target  # noqa: F401 - fixtures for the store tests
 
 KINDS = ["ollama", "llamacpp", "vllm", "openai"]
 

@@ -156,7 +156,7 @@ async def test_router_tries_another_replica_after_a_429_and_passes_the_last_one_
     async with FakeVLLM() as a, FakeVLLM() as b:
         # Equally loaded replicas are chosen by weight: a's makes it the first choice.
         backends = [{"name": name, "kind": "vllm", "url": fake.url, "models": [{"name": "m", "upstream": "x"}],
-                     "weight": weight} for name, fake, weight in (("a", a, 1e12), ("b", b, 1e-12))]
+                     "weight": weight} for name, fake, weight in (("a", a, 1e9), ("b", b, 1e-9))]
         router = Router(parse_config({"backends": backends, "routing": {"health_interval": 60}}))
         await router.start()
         try:
@@ -174,6 +174,28 @@ async def test_router_tries_another_replica_after_a_429_and_passes_the_last_one_
                 await collect(router.stream(chat("hi"), "m", info))
             assert info.attempts == 2
             assert caught.value.headers == {"Retry-After": "5"}
+        finally:
+            await router.close()
+
+
+async def test_429s_do_not_open_the_circuit() -> None:
+    """A backend that answers 429 is up: past failure_threshold 429s its
+    clients still get its 429 and Retry-After (not a 503 "no healthy backend"),
+    and it serves again as soon as it can."""
+    async with FakeVLLM() as a:
+        backends = [{"name": "a", "kind": "vllm", "url": a.url, "models": [{"name": "m", "upstream": "x"}]}]
+        router = Router(parse_config({"backends": backends,
+                                      "routing": {"health_interval": 60, "failure_threshold": 2}}))
+        await router.start()
+        try:
+            for _ in range(4):
+                a.fail(429, "busy", headers={"Retry-After": "3"})
+                with pytest.raises(BackendRateLimited) as caught:
+                    await collect(router.stream(chat("hi"), "m", RouteInfo()))
+                assert caught.value.headers == {"Retry-After": "3"}
+            assert router.health(router.backends["a"]) == "up"
+            a.reply(TextDelta("served"))
+            assert text_of(await collect(router.stream(chat("hi"), "m", RouteInfo()))) == "served"
         finally:
             await router.close()
 

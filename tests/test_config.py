@@ -67,6 +67,14 @@ def test_shipped_file_is_valid_and_defaults_to_embedded() -> None:
     (EMBEDDED + "\x07\n", "line 5, column 1", "not valid YAML: it contains a character YAML does not allow"),
     (EMBEDDED + "    \"co\\nl\\x1b[2Jour\": red\n",
      "backends[0].co\\nl\\x1b[2Jour", "unknown field `co\\nl\\x1b[2Jour`"),
+    ("backends:\n  - name: a\n    kind: embedded\n    models: [m]\nstore:\n  url: mysql://db/privatai\n",
+     "store.url", "must be a postgresql:// URL"),
+    ("backends:\n  - name: a\n    kind: embedded\n    models: [m]\nstore:\n  url: postgresql://u:s3cret@db/p\n",
+     "store.url", "must not contain the password"),
+    ("backends:\n  - name: a\n    kind: embedded\n    models: [m]\nstore:\n  url: postgresql://u@db\n",
+     "store.url", "names no database"),
+    ("backends:\n  - name: a\n    kind: embedded\n    models: [m]\nstore:\n  password_env: PW\n",
+     "store.password_env", "only used with store.url"),
 ])
 def test_errors_name_file_path_and_reason(tmp_path: Path, text: str, path: str, reason: str) -> None:
     file = write(tmp_path, text)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from privatai.core.events import Finish, TextDelta, ThinkingDelta, ToolCallDelta, Usage
-from privatai.core.protocol import DONE, ChunkEncoder, aggregate
+from privatai.core.encoders import DONE, ChunkEncoder, aggregate
 
 
 def frames(data: bytes) -> list[str]:

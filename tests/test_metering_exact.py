@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 
 from privatai.core import tokens
 from privatai.core.events import TextDelta
 from privatai.core.protocol import parse_chat_request
 from tests.fakes import FakeVLLM, Sleep
 from tests.gateway import Gateway
+from tests.services import PASSWORD_ENV, PostgreSQL
 
 SLOW_STEPS = (TextDelta("alpha"), Sleep(0.8), TextDelta(" beta"), Sleep(0.8), TextDelta(" gamma"))
 # For clients that leave after the first token: the pause is far longer than
@@ -128,7 +130,9 @@ async def test_sigterm_during_open_streams_loses_no_usage(tmp_path: Path) -> Non
 
 async def test_absurd_backend_usage_blocks_no_other_key(tmp_path: Path) -> None:
     """A backend reports more than 2**63 prompt tokens and a negative completion:
-    every other key's usage is still exact in /usage and survives a restart.
+    the adapters take that as no report and count the request instead, the
+    client is told those counts and the store keeps exactly them, and every
+    other key's usage is still exact in /usage and survives a restart.
     No periodic flush runs meanwhile: /usage writes what is pending first."""
     async with FakeVLLM() as fast, FakeVLLM() as slow:
         fast.reply(TextDelta("hi"), usage=(2**63 + 5, -7))
@@ -139,7 +143,10 @@ async def test_absurd_backend_usage_blocks_no_other_key(tmp_path: Path) -> None:
         told = [0, 0, 0]
         with gateway:
             async with httpx.AsyncClient(timeout=30) as client:
-                assert (await client.post(url, json=body(0, "fast", False), headers=liar)).status_code == 200
+                lied = await client.post(url, json=body(0, "fast", False), headers=liar)
+                assert lied.status_code == 200
+                counted = lied.json()["usage"]
+                assert 0 < counted["prompt_tokens"] < 2**31 and 0 <= counted["completion_tokens"] < 2**31
                 for i in (1, 2):
                     usage = (await client.post(url, json=body(i, "fast", False), headers=honest)).json()["usage"]
                     told = [told[0] + 1, told[1] + usage["prompt_tokens"], told[2] + usage["completion_tokens"]]
@@ -149,7 +156,8 @@ async def test_absurd_backend_usage_blocks_no_other_key(tmp_path: Path) -> None:
                 clamped = await client.get(f"{gateway.base_url}/usage", headers=liar)
                 assert clamped.status_code == 200
                 assert clamped.json()["requests"] == 1
-                assert 0 <= clamped.json()["prompt_tokens"] < 2**63 and clamped.json()["completion_tokens"] == 0
+                assert [clamped.json()[k] for k in ("prompt_tokens", "completion_tokens")] == \
+                    [counted["prompt_tokens"], counted["completion_tokens"]]
         # The honest usage written at shutdown is there after a restart.
         with gateway:
             stored = httpx.get(f"{gateway.base_url}/usage", headers=honest, timeout=10).json()
@@ -209,3 +217,48 @@ async def test_sigkill_under_load_loses_at_most_the_flush_interval(tmp_path: Pat
             # still in flight when the process died (one per worker of the key).
             in_flight = workers // 4
             assert stored[k]["requests"] <= len(told) + in_flight
+
+
+async def test_a_gateway_on_postgresql_meters_exactly(tmp_path: Path, postgresql: PostgreSQL) -> None:
+    """The same gateway on PostgreSQL: keys made by the CLI, 40 answers through
+    the openai SDK, /usage and a restart agree with what the clients were told."""
+    database = postgresql.new_database()
+    try:
+        async with FakeVLLM() as fast, FakeVLLM() as slow:
+            store = {"url": postgresql.url(database), "password_env": PASSWORD_ENV}
+            gateway = Gateway(tmp_path, {**config(fast, slow), "store": store})
+            keys = [gateway.create_key(f"acct{i % 2}") for i in range(4)]
+            told: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+            with gateway:
+                async def one(i: int) -> None:
+                    client = openai.AsyncOpenAI(base_url=gateway.base_url, api_key=keys[i % 4], max_retries=0)
+                    messages = body(i, "fast", False)["messages"]
+                    if i % 2:
+                        stream = await client.chat.completions.create(
+                            model="fast", messages=messages, stream=True, stream_options={"include_usage": True})
+                        usage = [chunk.usage async for chunk in stream if chunk.usage][0]
+                    else:
+                        usage = (await client.chat.completions.create(model="fast", messages=messages)).usage
+                    assert usage is not None
+                    totals = told[keys[i % 4]]
+                    totals[0] += 1
+                    totals[1] += usage.prompt_tokens
+                    totals[2] += usage.completion_tokens
+
+                await asyncio.gather(*(one(i) for i in range(40)))
+                async with httpx.AsyncClient(timeout=10) as http:
+                    for key in keys:
+                        stored = (await http.get(f"{gateway.base_url}/usage",
+                                                 headers={"Authorization": f"Bearer {key}"})).json()
+                        assert [stored["requests"], stored["prompt_tokens"], stored["completion_tokens"]] \
+                            == told[key], key[:12]
+            with gateway:  # a restart reads it all back from PostgreSQL
+                for key in keys:
+                    stored = httpx.get(f"{gateway.base_url}/usage", headers={"Authorization": f"Bearer {key}"},
+                                       timeout=10).json()
+                    assert [stored["requests"], stored["prompt_tokens"], stored["completion_tokens"]] == told[key]
+            total = [sum(t[i] for t in told.values()) for i in range(3)]
+            assert gateway.cli("usage").stdout.splitlines()[-1].split()[:4] == [
+                "TOTAL", *(f"{n:,}" for n in total)]
+    finally:
+        postgresql.drop_database(database)

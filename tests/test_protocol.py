@@ -132,3 +132,62 @@ def test_an_absent_stream_field_takes_the_negotiated_default() -> None:
     explicit = json.dumps({"messages": [{"role": "user", "content": "x"}], "stream": False}).encode()
     assert parse_chat_request(explicit, stream_default=True).stream is False
     assert parse({"messages": [{"role": "user", "content": "x"}]}).stream is False
+
+
+# -- bounds: integers and nesting (issue 12: these were 500s) -----------------
+
+MESSAGES = '"messages": [{"role": "user", "content": "hi"}]'
+
+
+def tool_with(parameters: str) -> str:
+    return '"tools": [{"type": "function", "function": {"name": "f", "parameters": %s}}]' % parameters
+
+
+def nested(depth: int, inner: str = "1") -> str:
+    return "[" * depth + inner + "]" * depth
+
+
+@pytest.mark.parametrize("fields, param", [
+    ('"max_tokens": %d' % 2**64, "max_tokens"),
+    ('"max_completion_tokens": %d' % 2**63, "max_completion_tokens"),
+    ('"seed": %d' % 2**64, "seed"),
+    ('"seed": -%d' % (2**63 + 1), "seed"),
+    (tool_with('{"type": "integer", "maximum": %d}' % 2**64), "tools[0].function.parameters"),
+    (tool_with('{"enum": [-%d]}' % (2**63 + 1)), "tools[0].function.parameters"),
+    (tool_with('{"a": %s}' % nested(250)), "tools[0].function.parameters"),
+    ('"response_format": {"type": "json_schema", "json_schema": {"schema": %s}}' % nested(250),
+     "response_format.json_schema"),
+    ('"response_format": {"type": "json_schema", "json_schema": {"big": %d}}' % 2**70,
+     "response_format.json_schema"),
+    ('"tool_choice": {"type": "function", "function": {"name": %s}}' % nested(250), "tool_choice"),
+    ('"tool_choice": {"type": "function", "x": %d}' % 2**64, "tool_choice"),
+])
+def test_out_of_bounds_values_are_a_400_naming_the_field(fields: str, param: str) -> None:
+    error = error_of(("{%s, %s}" % (MESSAGES, fields)).encode())
+    assert error.status == 400 and error.param == param, error.message
+
+
+# The path to the first value that opens level 65 of the body (the body itself is level 1).
+@pytest.mark.parametrize("where, param", [
+    ('"ignored": %s', "ignored" + "[0]" * 63),
+    ('"metadata": {"a": %s}', "metadata.a" + "[0]" * 62),
+    ('"messages": [{"role": "user", "content": "hi", "extra": %s}]', "messages[0].extra" + "[0]" * 61),
+    (tool_with('{"a": %s}'), "tools[0].function.parameters.a" + "[0]" * 59),
+])
+@pytest.mark.parametrize("depth", [1000, 100_000])
+def test_nesting_deeper_than_the_decoder_follows_is_a_400_naming_where(where: str, param: str, depth: int) -> None:
+    body = "{%s, %s}" % (MESSAGES, where % nested(depth)) if not where.startswith('"messages"') \
+        else "{%s}" % (where % nested(depth))
+    error = error_of(body.encode())
+    assert error.status == 400 and error.param == param, error.message
+    assert "nests deeper than 64 levels" in error.message
+
+
+def test_values_within_bounds_are_kept_as_sent() -> None:
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "maximum": 2**64 - 1,
+                                                    "minimum": -(2**63)}}, "deep": json.loads(nested(60))}
+    chat = parse({"messages": [{"role": "user", "content": "hi"}], "seed": 2**63 - 1, "max_tokens": 2**63 - 1,
+                  "tools": [{"type": "function", "function": {"name": "f", "parameters": schema}}],
+                  "ignored": json.loads(nested(300))})
+    assert chat.seed == 2**63 - 1 and chat.max_tokens == 2**63 - 1
+    assert chat.tools is not None and chat.tools[0].function.parameters == schema

@@ -1,4 +1,5 @@
-"""Store: schema, migrations, accounts, keys and the authentication matrix."""
+"""Store: schema, migrations, accounts, keys and the authentication matrix,
+on SQLite and on PostgreSQL (the ``target`` fixture, tests/services.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -13,11 +14,12 @@ from typing import AsyncIterator
 import pytest
 
 from privatai.errors import AuthenticationFailed, PermissionDenied
-from privatai.store.keys import generate_key
 from privatai.store.database import Store
+from privatai.store.keys import generate_key
+from privatai.store.migrate import HEAD
 from privatai.store.names import AdminError
 from privatai.store.records import Principal
-from privatai.store.schema import SCHEMA_VERSION
+from tests.services import Target
 
 
 @pytest.fixture
@@ -26,56 +28,52 @@ def db_path(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-async def store(db_path: str) -> AsyncIterator[Store]:
-    store = await Store.open(db_path)
+async def store(target: Target) -> AsyncIterator[Store]:
+    store = await target.open()
     yield store
     await store.close()
-
-
-def _tables(path: str) -> set[str]:
-    with sqlite3.connect(path) as db:
-        return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
 
 # ---------------------------------------------------------------------- schema
 
 
-async def test_open_creates_schema_with_wal_and_owner_only_file(db_path: str) -> None:
+async def test_a_new_sqlite_file_is_owner_only_in_wal_mode(db_path: str) -> None:
     store = await Store.open(db_path)
     try:
-        assert await store.schema_version() == SCHEMA_VERSION
-        async with store._db.execute("PRAGMA journal_mode") as cursor:
-            assert (await cursor.fetchone())[0] == "wal"
-        async with store._db.execute("PRAGMA foreign_keys") as cursor:
-            assert (await cursor.fetchone())[0] == 1
-        async with store._db.execute("PRAGMA synchronous") as cursor:
-            assert (await cursor.fetchone())[0] == 1  # NORMAL
-        async with store._db.execute("PRAGMA busy_timeout") as cursor:
-            assert (await cursor.fetchone())[0] == 5000
+        assert await store.schema_revision() == HEAD
+        async with store._db.read() as conn:
+            for pragma, value in (("journal_mode", "wal"), ("foreign_keys", 1), ("synchronous", 1),  # NORMAL
+                                  ("busy_timeout", 5000)):
+                assert (await conn.exec_driver_sql(f"PRAGMA {pragma}")).scalar() == value, pragma
     finally:
         await store.close()
-    assert _tables(db_path) == {"accounts", "api_keys", "usage_daily"}
+    with sqlite3.connect(db_path) as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert tables == {"accounts", "api_keys", "usage_daily", "alembic_version"}
     assert stat.S_IMODE(Path(db_path).stat().st_mode) == 0o600
 
 
-async def test_migrations_run_once_and_reopen_keeps_data(db_path: str) -> None:
-    store = await Store.open(db_path)
+async def test_migrations_run_once_and_reopen_keeps_data(target: Target) -> None:
+    store = await target.open()
+    assert store.migration is not None and (store.migration.before, store.migration.after) == (None, HEAD)
     await store.create_account("acme")
     created = await store.create_key("acme", label="ci")
     await store.close()
 
     for _ in range(2):
-        store = await Store.open(db_path)
-        assert await store.schema_version() == SCHEMA_VERSION
+        store = await target.open()
+        assert store.migration is not None and not store.migration.changed
+        assert await store.schema_revision() == HEAD
         assert [a.name for a in await store.list_accounts()] == ["acme"]
         assert (await store.authenticate(created.key)).account_name == "acme"
         await store.close()
 
 
-async def test_concurrent_first_opens_migrate_once(db_path: str) -> None:
-    stores = await asyncio.gather(*(Store.open(db_path) for _ in range(4)))
+async def test_concurrent_first_opens_migrate_once(target: Target) -> None:
+    stores = await asyncio.gather(*(target.open() for _ in range(4)))
     try:
-        assert [await s.schema_version() for s in stores] == [SCHEMA_VERSION] * 4
+        assert [await s.schema_revision() for s in stores] == [HEAD] * 4
+        assert sum(s.migration is not None and s.migration.changed for s in stores) == 1
         await stores[0].create_account("acme")
         assert [a.name for a in await stores[3].list_accounts()] == ["acme"]
     finally:
@@ -113,10 +111,19 @@ def test_processes_opening_a_new_file_at_once_never_fail(tmp_path: Path) -> None
     for path in paths:
         with sqlite3.connect(path) as db:
             assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-            assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+            assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [(HEAD,)]
 
 
-async def test_newer_schema_is_refused_clearly(db_path: str) -> None:
+async def test_a_newer_schema_is_refused_clearly(target: Target) -> None:
+    store = await target.open()
+    async with store._db.write() as conn:
+        await conn.exec_driver_sql("UPDATE alembic_version SET version_num = '9999'")
+    await store.close()
+    with pytest.raises(AdminError, match="schema revision 9999 is newer than this PrivatAI supports"):
+        await target.open()
+
+
+async def test_a_sqlite_version_from_the_future_is_refused_clearly(db_path: str) -> None:
     with sqlite3.connect(db_path) as db:
         db.execute("PRAGMA user_version = 99")
     with pytest.raises(AdminError, match="newer than this PrivatAI"):
@@ -234,8 +241,8 @@ async def test_auth_matrix(store: Store) -> None:
     assert (await store.authenticate(suspended.key)).account_name == "frozen"
 
 
-async def test_expiry_applies_even_to_a_cached_key(db_path: str) -> None:
-    store = await Store.open(db_path, cache_ttl=60)
+async def test_expiry_applies_even_to_a_cached_key(target: Target) -> None:
+    store = await target.open(cache_ttl=60)
     try:
         await store.create_account("acme")
         # Stored to the second, so this expires 1 to 2 s from now.
@@ -251,15 +258,15 @@ async def test_expiry_applies_even_to_a_cached_key(db_path: str) -> None:
         await store.close()
 
 
-async def test_revocation_by_another_process_applies_within_ttl(db_path: str) -> None:
-    server = await Store.open(db_path, cache_ttl=1.0)
-    admin = await Store.open(db_path)  # a second connection, as the CLI would have
+async def test_revocation_by_another_process_applies_within_ttl(target: Target) -> None:
+    server = await target.open(cache_ttl=1.0)
+    admin = await target.open()  # a second connection, as the CLI would have
     try:
         await admin.create_account("acme")
         created = await admin.create_key("acme")
         await server.authenticate(created.key)
         await admin.revoke_key(created.info.prefix)
-        # Within the TTL the cached principal still serves: no SQLite on the hot path.
+        # Within the TTL the cached principal still serves: no database on the hot path.
         await server.authenticate(created.key)
         await asyncio.sleep(1.1)
         with pytest.raises(AuthenticationFailed, match="revoked"):
@@ -269,8 +276,8 @@ async def test_revocation_by_another_process_applies_within_ttl(db_path: str) ->
         await server.close()
 
 
-async def test_unknown_keys_are_cached_apart_and_bounded(db_path: str) -> None:
-    store = await Store.open(db_path, cache_size=3)
+async def test_unknown_keys_are_cached_apart_and_bounded(target: Target) -> None:
+    store = await target.open(cache_size=3)
     try:
         await store.create_account("acme")
         created = await store.create_key("acme")

@@ -1,4 +1,5 @@
-"""Usage recording: exact under concurrency, never lost, only numbers stored."""
+"""Usage recording: exact under concurrency, never lost, only numbers stored;
+on SQLite and on PostgreSQL (the ``target`` fixture, tests/services.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -11,14 +12,15 @@ from pathlib import Path
 from typing import AsyncIterator
 
 import pytest
+import sqlalchemy.exc
 
 from privatai.config import StoreConfig
 from privatai.core.protocol import parse_chat_request
-from privatai.store.database import Store
-from privatai.store.records import Principal
 from privatai.core.tokens import count_completion, count_prompt
+from privatai.store.database import Store
 from privatai.store.recorder import MAX_TOKENS, Batch, Counts, UsageRecorder
-from privatai.store.records import utc_now
+from privatai.store.records import Principal, utc_now
+from tests.services import PostgreSQL, Target
 
 ISO_SECONDS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
 
@@ -29,8 +31,8 @@ def db_path(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-async def store(db_path: str) -> AsyncIterator[Store]:
-    store = await Store.open(db_path)
+async def store(target: Target) -> AsyncIterator[Store]:
+    store = await target.open()
     yield store
     await store.close()
 
@@ -48,14 +50,16 @@ async def _principals(store: Store, n: int, account: str = "acme") -> list[Princ
             for i in range(n)]
 
 
-def _db_totals(path: str) -> dict[tuple[int, str], tuple[int, int, int]]:
-    with sqlite3.connect(path) as db:
-        rows = db.execute("SELECT key_id, model, sum(requests), sum(prompt_tokens), sum(completion_tokens)"
-                          " FROM usage_daily GROUP BY key_id, model").fetchall()
-    return {(k, m): (r, p, c) for k, m, r, p, c in rows}
+async def _db_totals(store: Store) -> dict[tuple[int, str], tuple[int, int, int]]:
+    """What the usage table holds, read past the store's own queries."""
+    async with store._db.read() as conn:
+        rows = (await conn.exec_driver_sql(
+            "SELECT key_id, model, sum(requests), sum(prompt_tokens), sum(completion_tokens)"
+            " FROM usage_daily GROUP BY key_id, model")).all()
+    return {(k, m): (int(r), int(p), int(c)) for k, m, r, p, c in rows}
 
 
-async def test_concurrent_records_are_exact(store: Store, recorder: UsageRecorder, db_path: str) -> None:
+async def test_concurrent_records_are_exact(store: Store, recorder: UsageRecorder) -> None:
     principals = await _principals(store, 5)
     models = ["phi4-mini", "llama3.2", "smollm2"]
     expected: dict[tuple[int, str], list[int]] = {}
@@ -76,7 +80,7 @@ async def test_concurrent_records_are_exact(store: Store, recorder: UsageRecorde
     await asyncio.gather(*(client(seed) for seed in range(50)))
     await recorder.stop()
     assert recorder.pending_counts == {}
-    assert _db_totals(db_path) == {key: tuple(v) for key, v in expected.items()}
+    assert await _db_totals(store) == {key: tuple(v) for key, v in expected.items()}
     assert sum(v[0] for v in expected.values()) == 5000
 
 
@@ -89,7 +93,7 @@ async def test_failed_flush_keeps_counts_pending(db_path: str) -> None:
         blocker = sqlite3.connect(db_path, isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")
         recorder.record(principal.key_id, "m", 10, 20)
-        with pytest.raises(sqlite3.OperationalError, match="locked"):
+        with pytest.raises(sqlalchemy.exc.OperationalError, match="database is locked"):
             await recorder.flush()
         recorder.record(principal.key_id, "m", 1, 2)
         assert [(c.requests, c.prompt_tokens, c.completion_tokens)
@@ -101,7 +105,7 @@ async def test_failed_flush_keeps_counts_pending(db_path: str) -> None:
         blocker.execute("ROLLBACK")
         blocker.close()
         await recorder.stop()
-        assert _db_totals(db_path) == {(principal.key_id, "m"): (2, 11, 22)}
+        assert await _db_totals(store) == {(principal.key_id, "m"): (2, 11, 22)}
     finally:
         await recorder.stop()
         await store.close()
@@ -155,7 +159,7 @@ async def test_rows_the_database_refuses_are_dropped_and_the_rest_written(
     assert _totals(await store.usage_for_key(other.key_id)) == (4, 9, 10)
 
 
-async def test_cancelled_flush_neither_loses_nor_doubles(store: Store, recorder: UsageRecorder, db_path: str) -> None:
+async def test_cancelled_flush_neither_loses_nor_doubles(store: Store, recorder: UsageRecorder) -> None:
     [principal] = await _principals(store, 1)
     for _ in range(200):
         recorder.record(principal.key_id, "m", 3, 4)
@@ -163,11 +167,10 @@ async def test_cancelled_flush_neither_loses_nor_doubles(store: Store, recorder:
         await asyncio.sleep(0)
         flush.cancel()
     await recorder.flush()
-    assert _db_totals(db_path) == {(principal.key_id, "m"): (200, 600, 800)}
+    assert await _db_totals(store) == {(principal.key_id, "m"): (200, 600, 800)}
 
 
-async def test_stop_flushes_even_if_the_loop_cancelled_the_task(store: Store, recorder: UsageRecorder,
-                                                                 db_path: str) -> None:
+async def test_stop_flushes_even_if_the_loop_cancelled_the_task(store: Store, recorder: UsageRecorder) -> None:
     [principal] = await _principals(store, 1)
     recorder.start()
     recorder.record(principal.key_id, "m", 1, 1)
@@ -175,11 +178,11 @@ async def test_stop_flushes_even_if_the_loop_cancelled_the_task(store: Store, re
     recorder._task.cancel()  # what a shutting-down event loop does to pending tasks
     await asyncio.sleep(0)
     await recorder.stop()
-    assert _db_totals(db_path) == {(principal.key_id, "m"): (1, 1, 1)}
+    assert await _db_totals(store) == {(principal.key_id, "m"): (1, 1, 1)}
 
 
-async def test_usage_survives_close_and_reopen(db_path: str) -> None:
-    store = await Store.open(db_path)
+async def test_usage_survives_close_and_reopen(target: Target) -> None:
+    store = await target.open()
     [principal] = await _principals(store, 1)
     recorder = UsageRecorder(store)
     recorder.start()
@@ -187,7 +190,7 @@ async def test_usage_survives_close_and_reopen(db_path: str) -> None:
     await recorder.stop()  # flushes a last time
     await store.close()
 
-    store = await Store.open(db_path)
+    store = await target.open()
     try:
         usage = await store.usage_for_key(principal.key_id)
         assert {k: usage[k] for k in ("requests", "prompt_tokens", "completion_tokens", "tokens_used")} == {
@@ -247,8 +250,8 @@ async def test_period_filters_and_pruning(store: Store) -> None:
     assert prompt(await store.usage_for_key(principal.key_id)) == 111
 
 
-async def test_recorder_prunes_at_start_when_retention_is_set(db_path: str) -> None:
-    config = StoreConfig(path=db_path, usage_retention_days=30, flush_interval=0.01)
+async def test_recorder_prunes_at_start_when_retention_is_set(target: Target) -> None:
+    config = StoreConfig(**target.store_config(), usage_retention_days=30, flush_interval=0.01)
     store = await Store.from_config(config)
     recorder = UsageRecorder.from_config(store, config)
     try:
@@ -263,31 +266,37 @@ async def test_recorder_prunes_at_start_when_retention_is_set(db_path: str) -> N
         await store.close()
 
 
-async def test_only_counts_are_stored(db_path: str) -> None:
+async def test_only_counts_are_stored(target: Target, request: pytest.FixtureRequest) -> None:
     canary = "CANARY-7f3a9c prompt text that must never be stored"
-    store = await Store.open(db_path)
+    store = await target.open()
     await store.create_account("acme")
     created = await store.create_key("acme", label="ci")
     principal = await store.authenticate(created.key)
     recorder = UsageRecorder(store)
-    request = parse_chat_request(
+    chat = parse_chat_request(
         ('{"model": "m", "messages": [{"role": "user", "content": "%s"}]}' % canary).encode())
-    recorder.record(principal.key_id, request.model or "m", count_prompt(request),
+    recorder.record(principal.key_id, chat.model or "m", count_prompt(chat),
                     count_completion(canary + " answer", canary + " thinking", '{"q": "%s"}' % canary))
     await recorder.flush()
+    files = [Path(target.location), Path(target.location + "-wal")]
+    if target.kind == "sqlite":
+        assert files[1].exists()  # the WAL is read before the checkpoint at close
 
-    files = [Path(db_path), Path(db_path + "-wal")]
-    assert files[1].exists()  # the WAL is inspected before the checkpoint at close
+    def dump() -> bytes:
+        """Everything the database holds, as bytes."""
+        if target.kind == "postgresql":
+            server: PostgreSQL = request.getfixturevalue("postgresql")
+            return server.dump(target.location.rsplit("/", 1)[1]).encode()
+        with sqlite3.connect(target.location) as db:
+            text = "\n".join(db.iterdump()).encode()
+        return text + b"".join(file.read_bytes() for file in files if file.exists())
+
     for _ in range(2):
-        for file in files:
-            if file.exists():
-                data = file.read_bytes()
-                assert b"CANARY-7f3a9c" not in data
-                assert created.key.encode() not in data
-                assert created.key[12:].encode() not in data  # the part no listing shows
-        with sqlite3.connect(db_path) as db:
-            dump = "\n".join(db.iterdump())
-        assert "CANARY" not in dump and created.key not in dump
+        data = dump()
+        assert b"CANARY" not in data
+        assert created.key.encode() not in data
+        assert created.key[12:].encode() not in data  # the part no listing shows
+        assert principal.key_prefix.encode() in data  # the dump is of the right database
         await store.close()
-        store = await Store.open(db_path)
+        store = await target.open()
     await store.close()

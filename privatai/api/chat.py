@@ -3,20 +3,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, AsyncIterator
+from typing import AsyncIterator
 
 import orjson
-from sanic import Request
 from sanic.response import HTTPResponse, raw
 
-from privatai.errors import PrivatAIError
+from privatai.api import access
+from privatai.api.context import GatewayRequest
+from privatai.core.encoders import (DONE, KEEPALIVE, THINKING_FIELDS, ChunkEncoder, CompletionAggregator,
+                                    error_event, new_completion_id)
 from privatai.core.events import Event, Finish, Usage
-from privatai.ops.logs import describe_error
 from privatai.core.metering import Meter
-from privatai.core.protocol import (DONE, KEEPALIVE, THINKING_FIELDS, ChatRequest, ChunkEncoder,
-                        CompletionAggregator, error_event, new_completion_id, parse_chat_request)
-from privatai.core.routing import RouteInfo
+from privatai.core.protocol import ChatRequest, parse_chat_request
 from privatai.api.negotiation import stream_default
+from privatai.errors import PrivatAIError
+from privatai.ops.logs import describe_error
 from privatai.state import AppState
 
 SSE_HEADERS = {
@@ -26,157 +27,149 @@ SSE_HEADERS = {
 }
 
 
-async def chat_completions(request: Request) -> HTTPResponse | None:
+async def chat_completions(request: GatewayRequest) -> HTTPResponse | None:
     state: AppState = request.app.ctx.state
-    chat = parse_chat_request(request.body, stream_default=stream_default(
-        request.headers.get("accept"), state.config.server.stream_by_default))
-    return await run_chat(request, state, chat)
+    return await run_chat(request, parse_chat_request(request.body, stream_default=stream_default(
+        request.headers.get("accept"), state.config.server.stream_by_default)))
 
 
-async def run_chat(request: Request, state: AppState, chat: ChatRequest,
-                   on_done: Any = None) -> HTTPResponse | None:
-    """Shared by the API route and the web chat: route, respond, meter.
+async def run_chat(request: GatewayRequest, chat: ChatRequest) -> HTTPResponse | None:
+    """Route one chat request and answer it: the whole ``chat.completion``, or
+    None once it has been streamed.
 
-    ``on_done(usage)`` runs once when the response ended (web chat limiter).
+    Shared by the API route and the web chat. However the response ends, its
+    usage is then in ``request.ctx.usage`` (and recorded for an API key):
+    also when the client left, which ends this call with a cancellation
+    instead of a value.
     """
+    state: AppState = request.app.ctx.state
+    # Sanic stops reading the socket while a large body fills its buffer and
+    # resumes only when it wants more; a body that arrived whole leaves it
+    # stopped, and then nothing notices a client that leaves (its upstream
+    # would generate on, unbilled). Reading again costs nothing: the buffer is
+    # still capped, and the end of the connection is seen at once. (Under
+    # ASGI the transport is a stand-in without the switch, and needs none.)
+    resume_reading = getattr(request.transport, "resume_reading", None)
+    if resume_reading is not None:
+        resume_reading()
     model = state.router.resolve(chat.model)
     request.ctx.model = model
-    info = RouteInfo()
-    request.ctx.route = info
     meter = Meter(chat)
-    events = state.router.stream(chat, model, info)
-    completion_id = new_completion_id()
-    created = int(time.time())
+    events = state.router.stream(chat, model, request.ctx.route)
+    completion_id, created = new_completion_id(), int(time.time())
     thinking_fields = THINKING_FIELDS[state.config.server.thinking_field]
     if chat.stream:
         encoder = ChunkEncoder(completion_id, created, model, include_usage=chat.include_usage,
                                thinking_fields=thinking_fields)
-        return await _stream(request, state, events, meter, encoder, model, on_done)
-    return await _complete(request, state, events, meter, completion_id, created, model,
-                           thinking_fields, on_done)
-
-
-def _finish_reason(reason: str | None, meter: Meter) -> str:
-    # Backends such as Ollama say "stop" after a tool call; OpenAI clients
-    # expect "tool_calls" then.
-    if meter.tool_calls and reason in (None, "stop"):
-        return "tool_calls"
-    return reason or "stop"
-
-
-def _record(request: Request, state: AppState, model: str, usage: Usage, on_done: Any) -> None:
-    request.ctx.usage = usage
-    principal = getattr(request.ctx, "principal", None)
-    if principal is not None:
-        state.record_usage(principal, model, usage)
-    if on_done is not None:
-        on_done(usage)
-
-
-async def _complete(request: Request, state: AppState, events: AsyncIterator[Event], meter: Meter,
-                    completion_id: str, created: int, model: str,
-                    thinking_fields: tuple[str, ...], on_done: Any) -> HTTPResponse:
+        await _stream(request, state, events, meter, encoder)
+        return None
     aggregator = CompletionAggregator(thinking_fields)
-    reason: str | None = None
-    recorded = False
+    return await _complete(request, state, events, meter, aggregator, completion_id, created, model)
+
+
+async def _complete(request: GatewayRequest, state: AppState, events: AsyncIterator[Event], meter: Meter,
+                    aggregator: CompletionAggregator, completion_id: str, created: int, model: str) -> HTTPResponse:
     try:
         async for event in events:
-            kind = type(event)
-            if kind is Finish:
-                reason = event.reason
-            elif kind is Usage:
-                meter.backend_reported(event)
-            else:
+            if meter.observe(event):
                 aggregator.add(event)
-                meter.delivered(event)
-        usage = meter.usage(complete=True)
-        aggregator.add(Finish(_finish_reason(reason, meter)))
-        aggregator.add(usage)
-        body = orjson.dumps(aggregator.result(completion_id, created, model))
-        _record(request, state, model, usage, on_done)
-        recorded = True
-        return raw(body, content_type="application/json")
+    except asyncio.CancelledError:
+        # The client left: the answer was never sent, but a backend may have read the prompt.
+        await events.aclose()  # type: ignore[attr-defined]
+        await _settle_cut_off(request, state, meter, client_left=True, delivered=False)
+        raise
     finally:
         await events.aclose()  # type: ignore[attr-defined]
-        if not recorded and on_done is not None:
-            on_done(None)
+    aggregator.add(Finish(meter.finish_reason))
+    aggregator.add(await _settle(request, state, meter, complete=True))
+    body = orjson.dumps(aggregator.result(completion_id, created, model))
+    return raw(body, content_type="application/json")
 
 
-async def _stream(request: Request, state: AppState, events: AsyncIterator[Event], meter: Meter,
-                  encoder: ChunkEncoder, model: str, on_done: Any) -> HTTPResponse | None:
+async def _settle(request: GatewayRequest, state: AppState, meter: Meter, *, complete: bool,
+                  delivered: bool = True) -> Usage:
+    """The request's usage, fixed once (and recorded for an API key) when its response ended."""
+    ctx = request.ctx
+    if ctx.usage is None:
+        ctx.usage = await meter.usage(complete=complete, delivered=delivered)
+        if ctx.principal is not None and ctx.model is not None:
+            state.record_usage(ctx.principal, ctx.model, ctx.usage)
+    return ctx.usage
+
+
+async def _settle_cut_off(request: GatewayRequest, state: AppState, meter: Meter, *, client_left: bool,
+                          delivered: bool) -> None:
+    """A response that did not complete is billed for what the client was
+    sent; when the client left, also for the prompt once a backend had taken
+    the request (the backend read it, so that work was done). Nothing else."""
+    ctx = request.ctx
+    if ctx.usage is None and ((delivered and meter.anything_delivered)
+                              or (client_left and ctx.route.admitted)):
+        await _settle(request, state, meter, complete=False, delivered=delivered)
+
+
+async def _stream(request: GatewayRequest, state: AppState, events: AsyncIterator[Event], meter: Meter,
+                  encoder: ChunkEncoder) -> None:
+    ctx = request.ctx
     interval = state.config.server.keepalive_interval
-    response = None
-    complete = False
+    response: HTTPResponse | None = None
     sent = 0
-    # The access line is written when the stream ends, not when headers go out.
-    request.ctx.streaming = True
-    first = asyncio.ensure_future(events.__anext__())
+    left = False
+    first = asyncio.ensure_future(events.__anext__())  # type: ignore[attr-defined]
     try:
         # Wait for the first event before committing to a 200, so that early
         # failures (capacity, backend down, upstream rejects the request) are
-        # real HTTP errors; while a slow first token is pending, keep the
-        # connection alive with SSE comments.
+        # real HTTP errors. Once a backend has taken the request, a slow first
+        # token gets SSE comments to keep the connection alive; while it still
+        # waits in the router's queue nothing is sent, so that a queue timeout
+        # is a real 429 with Retry-After.
         while True:
             done, _ = await asyncio.wait((first,), timeout=interval)
             if done:
                 break
+            if not ctx.route.admitted:
+                continue
             if response is None:
-                response = await request.respond(content_type="text/event-stream", headers=SSE_HEADERS)
+                response = await request.respond(content_type=access.EVENT_STREAM, headers=SSE_HEADERS)
             await response.send(KEEPALIVE)
-        try:
-            event: Event | None = first.result()
-        except StopAsyncIteration:
-            event = None
+        event: Event | None = _first_result(first)
         if response is None:
-            response = await request.respond(content_type="text/event-stream", headers=SSE_HEADERS)
-        reason: str | None = None
+            response = await request.respond(content_type=access.EVENT_STREAM, headers=SSE_HEADERS)
         while event is not None:
-            kind = type(event)
-            if kind is Finish:
-                reason = event.reason
-            elif kind is Usage:
-                meter.backend_reported(event)
-            else:
+            if meter.observe(event):
                 frame = encoder.encode(event)
                 await response.send(frame)
                 if not sent:  # the first content event is out: time to first token, for metrics
-                    request.ctx.ttft = time.perf_counter() - request.ctx.started
+                    ctx.ttft = time.perf_counter() - ctx.started
                 sent += len(frame)
-                meter.delivered(event)
-            try:
-                event = await events.__anext__()
-            except StopAsyncIteration:
-                event = None
-        usage = meter.usage(complete=True)
-        complete = True
-        _record(request, state, model, usage, on_done)
-        await response.send(encoder.finish(_finish_reason(reason, meter), usage))
+            event = await anext(events, None)
+        usage = await _settle(request, state, meter, complete=True)
+        await response.send(encoder.finish(meter.finish_reason, usage))
         await response.eof()
-        return None
+    except asyncio.CancelledError:
+        left = True
+        raise
     except Exception as exc:
         if response is None:
             raise  # nothing sent yet: the error handler answers with a status
         # Once streaming began, errors go in-band; the SDK raises on them.
         error = exc if isinstance(exc, PrivatAIError) else PrivatAIError("Internal server error.")
-        request.ctx.error = describe_error(exc)
+        ctx.error = describe_error(exc)
         await response.send(error_event(error) + DONE)
         await response.eof()
-        return None
     finally:
         if not first.done():
             first.cancel()
             await asyncio.gather(first, return_exceptions=True)
         await events.aclose()  # type: ignore[attr-defined]
-        if not complete:
-            # Cut off by the client, the backend or an error: bill what was
-            # delivered, and nothing when nothing was.
-            if meter.anything_delivered:
-                _record(request, state, model, meter.usage(complete=False), on_done)
-            elif on_done is not None:
-                on_done(None)
+        await _settle_cut_off(request, state, meter, client_left=left, delivered=True)
         if response is not None:
-            state.log_access(request, 200, sent)
-        else:
-            # Nothing was sent: the error handler's response (or a client
-            # disconnect) is logged by the access middleware as for any request.
-            request.ctx.streaming = False
+            # Only this writer sees a stream end (see privatai.api.access).
+            access.write(request, 200, sent)
+
+
+def _first_result(first: asyncio.Future[Event]) -> Event | None:
+    try:
+        return first.result()
+    except StopAsyncIteration:
+        return None

@@ -24,17 +24,8 @@ async def readyz(request: Request) -> HTTPResponse:
     """
     state: AppState = request.app.ctx.state
     router = state.router
-    threshold = state.config.routing.failure_threshold
-    backends: dict[str, str] = {}
-    for name, backend in router.backends.items():
-        if not state.backends_checked:
-            backends[name] = "unknown"
-        elif backend.failures == 0:
-            backends[name] = "up"
-        elif backend.failures < threshold:
-            backends[name] = "failing"  # still routed to; the circuit opens at the threshold
-        else:
-            backends[name] = "down"
+    backends = {name: router.health(backend) if state.backends_checked else "unknown"
+                for name, backend in router.backends.items()}
     if not state.backends_checked:
         status = "starting"
     else:

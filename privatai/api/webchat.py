@@ -6,31 +6,41 @@ Routes (the serving contract is ``privatai/web/README.md``)::
     GET  /webchat, /webchat/            the page, with a strict CSP
     GET  /webchat/static/<name>         chat.js, sse.js, chat.css (nothing else)
     GET  /webchat/api/models            the web chat's model allowlist
-    POST /webchat/api/chat/completions  OpenAI chat, streamed only, no API key, rate-limited
+    POST /webchat/api/chat/completions  OpenAI chat, streamed only, no API key, rate-limited,
+                                        JSON from the page's own origin only
 
 The page's files are read into memory once, when the app is built: a request
 can only ever get one of those few byte strings, so no path from the URL
 reaches the file system and directory traversal is impossible by
 construction.
+
+The chat API spends a visitor's budget (their address is their identity), so
+another site must not be able to make the visitor's browser call it: it takes
+only ``Content-Type: application/json`` (which a cross-site form cannot send
+and a cross-site ``fetch`` cannot send without a CORS preflight that is never
+granted), and refuses a browser request whose ``Sec-Fetch-Site`` or ``Origin``
+says it comes from another site. Clients that are not browsers send neither
+header and spend only their own budget.
 """
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import msgspec
 from sanic import Request, Sanic
 from sanic.response import HTTPResponse, empty, json, raw, redirect
 
+from privatai.api.chat import run_chat
+from privatai.api.context import GatewayRequest
+from privatai.api.models import model_object
 from privatai.config import Config, WebChatConfig, default_model
-from privatai.errors import InvalidRequest, NotFound
-from privatai.core.events import Usage
 from privatai.core.protocol import parse_chat_request
+from privatai.errors import InvalidRequest, NotFound, PermissionDenied
 from privatai.limits.webchat import WebChatLimiter
 from privatai.state import AppState
-from privatai.api.chat import run_chat
-from privatai.api.models import model_object
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "web" / "static"
 PAGE_NAME = "index.html"
@@ -88,6 +98,31 @@ def effective_config(config: Config) -> WebChatConfig:
     return msgspec.structs.replace(web, models=[fallback]) if fallback else web
 
 
+def check_same_origin_json(request: Request) -> None:
+    """415 unless the body is declared JSON; 403 for a browser request from
+    another site (see the module docstring)."""
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
+        raise InvalidRequest("The web chat accepts only 'Content-Type: application/json'.",
+                             status=415, code="unsupported_media_type")
+    fetch_site = request.headers.get("sec-fetch-site")
+    origin = request.headers.get("origin")
+    if (fetch_site is not None and fetch_site.lower() != "same-origin") or (
+            origin is not None and not _same_host(origin, request.headers.get("host", ""))):
+        raise PermissionDenied("The web chat answers only its own page.", code="cross_origin_request")
+
+
+def _same_host(origin: str, host: str) -> bool:
+    """Whether an ``Origin`` names this server's host. Ports are not compared:
+    a reverse proxy may pass the Host without the port the browser used
+    (nginx's ``$host``), and the scheme changes at a TLS proxy anyway."""
+    try:
+        origin_host = urlsplit(origin).hostname  # None for "null" (a sandboxed or file: page)
+        return origin_host is not None and origin_host == urlsplit("//" + host).hostname
+    except ValueError:  # "http://[not-an-address": not ours
+        return False
+
+
 def serve_static(request: Request, file: StaticFile) -> HTTPResponse:
     headers = {**file.headers, "ETag": file.etag, "Cache-Control": CACHE_CONTROL}
     if file.etag in request.headers.get("if-none-match", ""):
@@ -126,7 +161,8 @@ def register(app: Sanic) -> None:
         return json({"object": "list", "data": [model_object(m, created) for m in models]},
                     headers={"Cache-Control": "no-store"})
 
-    async def webchat_chat(request: Request) -> HTTPResponse | None:
+    async def webchat_chat(request: GatewayRequest) -> HTTPResponse | None:
+        check_same_origin_json(request)
         chat = parse_chat_request(request.body)
         if not chat.stream:
             # A streamed answer is charged for what was delivered even when
@@ -146,16 +182,12 @@ def register(app: Sanic) -> None:
             # cleared, or it would slip past the cap.
             chat = msgspec.structs.replace(chat, model=admission.model, max_tokens=admission.max_tokens,
                                            max_completion_tokens=None)
-
-            def on_done(usage: Usage | None) -> None:
-                admission.release(usage.total_tokens if usage is not None else 0)
-
-            return await run_chat(request, state, chat, on_done=on_done)
+            return await run_chat(request, chat)
         finally:
-            # run_chat calls on_done once the response has ended; this covers
-            # what happens before it can (an error in routing, cancellation).
-            # release() is idempotent, so the normal path is not charged twice.
-            admission.release()
+            # However the answer ended (also when the visitor left), its
+            # usage is settled by now; None when nothing is billed.
+            usage = request.ctx.usage
+            admission.release(usage.total_tokens if usage is not None else 0)
 
     if not state.config.portal.enabled:
         # Otherwise the portal's landing page is at / (privatai/portal).

@@ -1,21 +1,23 @@
 """Metering: what one request used, taken from the backend or counted.
 
-The handler passes each delivered content event to :meth:`Meter.delivered`
-and backend usage to :meth:`Meter.backend_reported`. At the end, :meth:`usage`
-gives the numbers the client sees and the store records: the backend's own
-usage when the response completed and the backend reported one, otherwise
-tiktoken counts of the prompt and of what was actually delivered (a stream cut
-off by the client or by a failing backend is billed for what it got).
+The handler passes every event to :meth:`Meter.observe`, which keeps what
+metering needs and says whether the event is content for the client. At the
+end, :meth:`Meter.usage` gives the numbers the client sees and the store
+records: the backend's own usage when the response completed and the backend
+reported one, otherwise tiktoken counts of the prompt and of what was actually
+delivered (a stream cut off by the client or by a failing backend is billed
+for what it got; one cut off before its first token, once a backend had taken
+it, for the prompt the backend read).
 """
 from __future__ import annotations
 
-from privatai.core.events import Event, TextDelta, ThinkingDelta, ToolCallDelta, Usage
-from privatai.core.protocol import ChatRequest
 from privatai.core import tokens
+from privatai.core.events import Event, Finish, TextDelta, ThinkingDelta, ToolCallDelta, Usage
+from privatai.core.protocol import ChatRequest
 
 
 class Meter:
-    __slots__ = ("_request", "_text", "_thinking", "_arguments", "_backend_usage", "tool_calls")
+    __slots__ = ("_request", "_text", "_thinking", "_arguments", "_backend_usage", "_reason", "tool_calls")
 
     def __init__(self, request: ChatRequest) -> None:
         self._request = request
@@ -23,9 +25,11 @@ class Meter:
         self._thinking: list[str] = []
         self._arguments: list[str] = []
         self._backend_usage: Usage | None = None
+        self._reason: str | None = None
         self.tool_calls = False
 
-    def delivered(self, event: Event) -> None:
+    def observe(self, event: Event) -> bool:
+        """Take note of one event; True when it is content to send the client."""
         kind = type(event)
         if kind is TextDelta:
             self._text.append(event.text)
@@ -36,19 +40,37 @@ class Meter:
             if event.name:
                 self._arguments.append(event.name)
             self._arguments.append(event.arguments)
+        elif kind is Finish:
+            self._reason = event.reason
+            return False
+        elif kind is Usage:
+            self._backend_usage = event
+            return False
+        return True
 
-    def backend_reported(self, usage: Usage) -> None:
-        self._backend_usage = usage
+    @property
+    def finish_reason(self) -> str:
+        # Backends such as Ollama say "stop" after a tool call; OpenAI clients
+        # expect "tool_calls" then.
+        if self.tool_calls and self._reason in (None, "stop"):
+            return "tool_calls"
+        return self._reason or "stop"
 
     @property
     def anything_delivered(self) -> bool:
         return bool(self._text or self._thinking or self._arguments)
 
-    def usage(self, *, complete: bool) -> Usage:
+    async def usage(self, *, complete: bool, delivered: bool = True) -> Usage:
+        """The usage to report and bill; counting a long prompt or answer runs
+        off the event loop (see :mod:`privatai.core.tokens`). ``delivered``
+        is False when the content observed never reached the client (a whole
+        answer abandoned before it was sent): its completion is then 0."""
         if complete and self._backend_usage is not None:
             return self._backend_usage
-        prompt = (self._backend_usage.prompt_tokens if self._backend_usage is not None
-                  else tokens.count_prompt(self._request))
-        completion = tokens.count_completion("".join(self._text), "".join(self._thinking),
-                                             "".join(self._arguments))
-        return Usage(prompt, completion)
+        completion = ["".join(self._text), "".join(self._thinking), "".join(self._arguments)] if delivered else []
+        if self._backend_usage is not None:
+            counts = await tokens.count_many(completion)
+            return Usage(self._backend_usage.prompt_tokens, sum(counts))
+        fixed, prompt = tokens.prompt_texts(self._request)
+        counts = await tokens.count_many(prompt + completion)
+        return Usage(fixed + sum(counts[:len(prompt)]), sum(counts[len(prompt):]))

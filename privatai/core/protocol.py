@@ -1,22 +1,19 @@
-"""OpenAI chat protocol: request validation and the response encoders.
+"""OpenAI chat protocol: the request types and their validation.
 
 Requests are decoded straight into typed msgspec structs, so a wrong type is a
-400 that names the field (``messages[0].content``) without hand-written checks.
-Responses are built from normalized events by :class:`ChunkEncoder` (SSE) and
-:class:`CompletionAggregator` (``chat.completion``): both are pure, with no I/O.
+400 that names the field (``messages[0].content``) without hand-written checks;
+:mod:`privatai.core.json_bounds` bounds nesting and integer size at the same
+step. The response side is :mod:`privatai.core.encoders`.
 """
 from __future__ import annotations
 
 import re
-import secrets
-import time
-from typing import Annotated, Any, Iterable, Literal, Union
+from typing import Annotated, Any, Iterator, Literal, Union
 
 import msgspec
-import orjson
 
-from privatai.errors import InvalidRequest, PrivatAIError
-from privatai.core.events import Event, Fingerprint, Finish, Logprobs, TextDelta, ThinkingDelta, ToolCallDelta, Usage
+from privatai.core.json_bounds import INT64_MAX, MAX_DEPTH, BoundsError, Int64, check_free_form, too_deep_at
+from privatai.errors import InvalidRequest
 
 # --------------------------------------------------------------------------
 # Request types
@@ -135,10 +132,10 @@ class ChatRequest(msgspec.Struct, kw_only=True):
     stream: bool | None = None
     temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
     top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
-    max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
-    max_completion_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    max_tokens: Annotated[int, msgspec.Meta(ge=1, le=INT64_MAX)] | None = None
+    max_completion_tokens: Annotated[int, msgspec.Meta(ge=1, le=INT64_MAX)] | None = None
     stop: str | Annotated[list[str], msgspec.Meta(max_length=4)] | None = None
-    seed: int | None = None
+    seed: Int64 | None = None
     tools: list[Tool] | None = None
     tool_choice: str | dict[str, Any] | None = None
     stream_options: StreamOptions | None = None
@@ -193,6 +190,19 @@ class ChatRequest(msgspec.Struct, kw_only=True):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
+    def free_form(self) -> Iterator[tuple[str, object]]:
+        """The values whose shape is the client's (JSON schemas, a tool choice),
+        by path: the only ones the types above cannot bound."""
+        for i, tool in enumerate(self.tools or ()):
+            if tool.function.parameters is not None:
+                yield f"tools[{i}].function.parameters", tool.function.parameters
+        if self.response_format is not None and self.response_format.json_schema is not None:
+            yield "response_format.json_schema", self.response_format.json_schema
+        if isinstance(self.tool_choice, dict):
+            yield "tool_choice", self.tool_choice
+        if self.chat_template_kwargs is not None:
+            yield "chat_template_kwargs", self.chat_template_kwargs
+
 
 _decoder = msgspec.json.Decoder(ChatRequest)
 _PATH = re.compile(r" - at `\$\.?([^`]*)`$")
@@ -208,6 +218,7 @@ def parse_chat_request(body: bytes, *, stream_default: bool = False) -> ChatRequ
         raise InvalidRequest("Request body is empty; expected a JSON object with 'messages'.")
     try:
         chat = _decoder.decode(body)
+        check_free_form(chat.free_form())
     except msgspec.ValidationError as exc:
         text = str(exc)
         match = _PATH.search(text)
@@ -219,6 +230,14 @@ def parse_chat_request(body: bytes, *, stream_default: bool = False) -> ChatRequ
         raise InvalidRequest(f"Invalid request body: {text}", param=param) from None
     except msgspec.DecodeError:
         raise InvalidRequest("Request body is not valid JSON.") from None
+    except BoundsError as exc:
+        raise InvalidRequest(f"Invalid request body: '{exc.path}' {exc.reason}.", param=exc.path) from None
+    except RecursionError:
+        # Deeper than the decoder follows, even in a field we would ignore.
+        path = too_deep_at(body)
+        where = f" at '{path}'" if path else ""
+        raise InvalidRequest(f"Invalid request body: the body nests deeper than {MAX_DEPTH} levels{where}.",
+                             param=path) from None
     chat = _normalized(chat, stream_default)
     if chat.tool_choice is not None and isinstance(chat.tool_choice, str) and chat.tool_choice not in (
         "auto", "none", "required"
@@ -309,171 +328,3 @@ def message_to_openai(message: Message) -> dict[str, Any]:
 
 def tools_to_openai(tools: list[Tool] | None) -> list[dict[str, Any]] | None:
     return msgspec.to_builtins(tools) if tools else None
-
-
-# --------------------------------------------------------------------------
-# Responses
-
-THINKING_FIELDS: dict[str, tuple[str, ...]] = {
-    "thinking": ("thinking",),
-    "reasoning_content": ("reasoning_content",),
-    "both": ("thinking", "reasoning_content"),
-}
-
-DONE = b"data: [DONE]\n\n"
-KEEPALIVE = b": keep-alive\n\n"
-
-
-def new_completion_id() -> str:
-    return "chatcmpl-" + secrets.token_hex(12)
-
-
-def error_event(error: PrivatAIError) -> bytes:
-    """The in-band error after a stream has begun (the SDK raises on it)."""
-    return b"data: " + orjson.dumps(error.to_dict()) + b"\n\n"
-
-
-class ChunkEncoder:
-    """Turns events into ``chat.completion.chunk`` SSE frames for one response.
-
-    The frame prefix is formatted once; each chunk costs one small orjson call.
-    Usage goes on the finish chunk, or, with ``stream_options.include_usage``,
-    into one separate ``choices: []`` chunk as OpenAI does; never both.
-    """
-
-    def __init__(self, completion_id: str, created: int, model: str, *,
-                 include_usage: bool = False, thinking_fields: tuple[str, ...] = ("thinking",)) -> None:
-        self._fields = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model}
-        self._set_head(self._fields)
-        self._include_usage = include_usage
-        self._thinking_fields = thinking_fields
-        self._role_sent = False
-
-    def _set_head(self, fields: dict[str, Any]) -> None:
-        self._head = b"data: " + orjson.dumps(fields)[:-1]
-        self._choice_prefix = self._head + b',"choices":[{"index":0,"delta":'
-
-    def _delta(self, delta: dict[str, Any], finish_reason: str | None = None,
-               usage: Usage | None = None, logprobs: list[Any] | None = None) -> bytes:
-        if not self._role_sent:
-            delta = {"role": "assistant", **delta}
-            self._role_sent = True
-        if logprobs is not None:
-            # Their own chunk with an empty delta, as the tokens they describe went just before.
-            return (self._choice_prefix + orjson.dumps(delta) + b',"logprobs":{"content":'
-                    + orjson.dumps(logprobs) + b'},"finish_reason":null}]}\n\n')
-        tail = b',"finish_reason":null}]}\n\n' if finish_reason is None else (
-            b',"finish_reason":' + orjson.dumps(finish_reason) + b"}]"
-            + (b',"usage":' + orjson.dumps(usage.to_dict()) if usage is not None else b"")
-            + b"}\n\n")
-        return self._choice_prefix + orjson.dumps(delta) + tail
-
-    def encode(self, event: Event) -> bytes:
-        """One content event (text, thinking, tool call) as an SSE frame."""
-        if type(event) is TextDelta:
-            return self._delta({"content": event.text})
-        if type(event) is ThinkingDelta:
-            return self._delta({field: event.text for field in self._thinking_fields})
-        if type(event) is ToolCallDelta:
-            call: dict[str, Any] = {"index": event.index}
-            if event.id is not None:
-                call["id"] = event.id
-                call["type"] = "function"
-            function: dict[str, str] = {}
-            if event.name is not None:
-                function["name"] = event.name
-            function["arguments"] = event.arguments
-            call["function"] = function
-            return self._delta({"tool_calls": [call]})
-        if type(event) is Logprobs:
-            return self._delta({}, logprobs=event.content)
-        if type(event) is Fingerprint:
-            # From here on every chunk names it, as OpenAI's do; this one opens the stream.
-            self._set_head({**self._fields, "system_fingerprint": event.value})
-            return self._delta({})
-        raise TypeError(f"not a content event: {type(event).__name__}")
-
-    def finish(self, reason: str, usage: Usage) -> bytes:
-        """The finish chunk with its usage (placement per the rule above), then ``[DONE]``."""
-        if self._include_usage:
-            usage_chunk = self._head + b',"choices":[],"usage":' + orjson.dumps(usage.to_dict()) + b"}\n\n"
-            return self._delta({}, reason) + usage_chunk + DONE
-        return self._delta({}, reason, usage) + DONE
-
-
-class CompletionAggregator:
-    """Collects events into one ``chat.completion`` object."""
-
-    def __init__(self, thinking_fields: tuple[str, ...] = ("thinking",)) -> None:
-        self._thinking_fields = thinking_fields
-        self._text: list[str] = []
-        self._thinking: list[str] = []
-        self._calls: dict[int, dict[str, Any]] = {}
-        self._logprobs: list[Any] = []
-        self._fingerprint: str | None = None
-        self.finish_reason: str | None = None
-        self.usage: Usage | None = None
-
-    def add(self, event: Event) -> None:
-        kind = type(event)
-        if kind is TextDelta:
-            self._text.append(event.text)
-        elif kind is ThinkingDelta:
-            self._thinking.append(event.text)
-        elif kind is ToolCallDelta:
-            call = self._calls.setdefault(event.index, {"id": None, "name": None, "arguments": []})
-            if event.id is not None:
-                call["id"] = event.id
-            if event.name is not None:
-                call["name"] = event.name
-            call["arguments"].append(event.arguments)
-        elif kind is Logprobs:
-            self._logprobs.extend(event.content)
-        elif kind is Fingerprint:
-            self._fingerprint = event.value
-        elif kind is Finish:
-            self.finish_reason = event.reason
-        elif kind is Usage:
-            self.usage = event
-
-    def message(self) -> dict[str, Any]:
-        message: dict[str, Any] = {"role": "assistant", "content": "".join(self._text)}
-        if self._thinking:
-            for field in self._thinking_fields:
-                message[field] = "".join(self._thinking)
-        if self._calls:
-            message["tool_calls"] = [
-                {"id": call["id"], "type": "function",
-                 "function": {"name": call["name"], "arguments": "".join(call["arguments"])}}
-                for _, call in sorted(self._calls.items())
-            ]
-            if not self._text:
-                message["content"] = None
-        return message
-
-    def result(self, completion_id: str, created: int, model: str) -> dict[str, Any]:
-        usage = self.usage or Usage(0, 0)
-        choice: dict[str, Any] = {"index": 0, "message": self.message(),
-                                  "finish_reason": self.finish_reason or "stop"}
-        if self._logprobs:
-            choice["logprobs"] = {"content": self._logprobs}
-        result = {
-            "id": completion_id,
-            "object": "chat.completion",
-            "created": created,
-            "model": model,
-            "choices": [choice],
-            "usage": usage.to_dict(),
-        }
-        if self._fingerprint is not None:
-            result["system_fingerprint"] = self._fingerprint
-        return result
-
-
-def aggregate(events: Iterable[Event], completion_id: str, model: str, *, created: int | None = None,
-              thinking_fields: tuple[str, ...] = ("thinking",)) -> dict[str, Any]:
-    """All events of one response as a ``chat.completion`` (pure)."""
-    aggregator = CompletionAggregator(thinking_fields)
-    for event in events:
-        aggregator.add(event)
-    return aggregator.result(completion_id, created if created is not None else int(time.time()), model)

@@ -14,16 +14,21 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import AsyncIterator, Literal
 
 from privatai.adapters import create_adapter
 from privatai.adapters.base import Adapter
 from privatai.config import Config, RoutingConfig, default_model
-from privatai.errors import BackendError, BackendUnavailable, CapacityExceeded, ModelNotFound
+from privatai.errors import BackendError, BackendRateLimited, BackendUnavailable, CapacityExceeded, ModelNotFound
 from privatai.core.events import Event
 from privatai.core.protocol import ChatRequest
 
 log = logging.getLogger("privatai.router")
+
+# up: the last request or probe succeeded; failing: it failed, but fewer than
+# failure_threshold times in a row, so it is still routed to; down: its
+# circuit is open (or half-open) until a request or probe succeeds.
+Health = Literal["up", "failing", "down"]
 
 
 @dataclass(eq=False)
@@ -61,10 +66,15 @@ class BackendStartFailed(Exception):
 
 @dataclass(slots=True)
 class RouteInfo:
-    """What the handler learns about where a request went (for logs and metrics)."""
+    """What the handler learns about where a request went (for logs, metrics
+    and billing)."""
 
     backend: str | None = None
     attempts: int = 0
+    # True from the moment a backend took the request (its slot is held and
+    # the request is on its way) until the router queues it again for another
+    # backend; it stays True after the answer ended. False while queued.
+    admitted: bool = False
 
 
 class Router:
@@ -168,12 +178,16 @@ class Router:
     def candidates(self, model: str) -> list[Backend]:
         return [b for b in self.backends.values() if model in b.models]
 
+    def health(self, backend: Backend) -> Health:
+        """The one verdict on a backend that /readyz, metrics and readiness share."""
+        if backend.failures == 0:
+            return "up"
+        return "failing" if backend.failures < self._routing.failure_threshold else "down"
+
     def ready(self) -> bool:
-        """True when a healthy backend serves the default model."""
+        """True when a backend that is up serves the default model."""
         model = self.default_model
-        now = time.monotonic()
-        return model is not None and any(b.available(now) and b.failures == 0
-                                         for b in self.candidates(model))
+        return model is not None and any(self.health(b) == "up" for b in self.candidates(model))
 
     # -- choosing and capacity ----------------------------------------------
 
@@ -274,6 +288,7 @@ class Router:
         deadline = time.monotonic() + self._routing.total_deadline
         last_error: BackendError | None = None
         while info.attempts < self._routing.max_attempts and candidates:
+            info.admitted = False
             try:
                 backend = await self._acquire(candidates, deadline)
             except BackendUnavailable:
@@ -283,6 +298,7 @@ class Router:
             candidates = [b for b in candidates if b is not backend]
             info.attempts += 1
             info.backend = backend.name
+            info.admitted = True
             started = False
             try:
                 events = backend.adapter.stream(request, backend.models[model])
@@ -296,11 +312,14 @@ class Router:
                     self._success(backend)
                 return
             except BackendError as exc:
+                # A 429 comes from a backend that is up and answering: it must
+                # not open the circuit, or clients would get 503 "no healthy
+                # backend" instead of its 429 and Retry-After.
+                unhealthy = not started and not isinstance(exc, BackendRateLimited)
+                if unhealthy:
+                    self._failure(backend)
                 if started or not exc.retryable:
-                    if not started:
-                        self._failure(backend)
                     raise
-                self._failure(backend)
                 last_error = exc
                 log.warning("backend %s failed before the first token (%s, status %s); %s",
                             backend.name, type(exc).__name__, exc.status,

@@ -41,11 +41,14 @@ use ``remote_addr``, which applies Sanic's own proxy settings)::
 
     forwarded = ",".join(request.headers.getall("x-forwarded-for", []))
     identity = limiter.identity(request.ip, forwarded or None)
-    admission = limiter.admit(identity, body.model, body.max_output_tokens())
+    admission = limiter.admit(identity, chat.model, chat.max_output_tokens)
     try:
         ...  # call the backend with admission.model / admission.max_tokens
     finally:
         admission.release(tokens_used)   # also on error or client disconnect
+
+(:mod:`privatai.api.webchat` does exactly this, with the usage the request
+settled in ``request.ctx.usage``.)
 """
 from __future__ import annotations
 

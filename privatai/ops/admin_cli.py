@@ -1,4 +1,4 @@
-"""Admin commands: ``privatai accounts|keys|usage ...``.
+"""Admin commands: ``privatai accounts|keys|usage|migrate ...``.
 
 :func:`register` adds the subcommands to the main CLI's subparsers; each
 parser sets ``func(args) -> int``. Errors the operator can fix (unknown
@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sqlite3
 import sys
 from datetime import date, datetime, timezone
 from typing import Any, Awaitable, Callable, Sequence
 
-from privatai.config import load_config
+import sqlalchemy.exc
+
+from privatai.config import StoreConfig, load_config
 from privatai.errors import ConfigError
+from privatai.store.connection import reason
 from privatai.store.database import Store
-from privatai.store.records import DEFAULT_PLAN, UsageRow
 from privatai.store.names import LABEL_MAX, AdminError, printable, quoted
+from privatai.store.records import DEFAULT_PLAN, UsageRow
 
 Handler = Callable[[argparse.Namespace, Store], Awaitable[int]]
 
@@ -33,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", default="backends.yaml", metavar="PATH",
                         help="configuration file naming the database (default: backends.yaml)")
-    common.add_argument("--db", metavar="PATH", help="database file, overriding the configuration")
+    common.add_argument("--db", metavar="PATH", help="SQLite database file, overriding the configuration")
 
     accounts = subparsers.add_parser("accounts", help="manage accounts")
     accounts_sub = accounts.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -68,6 +70,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--until", metavar="YYYY-MM-DD", help="last UTC day, inclusive")
     parser.add_argument("--by-model", action="store_true", help="one row per model")
 
+    _command(subparsers, common, "migrate", "bring the database schema to this release (the server "
+             "also does it when it starts)", _migrate)
+
 
 def _command(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser,  # type: ignore[type-arg]
              name: str, help: str, handler: Handler) -> argparse.ArgumentParser:
@@ -82,17 +87,13 @@ def _run(handler: Handler, args: argparse.Namespace) -> int:
     except (AdminError, ConfigError, UsageError) as exc:
         print(f"privatai: error: {exc}", file=sys.stderr)
         return 2
-    except sqlite3.Error as exc:
-        print(f"privatai: database error: {exc}", file=sys.stderr)
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        print(f"privatai: database error: {reason(exc)}", file=sys.stderr)
         return 1
 
 
 async def _with_store(handler: Handler, args: argparse.Namespace) -> int:
-    path = args.db or load_config(args.config).store.path
-    try:
-        store = await Store.open(path)
-    except (sqlite3.Error, OSError) as exc:
-        raise AdminError(f"cannot open database {path}: {exc}") from None
+    store = await Store.from_config(StoreConfig(path=args.db) if args.db else load_config(args.config).store)
     try:
         return await handler(args, store)
     finally:
@@ -172,6 +173,19 @@ async def _keys_revoke(args: argparse.Namespace, store: Store) -> int:
     key = await store.revoke_key(args.key)
     print(f"Revoked key {key.prefix}… (id {key.id}) of account {quoted(key.account_name)}; "
           "a running server refuses it within seconds.")
+    return 0
+
+
+# ---------------------------------------------------------------------- schema
+
+async def _migrate(args: argparse.Namespace, store: Store) -> int:
+    migration = store.migration
+    assert migration is not None
+    if migration.changed:
+        print(f"Migrated the {store.kind} database to schema revision {migration.after}"
+              f" (from {migration.before or 'an empty database'}).")
+    else:
+        print(f"The {store.kind} database is at schema revision {migration.after}, this release's: nothing to do.")
     return 0
 
 

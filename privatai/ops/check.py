@@ -91,7 +91,8 @@ def format_table(rows: list[Row]) -> str:
 def run_check(config: Config) -> int:
     """Print the table and the store's line; 0 when all are ok, 1 otherwise."""
     rows = asyncio.run(check_all(config))
-    problem = store_problem(config.store.path)
+    # A PostgreSQL store has no file to check here; it is opened at start.
+    problem = store_problem(config.store.path) if config.store.url is None else None
     print(format_table(rows), flush=True)
-    print(f"\nStore {config.store.path}: {f'error: {problem}' if problem else OK}", flush=True)
+    print(f"\nStore {config.store.location}: {f'error: {problem}' if problem else OK}", flush=True)
     return 0 if problem is None and all(r.status == OK for r in rows) else 1

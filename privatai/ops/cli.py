@@ -56,6 +56,8 @@ def _fail(message: str) -> int:
 def _store_problem(config: Config) -> str | None:
     from privatai.ops.preflight import store_problem
 
+    if config.store.url is not None:
+        return None  # PostgreSQL: reachable or not is found when the store opens
     problem = store_problem(config.store.path)
     return f"store {config.store.path}: {problem}" if problem else None
 
@@ -126,7 +128,7 @@ async def _quickstart(config: Config) -> str:
     from privatai.store.database import Store
     from privatai.store.names import AdminError
 
-    store = await Store.open(config.store.path)
+    store = await Store.from_config(config.store)
     try:
         try:
             await store.get_account("demo")

@@ -10,7 +10,6 @@ so plain in-process metrics are exact; no multiprocess mode is needed.
 """
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
@@ -50,12 +49,10 @@ class RouterCollector(Collector):
         router = self._router()
         families = self._families()
         streams, queue, up, in_flight = families
-        now = time.monotonic()
         total = 0
         for name, backend in router.backends.items():
             total += backend.in_flight
-            # The predicate of Router.ready(): what /readyz calls healthy.
-            up.add_metric([name], 1.0 if backend.failures == 0 and backend.available(now) else 0.0)
+            up.add_metric([name], 1.0 if router.health(backend) == "up" else 0.0)
             in_flight.add_metric([name], backend.in_flight)
         streams.add_metric([], total)
         queue.add_metric([], router.queue_depth)
@@ -119,7 +116,7 @@ class Metrics:
 
     def observe(self, route: str, status: int, model: str | None, backend: str | None,
                 duration: float | None, usage: Usage | None, ttft: float | None) -> None:
-        """Record one finished request (called once, from ``AppState.log_access``)."""
+        """Record one finished request (called once per request, from :func:`privatai.api.access.write`)."""
         key = (route, status, model or "", backend or "")
         children = self._children.get(key)
         if children is None:

@@ -48,7 +48,7 @@ async def open_parts(state: AppState) -> None:
         try:
             state.store = await Store.from_config(config.store)
         except Exception as exc:
-            raise StartupFailed(f"store {config.store.path}", _reason(exc)) from exc
+            raise StartupFailed(f"store {config.store.location}", _reason(exc)) from exc
         state.recorder = UsageRecorder.from_config(state.store, config.store)
         state.recorder.start()
         try:

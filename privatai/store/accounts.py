@@ -5,23 +5,38 @@ gets the same rule (:mod:`privatai.store.names`).
 """
 from __future__ import annotations
 
-import sqlite3
 from datetime import datetime, timezone
-from typing import Literal
+from typing import Any, Literal
 
-import aiosqlite
+import sqlalchemy.exc
+from sqlalchemy import bindparam, func, insert, select, update
 
 from privatai.store.auth_cache import AuthCache, Outcome, key_digest
-from privatai.store.connection import Connection
+from privatai.store.connection import Database, Queries
 from privatai.store.keys import DISPLAY_LENGTH, KEY_PREFIX, display_prefix, generate_key, hash_key, is_well_formed
 from privatai.store.names import LABEL_MAX, NAME_MAX, PLAN_MAX, AdminError, checked, quoted
 from privatai.store.records import DEFAULT_PLAN, Account, ApiKey, NewKey, Principal, utc_now
+from privatai.store.schema import accounts, api_keys
+
+_ACCOUNT = select(accounts.c.id, accounts.c.name, accounts.c.plan, accounts.c.status, accounts.c.created)
+_KEY = select(api_keys.c.id, api_keys.c.account_id, accounts.c.name, api_keys.c.label, api_keys.c.prefix,
+              api_keys.c.created, api_keys.c.last_used, api_keys.c.revoked_at,
+              api_keys.c.expires_at).join_from(api_keys, accounts)
+# Built once: the lookup of a cache miss is on the request path.
+_AUTH = (select(api_keys.c.id, api_keys.c.prefix, api_keys.c.revoked_at, api_keys.c.expires_at, accounts.c.id,
+                accounts.c.name, accounts.c.plan, accounts.c.status)
+         .join_from(api_keys, accounts).where(api_keys.c.sha256 == bindparam("digest")))
 
 
-class Accounts(Connection):
+def _named(name: str) -> Any:
+    # Case-insensitive as the schema's uniqueness is (ASCII on SQLite).
+    return func.lower(accounts.c.name) == func.lower(name.strip())
+
+
+class Accounts(Queries):
     """Accounts and keys of the store; see :class:`privatai.store.database.Store`."""
 
-    def __init__(self, db: aiosqlite.Connection, *, cache_ttl: float, cache_size: int) -> None:
+    def __init__(self, db: Database, *, cache_ttl: float, cache_size: int) -> None:
         super().__init__(db)
         self._auth = AuthCache(cache_ttl, cache_size)
 
@@ -32,10 +47,7 @@ class Accounts(Connection):
         digest = key_digest(raw_key)
         outcome = self._auth.get(digest)
         if outcome is None:
-            rows = await self._fetchall(
-                """SELECT k.id, k.prefix, k.revoked_at, k.expires_at, a.id, a.name, a.plan, a.status
-                   FROM api_keys k JOIN accounts a ON a.id = k.account_id WHERE k.sha256 = ?""",
-                (digest,))
+            rows = await self._rows(_AUTH, {"digest": digest})
             outcome = Outcome.of(tuple(rows[0]) if rows else None)
             self._auth.put(digest, outcome)
         return outcome.principal_now()
@@ -46,39 +58,29 @@ class Accounts(Connection):
         name = checked(name, "account name", NAME_MAX)
         plan = checked(plan, "plan", PLAN_MAX)
         try:
-            async with self._transaction() as db:
-                await db.execute("INSERT INTO accounts (name, plan, created) VALUES (?, ?, ?)",
-                                 (name, plan, utc_now().isoformat()))
-        except sqlite3.IntegrityError:
+            async with self._db.write() as conn:
+                await conn.execute(insert(accounts).values(name=name, plan=plan, created=utc_now().isoformat()))
+        except sqlalchemy.exc.IntegrityError:
             raise AdminError(f"account {quoted(name)} already exists") from None
         return await self.get_account(name)
 
     async def get_account(self, name: str) -> Account:
-        row = await self._account_row(name)
-        if row is None:
+        rows = await self._rows(_ACCOUNT.where(_named(name)))
+        if not rows:
             raise AdminError(f"no account named {quoted(name)}")
-        return Account(*row)
-
-    async def _account_row(self, name: str) -> aiosqlite.Row | None:
-        rows = await self._fetchall(
-            "SELECT id, name, plan, status, created FROM accounts WHERE name = ?", (name.strip(),))
-        return rows[0] if rows else None
+        return Account(*rows[0])
 
     async def list_accounts(self) -> list[Account]:
-        rows = await self._fetchall("SELECT id, name, plan, status, created FROM accounts ORDER BY name")
-        return [Account(*row) for row in rows]
+        return [Account(*row) for row in await self._rows(_ACCOUNT.order_by(accounts.c.name))]
 
     async def set_account_status(self, name: str, status: Literal["active", "suspended"]) -> Account:
         account = await self.get_account(name)
-        async with self._transaction() as db:
-            await db.execute("UPDATE accounts SET status = ? WHERE id = ?", (status, account.id))
+        async with self._db.write() as conn:
+            await conn.execute(update(accounts).where(accounts.c.id == account.id).values(status=status))
         self._auth.clear()
         return await self.get_account(name)
 
     # ------------------------------------------------------------------ keys
-
-    _KEY_COLUMNS = """k.id, k.account_id, a.name, k.label, k.prefix, k.created, k.last_used,
-                      k.revoked_at, k.expires_at FROM api_keys k JOIN accounts a ON a.id = k.account_id"""
 
     async def create_key(self, account_name: str, *, label: str = "",
                          expires_at: datetime | None = None) -> NewKey:
@@ -94,28 +96,25 @@ class Accounts(Connection):
         if expires is not None and expires <= now.isoformat():
             raise AdminError(f"expiry {expires} is not in the future")
         key = generate_key()
-        async with self._transaction() as db:
-            cursor = await db.execute(
-                "INSERT INTO api_keys (account_id, label, prefix, sha256, created, expires_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (account.id, label, display_prefix(key), hash_key(key), now.isoformat(), expires))
-            key_id = cursor.lastrowid
-        assert key_id is not None
+        async with self._db.write() as conn:
+            key_id = (await conn.execute(
+                insert(api_keys).values(account_id=account.id, label=label, prefix=display_prefix(key),
+                                        sha256=hash_key(key), created=now.isoformat(), expires_at=expires)
+                .returning(api_keys.c.id))).scalar_one()
         return NewKey(key, await self._key_by_id(key_id))
 
     async def _key_by_id(self, key_id: int) -> ApiKey:
-        rows = await self._fetchall(f"SELECT {self._KEY_COLUMNS} WHERE k.id = ?", (key_id,))
+        rows = await self._rows(_KEY.where(api_keys.c.id == key_id))
         if not rows:
             raise AdminError(f"no key with id {key_id}")
         return ApiKey(*rows[0])
 
     async def list_keys(self, account_name: str | None = None) -> list[ApiKey]:
         if account_name is None:
-            rows = await self._fetchall(f"SELECT {self._KEY_COLUMNS} ORDER BY a.name, k.id")
+            rows = await self._rows(_KEY.order_by(accounts.c.name, api_keys.c.id))
         else:
             account = await self.get_account(account_name)
-            rows = await self._fetchall(f"SELECT {self._KEY_COLUMNS} WHERE k.account_id = ? ORDER BY k.id",
-                                        (account.id,))
+            rows = await self._rows(_KEY.where(api_keys.c.account_id == account.id).order_by(api_keys.c.id))
         return [ApiKey(*row) for row in rows]
 
     async def find_key(self, reference: str) -> ApiKey:
@@ -126,16 +125,14 @@ class Accounts(Connection):
                 raise AdminError(f"no key with id {quoted(reference)}")
             return await self._key_by_id(int(reference))
         if is_well_formed(reference):
-            rows = await self._fetchall(f"SELECT {self._KEY_COLUMNS} WHERE k.sha256 = ?",
-                                        (hash_key(reference),))
+            rows = await self._rows(_KEY.where(api_keys.c.sha256 == hash_key(reference)))
             if not rows:
                 raise AdminError("no such key")
             return ApiKey(*rows[0])
         if not (reference.startswith(KEY_PREFIX) and len(KEY_PREFIX) < len(reference) <= DISPLAY_LENGTH):
             raise AdminError(f"{quoted(reference)} is neither a key id nor a key prefix like 'privat_AbC12'")
-        rows = await self._fetchall(
-            f"SELECT {self._KEY_COLUMNS} WHERE substr(k.prefix, 1, ?) = ? ORDER BY k.id",
-            (len(reference), reference))
+        rows = await self._rows(_KEY.where(func.substr(api_keys.c.prefix, 1, len(reference)) == reference)
+                                .order_by(api_keys.c.id))
         if not rows:
             raise AdminError(f"no key with prefix {quoted(reference)}")
         if len(rows) > 1:
@@ -147,8 +144,8 @@ class Accounts(Connection):
         key = await self.find_key(reference)
         if key.revoked_at is not None:
             raise AdminError(f"key {key.prefix}… (id {key.id}) was already revoked at {key.revoked_at}")
-        async with self._transaction() as db:
-            await db.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ?",
-                             (utc_now().isoformat(), key.id))
+        async with self._db.write() as conn:
+            await conn.execute(update(api_keys).where(api_keys.c.id == key.id)
+                               .values(revoked_at=utc_now().isoformat()))
         self._auth.clear()
         return await self._key_by_id(key.id)

@@ -1,8 +1,9 @@
-"""The store: one SQLite database of accounts, hashed API keys and daily usage.
+"""The store: accounts, hashed API keys and daily usage, in SQLite or PostgreSQL.
 
 :class:`Store` is what the rest of PrivatAI uses; it is put together from the
-modules that each do one thing: the schema and its migrations
-(:mod:`~privatai.store.schema`), accounts, keys and authentication
+modules that each do one thing: the connection (:mod:`~privatai.store.connection`),
+the schema and its migrations (:mod:`~privatai.store.schema`,
+:mod:`~privatai.store.migrate`), accounts, keys and authentication
 (:mod:`~privatai.store.accounts`, cached by :mod:`~privatai.store.auth_cache`),
 and usage (:mod:`~privatai.store.usage`). The usage recorder is not part of
 it: it writes here through the :class:`~privatai.store.recorder.UsageSink`
@@ -10,31 +11,37 @@ interface, and whoever owns both (the app) starts, flushes and stops it.
 """
 from __future__ import annotations
 
+import asyncio
+import os
 from datetime import date
 
-import aiosqlite
+import sqlalchemy.exc
 
 from privatai.config import StoreConfig
 from privatai.store.accounts import Accounts
+from privatai.store.connection import Database, describe, reason
+from privatai.store.migrate import Migration, current_revision, migrate
+from privatai.store.names import StoreUnavailable
 from privatai.store.records import UsageRow
-from privatai.store.schema import Schema, connect
 from privatai.store.usage import UsageQueries
 
 
-class Store(Accounts, UsageQueries, Schema):
+class Store(Accounts, UsageQueries):
     """The database of one process. Open with :meth:`open`, close with :meth:`close`."""
 
-    def __init__(self, db: aiosqlite.Connection, *, cache_ttl: float, cache_size: int) -> None:
+    def __init__(self, db: Database, *, cache_ttl: float, cache_size: int) -> None:
         super().__init__(db, cache_ttl=cache_ttl, cache_size=cache_size)
+        self.migration: Migration | None = None
 
     @classmethod
-    async def open(cls, path: str, *, busy_timeout: float = 5.0, cache_ttl: float = 2.0,
-                   cache_size: int = 10_000) -> Store:
-        """Open (creating if needed, owner-only) and migrate the database at ``path``."""
-        db = await connect(path, busy_timeout)
+    async def open(cls, location: str, *, password: str | None = None, busy_timeout: float = 5.0,
+                   cache_ttl: float = 2.0, cache_size: int = 10_000) -> Store:
+        """Open and migrate the database at ``location``: a SQLite file path
+        (created owner-only if new) or a ``postgresql://`` URL without password."""
+        db = await Database.connect(location, password=password, timeout=busy_timeout)
         try:
             store = cls(db, cache_ttl=cache_ttl, cache_size=cache_size)
-            await store._migrate()
+            store.migration = await migrate(db)
         except BaseException:
             await db.close()
             raise
@@ -42,10 +49,30 @@ class Store(Accounts, UsageQueries, Schema):
 
     @classmethod
     async def from_config(cls, config: StoreConfig) -> Store:
-        return await cls.open(config.path)
+        """The store ``config`` names; a PostgreSQL password comes from ``config.password_env``.
+        StoreUnavailable (one line: where and why) if it cannot be opened."""
+        location = config.location
+        password = None
+        if config.url is not None and config.password_env is not None:
+            password = os.environ.get(config.password_env)
+            if password is None:
+                raise StoreUnavailable(f"cannot open the database {describe(location)}: the environment "
+                                       f"variable {config.password_env} (store.password_env) is not set")
+        try:
+            return await cls.open(location, password=password)
+        except (sqlalchemy.exc.SQLAlchemyError, OSError, asyncio.TimeoutError) as exc:
+            raise StoreUnavailable(f"cannot open the database {describe(location)}: {reason(exc)}") from None
+
+    @property
+    def kind(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self._db.kind
+
+    async def schema_revision(self) -> str | None:
+        return await current_revision(self._db)
 
     async def close(self) -> None:
-        """Close the connection. Stop the usage recorder first: its last flush writes here."""
+        """Close the connections. Stop the usage recorder first: its last flush writes here."""
         await self._db.close()
 
     async def usage_report(self, *, account_name: str | None = None, key_reference: str | None = None,

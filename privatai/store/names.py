@@ -21,6 +21,10 @@ class AdminError(Exception):
     prefix, a name breaking the rules...): a one-line message for the operator."""
 
 
+class StoreUnavailable(AdminError):
+    """The database cannot be opened: where it is (never a password) and why, in one line."""
+
+
 def checked(value: str, what: str, limit: int, *, required: bool = True) -> str:
     """``value`` without surrounding white space, or AdminError naming the rule it breaks."""
     value = value.strip()

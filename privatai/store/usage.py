@@ -1,33 +1,43 @@
 """Usage aggregates: the recorder's additive writes, pruning, and the reports.
 
 Usage is kept only as sums per key, UTC day and model. A batch is added with
-one upsert per row in one transaction, so writes from any number of
-processes add up exactly.
+one upsert per row (``ON CONFLICT ... DO UPDATE SET x = x + excluded.x``, the
+same statement on SQLite and PostgreSQL) in one transaction, so writes from
+any number of processes add up exactly.
 """
 from __future__ import annotations
 
-import sqlite3
 from datetime import date, timedelta
 from typing import Any
 
-from privatai.store.connection import Connection
+from sqlalchemy import BigInteger, ColumnElement, bindparam, cast, delete, func, null, or_, select, update
+
+from privatai.store.connection import Database, Queries, refused_for_values
 from privatai.store.records import UsageRow, utc_now
 from privatai.store.recorder import Batch, UsageKey
+from privatai.store.schema import accounts, api_keys, usage_daily
 
-_ADD_USAGE = """INSERT INTO usage_daily (key_id, day, model, requests, prompt_tokens, completion_tokens)
-    VALUES (?, ?, ?, ?, ?, ?)
-    ON CONFLICT (key_id, day, model) DO UPDATE SET
-      requests = requests + excluded.requests,
-      prompt_tokens = prompt_tokens + excluded.prompt_tokens,
-      completion_tokens = completion_tokens + excluded.completion_tokens"""
-_SET_LAST_USED = "UPDATE api_keys SET last_used = ?1 WHERE id = ?2 AND (last_used IS NULL OR last_used < ?1)"
-# What a row's own values cause: too big for a 64-bit column (raised by the
-# driver while binding), a constraint it breaks (a key that was deleted).
-_ROW_ERRORS = (OverflowError, sqlite3.IntegrityError)
+_COUNTS = ("requests", "prompt_tokens", "completion_tokens")
+_SET_LAST_USED = (update(api_keys)
+                  .where(api_keys.c.id == bindparam("key"),
+                         or_(api_keys.c.last_used.is_(None), api_keys.c.last_used < bindparam("when")))
+                  .values(last_used=bindparam("when")))
 
 
-class UsageQueries(Connection):
+def _sum(column: Any) -> Any:
+    # PostgreSQL sums bigints as numeric; back to a 64-bit integer on both.
+    return cast(func.sum(column), BigInteger)
+
+
+class UsageQueries(Queries):
     """Usage of the store; see :class:`privatai.store.database.Store`."""
+
+    def __init__(self, db: Database) -> None:
+        super().__init__(db)
+        upsert = db.insert(usage_daily)
+        self._add_usage = upsert.on_conflict_do_update(
+            index_elements=[usage_daily.c.key_id, usage_daily.c.day, usage_daily.c.model],
+            set_={name: usage_daily.c[name] + upsert.excluded[name] for name in _COUNTS})
 
     async def write_usage(self, batch: Batch) -> list[UsageKey]:
         """Add a recorder batch to the aggregates in one transaction.
@@ -35,62 +45,68 @@ class UsageQueries(Connection):
         Returns the rows the database refused for their values (a number out
         of range, a key that no longer exists): the others are written all the
         same, so one bad row never blocks everybody's usage. Any other error
-        (the database is locked, the disk full) raises and writes nothing.
+        (the database is locked or down, the disk full) raises and writes nothing.
         """
-        rows = [(key, (*key, c.requests, c.prompt_tokens, c.completion_tokens))
+        rows = [(key, {"key_id": key[0], "day": key[1], "model": key[2], "requests": c.requests,
+                       "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens})
                 for key, c in batch.counts.items()]
-        last_used = [(when, key_id) for key_id, when in batch.last_used.items()]
+        last_used = [{"key": key_id, "when": when} for key_id, when in batch.last_used.items()]
         try:
-            async with self._transaction() as db:
-                await db.executemany(_ADD_USAGE, [values for _, values in rows])
-                await db.executemany(_SET_LAST_USED, last_used)
+            async with self._db.write() as conn:
+                if rows:
+                    await conn.execute(self._add_usage, [values for _, values in rows])
+                if last_used:
+                    await conn.execute(_SET_LAST_USED, last_used)
             return []
-        except _ROW_ERRORS:
-            pass
+        except Exception as exc:
+            if not refused_for_values(exc):
+                raise
         refused = []
-        async with self._transaction() as db:
+        async with self._db.write() as conn:
             for key, values in rows:
-                await db.execute("SAVEPOINT usage_row")
+                await conn.exec_driver_sql("SAVEPOINT usage_row")
                 try:
-                    await db.execute(_ADD_USAGE, values)
-                except _ROW_ERRORS:
-                    await db.execute("ROLLBACK TO usage_row")
+                    await conn.execute(self._add_usage, values)
+                except Exception as exc:
+                    if not refused_for_values(exc):
+                        raise
+                    await conn.exec_driver_sql("ROLLBACK TO SAVEPOINT usage_row")
                     refused.append(key)
-                await db.execute("RELEASE usage_row")
-            await db.executemany(_SET_LAST_USED, last_used)
+                await conn.exec_driver_sql("RELEASE SAVEPOINT usage_row")
+            if last_used:
+                await conn.execute(_SET_LAST_USED, last_used)
         return refused
 
     async def prune_usage(self, retention_days: int) -> int:
         """Delete usage of UTC days older than ``retention_days``; returns rows deleted."""
         cutoff = (utc_now().date() - timedelta(days=retention_days)).isoformat()
-        async with self._transaction() as db:
-            cursor = await db.execute("DELETE FROM usage_daily WHERE day < ?", (cutoff,))
-            return cursor.rowcount
+        async with self._db.write() as conn:
+            return (await conn.execute(delete(usage_daily).where(usage_daily.c.day < cutoff))).rowcount
 
     async def usage_for_key(self, key_id: int, since: date | None = None, until: date | None = None,
                             by_model: bool = False) -> dict[str, Any]:
         """The seed's ``/usage`` JSON for one key: days inclusive, UTC; ``last_used``
         is the key's latest use whatever the period (days carry no time of day).
         Usage still in a recorder's memory is not in it: flush that first."""
-        last_used = await self._fetchall("SELECT last_used FROM api_keys WHERE id = ?", (key_id,))
-        return await self._usage_json("u.key_id = ?", (key_id,), since, until, by_model,
+        last_used = await self._rows(select(api_keys.c.last_used).where(api_keys.c.id == key_id))
+        return await self._usage_json(usage_daily.c.key_id == key_id, since, until, by_model,
                                       last_used[0][0] if last_used else None)
 
     async def usage_for_account(self, account_id: int, since: date | None = None,
                                 until: date | None = None, by_model: bool = False) -> dict[str, Any]:
         """The seed's ``/usage`` JSON summed over all keys of an account."""
-        last_used = await self._fetchall("SELECT max(last_used) FROM api_keys WHERE account_id = ?",
-                                         (account_id,))
-        return await self._usage_json(
-            "u.key_id IN (SELECT id FROM api_keys WHERE account_id = ?)", (account_id,),
-            since, until, by_model, last_used[0][0] if last_used else None)
+        keys = select(api_keys.c.id).where(api_keys.c.account_id == account_id)
+        last_used = await self._rows(select(func.max(api_keys.c.last_used))
+                                     .where(api_keys.c.account_id == account_id))
+        return await self._usage_json(usage_daily.c.key_id.in_(keys), since, until, by_model,
+                                      last_used[0][0] if last_used else None)
 
-    async def _usage_json(self, where: str, params: tuple[Any, ...], since: date | None,
-                          until: date | None, by_model: bool, last_used: str | None) -> dict[str, Any]:
-        where, params = _period(where, params, since, until)
-        rows = await self._fetchall(
-            f"""SELECT u.model, sum(u.requests), sum(u.prompt_tokens), sum(u.completion_tokens)
-                FROM usage_daily u WHERE {where} GROUP BY u.model ORDER BY u.model""", params)
+    async def _usage_json(self, where: ColumnElement[bool], since: date | None, until: date | None,
+                          by_model: bool, last_used: str | None) -> dict[str, Any]:
+        u = usage_daily.c
+        rows = await self._rows(
+            select(u.model, _sum(u.requests), _sum(u.prompt_tokens), _sum(u.completion_tokens))
+            .where(where, *_period(since, until)).group_by(u.model).order_by(u.model))
         models = {model: _counts_json(requests, prompt, completion)
                   for model, requests, prompt, completion in rows}
         total = _counts_json(sum(m["requests"] for m in models.values()),
@@ -104,32 +120,31 @@ class UsageQueries(Connection):
     async def _usage_rows(self, account_id: int | None, key_id: int | None, since: date | None,
                           until: date | None, by_model: bool) -> list[UsageRow]:
         """Report rows: per account (neither id given) or per key of the account or key given."""
-        where: str = "1"
-        params: tuple[Any, ...] = ()
+        u, k, a = usage_daily.c, api_keys.c, accounts.c
         per_key = account_id is not None or key_id is not None
+        nothing = null()
+        group = [a.id, *([k.id] if per_key else []), *([u.model] if by_model else [])]
+        statement = (
+            select(a.name, k.prefix if per_key else nothing, k.label if per_key else nothing,
+                   u.model if by_model else nothing, _sum(u.requests), _sum(u.prompt_tokens),
+                   _sum(u.completion_tokens), k.last_used if per_key else func.max(k.last_used))
+            .join_from(usage_daily, api_keys).join_from(api_keys, accounts)
+            .where(*_period(since, until))
+            .group_by(*group).order_by(a.name, *group))
         if account_id is not None:
-            where, params = "a.id = ?", (account_id,)
+            statement = statement.where(a.id == account_id)
         if key_id is not None:
-            where, params = f"{where} AND k.id = ?", (*params, key_id)
-        where, params = _period(where, params, since, until)
-        group = ("k.id" if per_key else "a.id") + (", u.model" if by_model else "")
-        rows = await self._fetchall(
-            f"""SELECT a.name, {"k.prefix, k.label" if per_key else "NULL, NULL"},
-                       {"u.model" if by_model else "NULL"},
-                       sum(u.requests), sum(u.prompt_tokens), sum(u.completion_tokens),
-                       {"k.last_used" if per_key else "max(k.last_used)"}
-                FROM usage_daily u JOIN api_keys k ON k.id = u.key_id JOIN accounts a ON a.id = k.account_id
-                WHERE {where} GROUP BY {group} ORDER BY a.name, {group}""", params)
-        return [UsageRow(*row) for row in rows]
+            statement = statement.where(k.id == key_id)
+        return [UsageRow(*row) for row in await self._rows(statement)]
 
 
-def _period(where: str, params: tuple[Any, ...], since: date | None,
-            until: date | None) -> tuple[str, tuple[Any, ...]]:
+def _period(since: date | None, until: date | None) -> list[ColumnElement[bool]]:
+    conditions = []
     if since is not None:
-        where, params = f"{where} AND u.day >= ?", (*params, since.isoformat())
+        conditions.append(usage_daily.c.day >= since.isoformat())
     if until is not None:
-        where, params = f"{where} AND u.day <= ?", (*params, until.isoformat())
-    return where, params
+        conditions.append(usage_daily.c.day <= until.isoformat())
+    return conditions
 
 
 def _counts_json(requests: int, prompt: int, completion: int) -> dict[str, int]:

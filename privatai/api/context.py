@@ -1,0 +1,50 @@
+"""The typed context of one request (``request.ctx``).
+
+Everything a request learns on its way through (who is calling, which model
+and backend served it, what it used, how it failed) is a field here, written
+by the step that learns it and read by the access line
+(:mod:`privatai.api.access`). Sanic builds it through
+:meth:`GatewayRequest.make_context`; the app uses that request class.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sanic import Request, Sanic
+
+from privatai.core.events import Usage
+from privatai.core.routing import RouteInfo
+
+if TYPE_CHECKING:
+    from privatai.store.database import Principal
+
+
+@dataclass(slots=True)
+class RequestContext:
+    # perf_counter() when the first middleware saw the request.
+    started: float = field(default_factory=time.perf_counter)
+    # The API key's owner (routes under the API prefixes only).
+    principal: Principal | None = None
+    # The public model name the request was routed for.
+    model: str | None = None
+    # Where the router sent it.
+    route: RouteInfo = field(default_factory=RouteInfo)
+    # What it used, set once when its response ended however it ended
+    # (the access line, metrics and the web chat's budget read it).
+    usage: Usage | None = None
+    # Seconds from the start to the first content event on a stream.
+    ttft: float | None = None
+    # A content-free description of how it failed (an exception class).
+    error: str | None = None
+
+
+class GatewayRequest(Request["Sanic[Any, Any]", RequestContext]):
+    """Sanic's request with a :class:`RequestContext` as ``ctx``."""
+
+    __slots__ = ()
+
+    @staticmethod
+    def make_context() -> RequestContext:
+        return RequestContext()

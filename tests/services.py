@@ -1,0 +1,158 @@
+"""Throwaway services for tests: a PostgreSQL server from Debian's packages.
+
+One server per test session, in a temporary directory, on a free loopback
+port, with password authentication (so the store's ``password_env`` path is
+the one tested). PostgreSQL refuses to run as root, so as root it runs as the
+``postgres`` system user the Debian package creates. Each test gets its own
+database, dropped afterwards. Without the package the tests that need it are
+skipped; ``make test`` installs it (``postgresql``).
+"""
+from __future__ import annotations
+
+import glob
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from privatai.store.database import Store
+from tests.gateway import free_port
+
+PASSWORD_ENV = "PRIVATAI_TEST_PG_PASSWORD"
+USER = "privatai"
+
+
+def _bin_dir() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
+    return Path(found[-1]).parent if found else None
+
+
+class PostgreSQL:
+    """A running server; :meth:`new_database` gives a fresh, empty database."""
+
+    def __init__(self, bin_dir: Path) -> None:
+        self.bin_dir = bin_dir
+        self.port = free_port()
+        self.password = secrets.token_urlsafe(16)
+        self.root = Path(tempfile.mkdtemp(prefix="privatai-pg-"))
+        self.data = self.root / "data"
+        self.sockets = self.root / "sockets"
+        # As root, everything runs as the postgres user, which must own the directory.
+        self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+    def _run(self, *args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*self._as, *args], check=True, capture_output=True, text=True,
+                              timeout=120, **kwargs)  # type: ignore[call-overload]
+
+    def start(self) -> None:
+        self.sockets.mkdir()
+        password_file = self.root / "password"
+        password_file.write_text(self.password + "\n")
+        if self._as:
+            shutil.chown(self.root, "postgres")
+            for path in (self.sockets, password_file):
+                shutil.chown(path, "postgres")
+        self.root.chmod(0o700)
+        self._run(str(self.bin_dir / "initdb"), "-D", str(self.data), "-U", USER, "--auth=scram-sha-256",
+                  f"--pwfile={password_file}", "--encoding=UTF8", "--locale=C.UTF-8")
+        password_file.unlink()
+        options = (f"-p {self.port} -k {self.sockets} -c listen_addresses=127.0.0.1 -c fsync=off "
+                   "-c synchronous_commit=off -c full_page_writes=off")
+        self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-o", options, "-w", "-t", "60",
+                  "-l", str(self.root / "server.log"), "start")
+
+    def stop(self) -> None:
+        try:
+            if (self.data / "postmaster.pid").exists():
+                self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def url(self, database: str = "postgres") -> str:
+        """The store's ``store.url`` for ``database``: no password in it."""
+        return f"postgresql://{USER}@127.0.0.1:{self.port}/{database}"
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        """Run SQL as the superuser; the output, unaligned and without headers."""
+        return subprocess.run(
+            [str(self.bin_dir / "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+             "-h", "127.0.0.1", "-p", str(self.port), "-U", USER, "-d", database, "-c", sql],
+            check=True, capture_output=True, text=True, timeout=60,
+            env={**os.environ, "PGPASSWORD": self.password}).stdout.strip()
+
+    def dump(self, database: str) -> str:
+        """Everything in ``database``, schema and rows, as pg_dump writes it."""
+        return subprocess.run(
+            [str(self.bin_dir / "pg_dump"), "-h", "127.0.0.1", "-p", str(self.port), "-U", USER, database],
+            check=True, capture_output=True, text=True, timeout=60,
+            env={**os.environ, "PGPASSWORD": self.password}).stdout
+
+    def new_database(self) -> str:
+        name = "t_" + secrets.token_hex(6)
+        self.psql(f"CREATE DATABASE {name}")
+        return name
+
+    def drop_database(self, name: str) -> None:
+        self.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="session")
+def postgresql() -> Iterator[PostgreSQL]:
+    """A throwaway PostgreSQL for the session, its password in ``PASSWORD_ENV``."""
+    bin_dir = _bin_dir()
+    if bin_dir is None:
+        pytest.skip("needs Debian's postgresql package (make test installs it)")
+    server = PostgreSQL(bin_dir)
+    try:
+        server.start()
+    except BaseException:
+        server.stop()
+        raise
+    os.environ[PASSWORD_ENV] = server.password
+    try:
+        yield server
+    finally:
+        os.environ.pop(PASSWORD_ENV, None)
+        server.stop()
+
+
+@dataclass(frozen=True)
+class Target:
+    """A new, empty database for one test: a SQLite file or a PostgreSQL database."""
+
+    kind: str
+    location: str  # what Store.open takes: a path or a URL without password
+    password: str | None = None
+
+    async def open(self, **options: Any) -> Store:
+        return await Store.open(self.location, password=self.password, **options)
+
+    def store_config(self) -> dict[str, Any]:
+        """The ``store:`` section of a backends.yaml for this database."""
+        if self.kind == "sqlite":
+            return {"path": self.location}
+        return {"url": self.location, "password_env": PASSWORD_ENV}
+
+
+def new_target(kind: str, request: pytest.FixtureRequest, directory: Path) -> Iterator[Target]:
+    if kind == "sqlite":
+        yield Target("sqlite", str(directory / "privatai.db"))
+        return
+    server: PostgreSQL = request.getfixturevalue("postgresql")
+    name = server.new_database()
+    try:
+        yield Target("postgresql", server.url(name), server.password)
+    finally:
+        server.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
+    """Each store test runs on both databases."""
+    yield from new_target(request.param, request, tmp_path)

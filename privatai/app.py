@@ -8,7 +8,7 @@ import time
 
 from sanic import Sanic
 
-from privatai.api import access, routes
+from privatai.api import access, cors, routes
 from privatai.api.auth import authenticate
 from privatai.api.context import GatewayRequest
 from privatai.api.errors import OpenAIErrorHandler
@@ -34,6 +34,9 @@ def create_app(config: Config, *, name: str = "privatai") -> Sanic:
     app.ctx.state = AppState(config=config, router=Router(config))
 
     routes.register(app, config)
+    cors.register(app, config.server.cors_origins,
+                  [(prefix + route.path, prefix.strip("/").replace("/", "_") + "_" + route.name)
+                   for prefix in routes.API_PREFIXES for route in routes.API_ROUTES])
 
     @app.on_request(priority=1000)
     async def start_clock(request: GatewayRequest) -> None:

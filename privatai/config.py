@@ -41,6 +41,12 @@ class ServerConfig(_Section):
     response_timeout: Positive = 900.0
     keepalive_interval: Positive = 10.0
     thinking_field: Literal["thinking", "reasoning_content", "both"] = "thinking"
+    # A chat request without "stream" from a client that accepts anything
+    # (Accept */* or none: curl, requests, fetch) gets SSE when true; the
+    # OpenAI SDKs send Accept: application/json and always get JSON.
+    stream_by_default: bool = False
+    # Browser origins allowed to call the API (exact "https://host[:port]", or "*").
+    cors_origins: list[str] = []
     grace_period: Positive = 30.0
     # From connecting (or from the first byte of a later request on a kept-alive
     # connection) to the end of the request headers; slower clients get 408.

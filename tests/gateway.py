@@ -7,11 +7,14 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import httpx
 import yaml
+
+from tests.fakes import FAKES, FakeBackend
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -109,3 +112,27 @@ class Gateway:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+UPSTREAM_KEY = "sk-upstream-secret"
+
+
+@contextmanager
+def gateway_on_fake(kind: str, workdir: Path, *, server: dict[str, Any] | None = None
+                    ) -> Iterator[tuple[FakeBackend, Gateway, str]]:
+    """A fake backend of ``kind`` serving ``chat-model`` (upstream ``fake-model``)
+    behind a running gateway, and an API key for it. The ``openai`` kind's
+    fake wants :data:`UPSTREAM_KEY`, which the gateway reads from its env."""
+    fake = FAKES[kind](api_key=UPSTREAM_KEY) if kind == "openai" else FAKES[kind]()
+    with fake:
+        backend: dict[str, Any] = {"name": f"{kind}-1", "kind": kind, "url": fake.url,
+                                   "models": [{"name": "chat-model", "upstream": "fake-model"}]}
+        if kind == "openai":
+            backend["api_key_env"] = "UPSTREAM_API_KEY"
+        config: dict[str, Any] = {"backends": [backend]}
+        if server:
+            config["server"] = server
+        gateway = Gateway(workdir, config, env={"UPSTREAM_API_KEY": UPSTREAM_KEY})
+        key = gateway.create_key()
+        with gateway:
+            yield fake, gateway, key

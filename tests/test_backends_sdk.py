@@ -17,10 +17,9 @@ from privatai.core import tokens
 from privatai.core.events import TextDelta, ThinkingDelta, ToolCallDelta
 from privatai.core.protocol import parse_chat_request
 from tests.fakes import FAKES, ErrorLine, FakeBackend
-from tests.gateway import Gateway
+from tests.gateway import Gateway, gateway_on_fake
 
 KINDS = ["ollama", "llamacpp", "vllm", "openai"]
-UPSTREAM_KEY = "sk-upstream-secret"
 TOOLS = [{"type": "function", "function": {
     "name": "get_weather", "description": "Get the current weather for a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
@@ -34,18 +33,9 @@ class Setup:
 @pytest.fixture(scope="module", params=KINDS)
 def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     kind = request.param
-    fake = FAKES[kind](api_key=UPSTREAM_KEY) if kind == "openai" else FAKES[kind]()
-    with fake:
-        backend: dict[str, Any] = {"name": f"{kind}-1", "kind": kind, "url": fake.url,
-                                   "models": [{"name": "chat-model", "upstream": "fake-model"}]}
-        if kind == "openai":
-            backend["api_key_env"] = "UPSTREAM_API_KEY"
-        gateway = Gateway(tmp_path_factory.mktemp(f"gw-{kind}"), {"backends": [backend]},
-                          env={"UPSTREAM_API_KEY": UPSTREAM_KEY})
-        key = gateway.create_key()
-        with gateway:
-            client = openai.OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0, timeout=30)
-            yield Setup(fake, gateway, client)
+    with gateway_on_fake(kind, tmp_path_factory.mktemp(f"gw-{kind}")) as (fake, gateway, key):
+        client = openai.OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0, timeout=30)
+        yield Setup(fake, gateway, client)
 
 
 def chat(setup: Setup, messages: list[dict[str, Any]], **options: Any) -> Any:

@@ -93,6 +93,35 @@ def test_bad_body_is_bad_request(client: openai.OpenAI) -> None:
     assert info.value.body["param"] == "temperature"
 
 
+@pytest.mark.parametrize("options", [
+    {"presence_penalty": 0.5, "frequency_penalty": 0.5},
+    {"logit_bias": {"1": -100}},
+    {"extra_body": {"top_k": 20, "min_p": 0.05, "repetition_penalty": 1.2}},
+], ids=["penalties", "logit_bias", "samplers"])
+def test_sampling_parameters_the_model_honours_are_accepted(client: openai.OpenAI, options: dict) -> None:
+    completion = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Say hi."}], max_tokens=4, seed=1, **options)
+    assert completion.choices[0].message.content is not None
+    assert completion.usage is not None and completion.usage.completion_tokens > 0
+
+
+@pytest.mark.parametrize("options, param", [
+    ({"n": 2}, "n"),
+    ({"logprobs": True}, "logprobs"),
+    ({"extra_body": {"chat_template_kwargs": {"enable_thinking": False}}}, "chat_template_kwargs"),
+    ({"messages": [{"role": "user", "content": "Hi", "name": "alice"}]}, "name"),
+    ({"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]}]}, "image_url"),
+], ids=["n", "logprobs", "chat_template_kwargs", "name", "image"])
+def test_parameters_the_model_cannot_honour_are_refused(client: openai.OpenAI, options: dict,
+                                                        param: str) -> None:
+    arguments = {"messages": [{"role": "user", "content": "Hi"}], **options}
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=MODEL, max_tokens=4, **arguments)
+    assert info.value.body["param"] == param
+    assert "embedded" in info.value.body["message"]
+
+
 def test_both_prefixes_and_default_model(embedded_gateway: Gateway, api_key: str) -> None:
     headers = {"Authorization": f"Bearer {api_key}"}
     for prefix in ("/api/v1", "/v1"):

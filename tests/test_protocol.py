@@ -54,7 +54,28 @@ def test_all_options_accepted() -> None:
     ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
     ({"messages": [{"role": "user"}]}, "messages[0].content"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+     "messages[0].content[0].image_url.url"),
+    ({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]},
      "messages[0].content[0].type"),
+    ({"messages": [{"role": "system", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+     "messages[0].content[0].type"),
+    ({"messages": [{"role": "user", "content": "x"}], "presence_penalty": 2.5}, "presence_penalty"),
+    ({"messages": [{"role": "user", "content": "x"}], "frequency_penalty": -2.1}, "frequency_penalty"),
+    ({"messages": [{"role": "user", "content": "x"}], "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({"messages": [{"role": "user", "content": "x"}], "stream_options": {"include_usage": True}},
+     "stream_options"),
+    ({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 3}, "top_logprobs"),
+    ({"messages": [{"role": "user", "content": "x"}], "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+    ({"messages": [{"role": "user", "content": "x"}], "n": 0}, "n"),
+    ({"messages": [{"role": "user", "content": "x"}], "n": 129}, "n"),
+    ({"messages": [{"role": "user", "content": "x"}], "logit_bias": {"50256": -101}}, "logit_bias"),
+    ({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "f"}}],
+      "tool_choice": {"type": "function", "function": {"name": "g"}}}, "tool_choice"),
+    ({"messages": [{"role": "user", "content": "x"}], "functions": [{"name": "f"}],
+      "tools": [{"type": "function", "function": {"name": "f"}}]}, "functions"),
+    ({"messages": [{"role": "user", "content": "x"}], "reasoning": {"effort": "extreme"}}, "reasoning.effort"),
+    ({"messages": [{"role": "user", "content": "x"}], "reasoning": {"effort": "low"},
+      "reasoning_effort": "high"}, "reasoning.effort"),
     ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].tool_call_id"),
     ({"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}, "temperature"),
     ({"messages": [{"role": "user", "content": "x"}], "temperature": 3}, "temperature"),
@@ -73,6 +94,44 @@ def test_malformed_json_and_empty_body() -> None:
     assert error_of(b'{"messages": [').status == 400
     assert "JSON" in error_of(b"{nope").message
     assert "empty" in error_of(b"").message
+
+
+def test_legacy_functions_become_tools_and_tool_choice() -> None:
+    chat = parse({"messages": [{"role": "user", "content": "x"}],
+                  "functions": [{"name": "f", "parameters": {"type": "object"}}], "function_call": {"name": "f"}})
+    assert [t.function.name for t in chat.tools or []] == ["f"]
+    assert chat.tool_choice == {"type": "function", "function": {"name": "f"}}
+    chat = parse({"messages": [{"role": "user", "content": "x"}],
+                  "functions": [{"name": "f"}], "function_call": "none"})
+    assert chat.tool_choice == "none"
+
+
+def test_reasoning_object_sets_the_effort() -> None:
+    chat = parse({"messages": [{"role": "user", "content": "x"}], "reasoning": {"effort": "high"}})
+    assert chat.reasoning_effort == "high"
+    same = parse({"messages": [{"role": "user", "content": "x"}], "reasoning": {"effort": "low"},
+                  "reasoning_effort": "low"})
+    assert same.reasoning_effort == "low"
+
+
+def test_names_and_image_parts_go_upstream_as_openai_sends_them() -> None:
+    parts = [{"type": "text", "text": "What is this?"},
+             {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA", "detail": "low"}}]
+    chat = parse({"messages": [{"role": "user", "content": parts, "name": "alice"},
+                               {"role": "assistant", "content": "A dot.", "name": "bot"}]})
+    assert message_to_openai(chat.messages[0]) == {"role": "user", "content": parts, "name": "alice"}
+    assert message_to_openai(chat.messages[1]) == {"role": "assistant", "content": "A dot.", "name": "bot"}
+    assert text_of(chat.messages[0].content) == "What is this?"
+
+
+def test_an_absent_stream_field_takes_the_negotiated_default() -> None:
+    body = json.dumps({"messages": [{"role": "user", "content": "x"}],
+                       "stream_options": {"include_usage": True}}).encode()
+    assert parse_chat_request(body, stream_default=True).stream is True
+    assert error_of(body).param == "stream_options"
+    explicit = json.dumps({"messages": [{"role": "user", "content": "x"}], "stream": False}).encode()
+    assert parse_chat_request(explicit, stream_default=True).stream is False
+    assert parse({"messages": [{"role": "user", "content": "x"}]}).stream is False
 
 
 # -- bounds: integers and nesting (issue 12: these were 500s) -----------------

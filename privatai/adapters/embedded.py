@@ -30,8 +30,13 @@ from privatai.adapters.llama_embed import embed, load_embedder
 from privatai.adapters.llama_guard import check_grammars, quiet_llama_log
 from privatai.adapters.openai_wire import ChunkMapper
 from privatai.adapters.text_wire import as_chat_chunk
+from privatai.adapters.params import refuse_unsupported, sampling_extras
 
 _END = object()
+# What llama-cpp-python's create_chat_completion honours beyond the basics; its
+# chat templates read no message names, and the bundled model sees no images.
+_PARAMS = frozenset({"presence_penalty", "frequency_penalty", "logit_bias", "top_k", "min_p",
+                     "repetition_penalty"})
 
 
 def bundled_model_path() -> Path:
@@ -98,6 +103,7 @@ class EmbeddedAdapter(Adapter):
         return list(self.config.model_map().values())
 
     def _arguments(self, request: ChatRequest) -> dict[str, Any]:
+        refuse_unsupported(request, self.kind, _PARAMS)
         kwargs: dict[str, Any] = {
             # Chat templates concatenate content: the null content of an
             # assistant tool-call turn (as the SDKs send it) must be "".
@@ -105,6 +111,9 @@ class EmbeddedAdapter(Adapter):
             "stream": True,
         }
         kwargs.update(request.sampling_options())
+        kwargs.update(sampling_extras(request, "repeat_penalty"))
+        if request.logit_bias is not None:
+            kwargs["logit_bias"] = request.logit_bias
         if request.tools:
             kwargs["tools"] = tools_to_openai(request.tools)
             if request.tool_choice is not None:

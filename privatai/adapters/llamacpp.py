@@ -17,3 +17,5 @@ class LlamaCppAdapter(SelfHostedOpenAIAdapter):
     kind = "llamacpp"
     # llama-server's /v1/embeddings (with --embeddings) returns the model's own size.
     embedding_dimensions = False
+    # llama-server's name for it; it ignores ``repetition_penalty``.
+    repetition_key = "repeat_penalty"

@@ -25,7 +25,8 @@ Mapping: OpenAI messages -> Ollama messages (tool-call arguments as JSON
 objects, tool results with ``tool_name`` and ``tool_call_id``); ``think`` from
 ``think`` or ``reasoning_effort``; ``format`` from ``response_format``;
 ``options`` only for what the client set (no defaults of ours, so the model's
-own apply). Ollama sends tool calls whole, with ``id`` and ``function.index``
+own apply), penalties and samplers included; images from data URLs as
+``images``; ``tool_choice`` by which tools are offered. Ollama sends tool calls whole, with ``id`` and ``function.index``
 (older releases: neither): each becomes one fragment with an ``id``
 (generated when the server sends none) and our own index. After a tool call
 ``done_reason`` is still ``stop``; the client is told ``tool_calls``.
@@ -33,6 +34,7 @@ own apply). Ollama sends tool calls whole, with ``id`` and ``function.index``
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any, AsyncIterator, Callable
 
 import httpx
@@ -51,11 +53,13 @@ from privatai.core.protocol import (
     Message,
     SystemMessage,
     ToolMessage,
+    image_urls,
     text_of,
     tools_to_openai,
 )
 from privatai.adapters.base import Adapter
 from privatai.adapters.openai_wire import new_call_id, normalize_finish
+from privatai.adapters.params import refuse_unsupported, sampling_extras
 from privatai.adapters.reported_usage import reported_usage
 from privatai.adapters.think_tags import ThinkTagSplitter
 from privatai.adapters.transport import (
@@ -73,7 +77,11 @@ from privatai.adapters.upstream_errors import classify, error_details
 _EFFORT_TO_THINK: dict[str, bool | str] = {
     "none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high",
 }
-
+# Ollama's options know these samplers (the repetition penalty as repeat_penalty);
+# it has no logit_bias, logprobs, n, parallel_tool_calls switch or message names.
+_PARAMS = frozenset({"presence_penalty", "frequency_penalty", "top_k", "min_p", "repetition_penalty",
+                     "image_url"})
+_DATA_URL = re.compile(r"data:image/[\w.+-]+;base64,(.+)", re.DOTALL)
 
 
 def messages_to_ollama(messages: list[Message]) -> list[dict[str, Any]]:
@@ -104,8 +112,44 @@ def messages_to_ollama(messages: list[Message]) -> list[dict[str, Any]]:
             out.append(item)
         else:
             role = "system" if isinstance(message, (SystemMessage, DeveloperMessage)) else "user"
-            out.append({"role": role, "content": text_of(message.content)})
+            item = {"role": role, "content": text_of(message.content)}
+            urls = image_urls(message)
+            if urls:
+                item["images"] = [_image_base64(url, f"messages[{i}].content") for url in urls]
+            out.append(item)
     return out
+
+
+def _image_base64(url: str, param: str) -> str:
+    """Ollama takes images as bare base64. The gateway does not fetch remote
+    URLs on a client's behalf (that would reach the internet unannounced)."""
+    match = _DATA_URL.match(url)
+    if match is None:
+        raise InvalidRequest("The ollama backend takes images only as base64 data URLs "
+                             "(data:image/...;base64,...); the gateway does not fetch image URLs.",
+                             param=param)
+    return match.group(1)
+
+
+def _offered_tools(request: ChatRequest) -> list[dict[str, Any]] | None:
+    """The tools to offer, honouring ``tool_choice`` as far as Ollama can.
+
+    Ollama has no tool_choice: "none" is honoured by offering no tools, a
+    named function by offering only that one (the model can call nothing
+    else, but may still answer in text); "required" cannot be enforced and is
+    refused rather than silently weakened.
+    """
+    if not request.tools or request.tool_choice == "none":
+        return None
+    choice = request.tool_choice
+    if choice == "required":
+        raise InvalidRequest("tool_choice 'required' is not supported by the ollama backend serving "
+                             "this model; name one function instead.", param="tool_choice")
+    tools = tools_to_openai(request.tools)
+    if isinstance(choice, dict):
+        name = choice["function"]["name"]
+        tools = [tool for tool in tools if tool["function"]["name"] == name]
+    return tools
 
 
 def _arguments_object(arguments: str, param: str) -> dict[str, Any]:
@@ -123,11 +167,12 @@ def _arguments_object(arguments: str, param: str) -> dict[str, Any]:
 
 def build_chat_body(request: ChatRequest, model: str) -> dict[str, Any]:
     """The ``/api/chat`` body for one request."""
+    refuse_unsupported(request, "ollama", _PARAMS)
     body: dict[str, Any] = {"model": model, "messages": messages_to_ollama(request.messages),
                             "stream": request.stream}
-    # Ollama has no tool_choice; "none" is honoured by not offering the tools.
-    if request.tools and request.tool_choice != "none":
-        body["tools"] = tools_to_openai(request.tools)
+    tools = _offered_tools(request)
+    if tools:
+        body["tools"] = tools
     think = request.think if request.think is not None else _EFFORT_TO_THINK.get(request.reasoning_effort or "")
     if think is not None:
         body["think"] = think
@@ -139,6 +184,7 @@ def build_chat_body(request: ChatRequest, model: str) -> dict[str, Any]:
         schema = fmt.json_schema.get("schema", fmt.json_schema)
         body["format"] = schema
     options = request.sampling_options(max_tokens_key="num_predict")
+    options.update(sampling_extras(request, "repeat_penalty"))
     if options:
         body["options"] = options
     return body

@@ -11,7 +11,7 @@ from typing import Any
 
 from privatai.core.protocol import ChatRequest
 from privatai.adapters.openai_compatible import OpenAICompatibleAdapter
-from privatai.adapters.openai_wire import build_body, reasoning_effort_of
+from privatai.adapters.openai_wire import reasoning_effort_of
 
 
 class OpenAIAdapter(OpenAICompatibleAdapter):
@@ -22,7 +22,7 @@ class OpenAIAdapter(OpenAICompatibleAdapter):
         return url.rstrip("/")
 
     def build_body(self, request: ChatRequest, model: str) -> dict[str, Any]:
-        body = build_body(request, model)
+        body = super().build_body(request, model)
         # OpenAI's reasoning models refuse ``max_tokens``: keep the client's own field.
         if request.max_completion_tokens is not None:
             body.pop("max_tokens", None)

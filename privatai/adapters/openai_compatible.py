@@ -33,6 +33,7 @@ from privatai.core.events import Event
 from privatai.core.protocol import ChatRequest
 from privatai.core.validation import refuse
 from privatai.adapters.base import Adapter
+from privatai.adapters.params import OPENAI_PARAMS, SELF_HOSTED_EXTRAS, refuse_unsupported
 from privatai.adapters.openai_wire import (
     DONE,
     ChunkMapper,
@@ -63,6 +64,10 @@ class OpenAICompatibleAdapter(Adapter):
     health_path: ClassVar[str | None] = None
     # Whether ``/embeddings`` takes ``dimensions`` (vLLM and OpenAI do; llama-server does not).
     embedding_dimensions: ClassVar[bool] = True
+    # The optional parameters this kind honours, and its name for the
+    # repetition penalty (see :mod:`privatai.adapters.params`).
+    params: ClassVar[frozenset[str]] = OPENAI_PARAMS
+    repetition_key: ClassVar[str] = "repetition_penalty"
 
     def __init__(self, config: BackendConfig) -> None:
         super().__init__(config)
@@ -84,8 +89,10 @@ class OpenAICompatibleAdapter(Adapter):
         return self.base_url.removesuffix("/v1")
 
     def build_body(self, request: ChatRequest, model: str) -> dict[str, Any]:
-        """The upstream body; subclasses add their kind's reasoning switches."""
-        return build_body(request, model)
+        """The upstream body, once the request asks for nothing this kind cannot
+        honour; subclasses add their kind's reasoning switches."""
+        refuse_unsupported(request, self.kind, self.params)
+        return build_body(request, model, self.repetition_key)
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -235,8 +242,9 @@ class SelfHostedOpenAIAdapter(OpenAICompatibleAdapter):
     and the request carries the reasoning switches these servers accept."""
 
     health_path = "/health"
+    params = OPENAI_PARAMS | SELF_HOSTED_EXTRAS
 
     def build_body(self, request: ChatRequest, model: str) -> dict[str, Any]:
-        body = build_body(request, model)
+        body = super().build_body(request, model)
         add_reasoning_switches(body, request)
         return body

@@ -24,8 +24,9 @@ from typing import Any
 
 import orjson
 
-from privatai.core.events import Event, Finish, TextDelta, ThinkingDelta, ToolCallDelta, Usage
+from privatai.core.events import Event, Fingerprint, Finish, Logprobs, TextDelta, ThinkingDelta, ToolCallDelta, Usage
 from privatai.core.protocol import ChatRequest, message_to_openai, tools_to_openai
+from privatai.adapters.params import sampling_extras
 from privatai.adapters.reported_usage import reported_usage
 from privatai.adapters.think_tags import ThinkTagSplitter
 
@@ -63,12 +64,13 @@ def thinking_wanted(request: ChatRequest) -> bool | None:
     return effort != "none"
 
 
-def build_body(request: ChatRequest, model: str) -> dict[str, Any]:
+def build_body(request: ChatRequest, model: str, repetition_key: str = "repetition_penalty") -> dict[str, Any]:
     """The upstream request body: streamed (asking for usage) exactly when the
     client streams; a non-streamed answer always carries usage.
 
     Options the client did not send are left out, so the model's own
-    defaults apply.
+    defaults apply. Which options a kind may receive at all is checked
+    before (:func:`~privatai.adapters.params.refuse_unsupported`).
     """
     body: dict[str, Any] = {
         "model": model,
@@ -81,7 +83,18 @@ def build_body(request: ChatRequest, model: str) -> dict[str, Any]:
         body["tools"] = tools_to_openai(request.tools)
     if request.tool_choice is not None:
         body["tool_choice"] = request.tool_choice
+    if request.parallel_tool_calls is not None and request.tools:
+        body["parallel_tool_calls"] = request.parallel_tool_calls
     body.update(request.sampling_options())
+    body.update(sampling_extras(request, repetition_key))
+    if request.logit_bias is not None:
+        body["logit_bias"] = request.logit_bias
+    if request.logprobs is not None:
+        body["logprobs"] = request.logprobs
+    if request.top_logprobs is not None:
+        body["top_logprobs"] = request.top_logprobs
+    if request.chat_template_kwargs is not None:
+        body["chat_template_kwargs"] = dict(request.chat_template_kwargs)
     if request.response_format is not None:
         body["response_format"] = response_format_to_openai(request)
     return body
@@ -104,7 +117,8 @@ def add_reasoning_switches(body: dict[str, Any], request: ChatRequest) -> None:
     """
     wanted = thinking_wanted(request)
     if wanted is not None:
-        body["chat_template_kwargs"] = {"enable_thinking": wanted}
+        # Merged with the client's own template kwargs; its think switch wins.
+        body["chat_template_kwargs"] = {**body.get("chat_template_kwargs", {}), "enable_thinking": wanted}
     effort = reasoning_effort_of(request)
     if effort in ("low", "medium", "high"):
         body["reasoning_effort"] = effort
@@ -140,12 +154,14 @@ class ChunkMapper:
     object (raises :class:`UpstreamStreamError`).
     """
 
-    __slots__ = ("_calls", "_last_call", "_splitter", "finish_reason", "usage")
+    __slots__ = ("_calls", "_fingerprint", "_last_call", "_splitter", "finish_reason", "usage")
 
     def __init__(self, think_tags: bool = False) -> None:
         self._splitter = ThinkTagSplitter() if think_tags else None
         self._calls: dict[object, int] = {}  # upstream key -> our index
         self._last_call: object = None
+        # The upstream's system_fingerprint until it went out (then "" marks it sent).
+        self._fingerprint: str | None = None
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
 
@@ -154,9 +170,26 @@ class ChunkMapper:
             return []
         if chunk.get("error") or chunk.get("object") == "error":
             raise UpstreamStreamError(chunk)
+        fingerprint = chunk.get("system_fingerprint")
+        if self._fingerprint is None and fingerprint and isinstance(fingerprint, str):
+            self._fingerprint = fingerprint
+        events = self._feed(chunk)
+        return self._with_fingerprint(events) if events else events
+
+    def _with_fingerprint(self, events: list[Event]) -> list[Event]:
+        """The fingerprint goes out with the first content, not on its own: an
+        upstream that fails before any content can still be failed over."""
+        if self._fingerprint:
+            events.insert(0, Fingerprint(self._fingerprint))
+            self._fingerprint = ""
+        return events
+
+    def _feed(self, chunk: dict[str, Any]) -> list[Event]:
         usage = chunk.get("usage")
         if usage and isinstance(usage, dict):
-            reported = reported_usage(usage.get("prompt_tokens"), usage.get("completion_tokens"))
+            reported = reported_usage(usage.get("prompt_tokens"), usage.get("completion_tokens"),
+                                      cached=_detail(usage, "prompt_tokens_details", "cached_tokens"),
+                                      reasoning=_detail(usage, "completion_tokens_details", "reasoning_tokens"))
             if reported is not None:
                 self.usage = reported
         choices = chunk.get("choices")
@@ -179,6 +212,9 @@ class ChunkMapper:
             calls = delta.get("tool_calls")
             if calls:
                 self._tool_calls(calls, events)
+        logprobs = choice.get("logprobs")
+        if isinstance(logprobs, dict) and isinstance(logprobs.get("content"), list) and logprobs["content"]:
+            events.append(Logprobs(logprobs["content"]))
         reason = choice.get("finish_reason")
         if reason:
             self.finish_reason = reason
@@ -224,16 +260,25 @@ class ChunkMapper:
         calls = message.get("tool_calls")
         if calls:
             message = {**message, "tool_calls": [{**call, "index": i} for i, call in enumerate(calls)]}
-        return self.feed({"choices": [{"delta": message, "finish_reason": choice.get("finish_reason")}],
-                          "usage": completion.get("usage")})
+        return self.feed({"choices": [{"delta": message, "logprobs": choice.get("logprobs"),
+                                       "finish_reason": choice.get("finish_reason")}],
+                          "usage": completion.get("usage"),
+                          "system_fingerprint": completion.get("system_fingerprint")})
 
     def finish(self) -> list[Event]:
         """The closing events: held-back text, :class:`Finish`, then :class:`Usage` if reported."""
         events: list[Event] = self._splitter.flush() if self._splitter is not None else []
+        events = self._with_fingerprint(events)
         events.append(Finish(normalize_finish(self.finish_reason, bool(self._calls))))
         if self.usage is not None:
             events.append(self.usage)
         return events
+
+
+def _detail(usage: dict[str, Any], group: str, name: str) -> Any:
+    """``usage[group][name]``, or None when the upstream sent no such detail (or null)."""
+    details = usage.get(group)
+    return details.get(name) if isinstance(details, dict) else None
 
 
 # What :func:`sse_payload` returns for the ``data: [DONE]`` line that ends a stream.

@@ -19,12 +19,14 @@ from privatai.core.events import Usage
 MAX_REPORTED_TOKENS = 2**31 - 1
 
 
-def reported_usage(prompt: Any, completion: Any) -> Usage | None:
+def reported_usage(prompt: Any, completion: Any, *, cached: Any = None, reasoning: Any = None) -> Usage | None:
     """The usage an upstream reported, or None when it reported none we can use.
 
     A count that is absent (None) while the other is present is 0, as
     upstreams leave out a count they did not spend (Ollama omits
-    ``prompt_eval_count`` for a prompt it had cached).
+    ``prompt_eval_count`` for a prompt it had cached). A detail (``cached``
+    prompt tokens, ``reasoning`` completion tokens) is kept only when it is a
+    count within its total; otherwise it is left out, the totals stay.
     """
     if prompt is None and completion is None:
         return None
@@ -36,4 +38,8 @@ def reported_usage(prompt: Any, completion: Any) -> Usage | None:
         if type(value) is not int or value < 0:
             return None
         counts.append(min(value, MAX_REPORTED_TOKENS))
-    return Usage(counts[0], counts[1])
+    return Usage(counts[0], counts[1], _detail(cached, counts[0]), _detail(reasoning, counts[1]))
+
+
+def _detail(value: Any, total: int) -> int | None:
+    return value if type(value) is int and 0 <= value <= total else None

@@ -13,7 +13,8 @@ from privatai.store.keys import key_from_authorization
 
 
 async def authenticate(request: GatewayRequest) -> None:
-    if not needs_api_key(request.path):
+    # A CORS preflight carries no key by design (privatai.api.cors answers it).
+    if request.method == "OPTIONS" or not needs_api_key(request.path):
         return
     state: AppState = request.app.ctx.state
     header = request.headers.get("authorization")

@@ -15,6 +15,7 @@ from privatai.core.encoders import (DONE, KEEPALIVE, THINKING_FIELDS, ChunkEncod
 from privatai.core.events import Event, Finish, Usage
 from privatai.core.metering import Meter
 from privatai.core.protocol import ChatRequest, parse_chat_request
+from privatai.api.negotiation import stream_default
 from privatai.errors import PrivatAIError
 from privatai.ops.logs import describe_error
 from privatai.state import AppState
@@ -27,7 +28,9 @@ SSE_HEADERS = {
 
 
 async def chat_completions(request: GatewayRequest) -> HTTPResponse | None:
-    return await run_chat(request, parse_chat_request(request.body))
+    state: AppState = request.app.ctx.state
+    return await run_chat(request, parse_chat_request(request.body, stream_default=stream_default(
+        request.headers.get("accept"), state.config.server.stream_by_default)))
 
 
 async def run_chat(request: GatewayRequest, chat: ChatRequest) -> HTTPResponse | None:

@@ -12,7 +12,7 @@ from typing import Any, Iterable
 
 import orjson
 
-from privatai.core.events import Event, Finish, TextDelta, ThinkingDelta, ToolCallDelta, Usage
+from privatai.core.events import Event, Fingerprint, Finish, Logprobs, TextDelta, ThinkingDelta, ToolCallDelta, Usage
 from privatai.errors import PrivatAIError
 
 THINKING_FIELDS: dict[str, tuple[str, ...]] = {
@@ -44,19 +44,25 @@ class ChunkEncoder:
 
     def __init__(self, completion_id: str, created: int, model: str, *,
                  include_usage: bool = False, thinking_fields: tuple[str, ...] = ("thinking",)) -> None:
-        head = orjson.dumps({"id": completion_id, "object": "chat.completion.chunk",
-                             "created": created, "model": model})
-        self._head = b"data: " + head[:-1]
-        self._choice_prefix = self._head + b',"choices":[{"index":0,"delta":'
+        self._fields = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model}
+        self._set_head(self._fields)
         self._include_usage = include_usage
         self._thinking_fields = thinking_fields
         self._role_sent = False
 
+    def _set_head(self, fields: dict[str, Any]) -> None:
+        self._head = b"data: " + orjson.dumps(fields)[:-1]
+        self._choice_prefix = self._head + b',"choices":[{"index":0,"delta":'
+
     def _delta(self, delta: dict[str, Any], finish_reason: str | None = None,
-               usage: Usage | None = None) -> bytes:
+               usage: Usage | None = None, logprobs: list[Any] | None = None) -> bytes:
         if not self._role_sent:
             delta = {"role": "assistant", **delta}
             self._role_sent = True
+        if logprobs is not None:
+            # Their own chunk with an empty delta, as the tokens they describe went just before.
+            return (self._choice_prefix + orjson.dumps(delta) + b',"logprobs":{"content":'
+                    + orjson.dumps(logprobs) + b'},"finish_reason":null}]}\n\n')
         tail = b',"finish_reason":null}]}\n\n' if finish_reason is None else (
             b',"finish_reason":' + orjson.dumps(finish_reason) + b"}]"
             + (b',"usage":' + orjson.dumps(usage.to_dict()) if usage is not None else b"")
@@ -80,6 +86,12 @@ class ChunkEncoder:
             function["arguments"] = event.arguments
             call["function"] = function
             return self._delta({"tool_calls": [call]})
+        if type(event) is Logprobs:
+            return self._delta({}, logprobs=event.content)
+        if type(event) is Fingerprint:
+            # From here on every chunk names it, as OpenAI's do; this one opens the stream.
+            self._set_head({**self._fields, "system_fingerprint": event.value})
+            return self._delta({})
         raise TypeError(f"not a content event: {type(event).__name__}")
 
     def finish(self, reason: str, usage: Usage) -> bytes:
@@ -98,6 +110,8 @@ class CompletionAggregator:
         self._text: list[str] = []
         self._thinking: list[str] = []
         self._calls: dict[int, dict[str, Any]] = {}
+        self._logprobs: list[Any] = []
+        self._fingerprint: str | None = None
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
 
@@ -114,6 +128,10 @@ class CompletionAggregator:
             if event.name is not None:
                 call["name"] = event.name
             call["arguments"].append(event.arguments)
+        elif kind is Logprobs:
+            self._logprobs.extend(event.content)
+        elif kind is Fingerprint:
+            self._fingerprint = event.value
         elif kind is Finish:
             self.finish_reason = event.reason
         elif kind is Usage:
@@ -136,15 +154,21 @@ class CompletionAggregator:
 
     def result(self, completion_id: str, created: int, model: str) -> dict[str, Any]:
         usage = self.usage or Usage(0, 0)
-        return {
+        choice: dict[str, Any] = {"index": 0, "message": self.message(),
+                                  "finish_reason": self.finish_reason or "stop"}
+        if self._logprobs:
+            choice["logprobs"] = {"content": self._logprobs}
+        result = {
             "id": completion_id,
             "object": "chat.completion",
             "created": created,
             "model": model,
-            "choices": [{"index": 0, "message": self.message(),
-                         "finish_reason": self.finish_reason or "stop"}],
+            "choices": [choice],
             "usage": usage.to_dict(),
         }
+        if self._fingerprint is not None:
+            result["system_fingerprint"] = self._fingerprint
+        return result
 
 
 def aggregate(events: Iterable[Event], completion_id: str, model: str, *, created: int | None = None,

@@ -6,6 +6,7 @@ the aggregator and metering consume them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(slots=True, frozen=True)
@@ -30,25 +31,51 @@ class ToolCallDelta:
 
 
 @dataclass(slots=True, frozen=True)
+class Logprobs:
+    """Token log probabilities the upstream sent for the text just before it,
+    as OpenAI's ``logprobs.content`` entries (passed through as they came)."""
+
+    content: list[Any]
+
+
+@dataclass(slots=True, frozen=True)
+class Fingerprint:
+    """The upstream's ``system_fingerprint`` (its build or configuration), sent
+    once, just before the first content event, so it rides on every chunk after."""
+
+    value: str
+
+
+@dataclass(slots=True, frozen=True)
 class Finish:
     reason: str  # stop | length | tool_calls | content_filter
 
 
 @dataclass(slots=True, frozen=True)
 class Usage:
+    """Token counts. The details are what the backend reported (None when it
+    did not): they break the totals down and never change them."""
+
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
-    def to_dict(self) -> dict[str, int]:
-        return {
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
         }
+        if self.cached_tokens is not None:
+            out["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        if self.reasoning_tokens is not None:
+            out["completion_tokens_details"] = {"reasoning_tokens": self.reasoning_tokens}
+        return out
 
 
-Event = TextDelta | ThinkingDelta | ToolCallDelta | Finish | Usage
+Event = TextDelta | ThinkingDelta | ToolCallDelta | Logprobs | Fingerprint | Finish | Usage

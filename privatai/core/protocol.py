@@ -23,7 +23,18 @@ class TextPart(msgspec.Struct, tag_field="type", tag="text"):
     text: str
 
 
+class ImageURL(msgspec.Struct, omit_defaults=True):
+    url: str
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(msgspec.Struct, tag_field="type", tag="image_url"):
+    image_url: ImageURL
+
+
 Content = Union[str, list[TextPart]]
+# Only user turns may carry images, as in OpenAI's API.
+UserContent = Union[str, list[Union[TextPart, ImagePart]]]
 
 
 class FunctionCall(msgspec.Struct):
@@ -50,7 +61,7 @@ class DeveloperMessage(msgspec.Struct, tag_field="role", tag="developer"):
 
 
 class UserMessage(msgspec.Struct, tag_field="role", tag="user"):
-    content: Content
+    content: UserContent
     name: str | None = None
 
 
@@ -86,6 +97,21 @@ class Tool(msgspec.Struct):
     type: Literal["function"] = "function"
 
 
+class LegacyFunctionCall(msgspec.Struct):
+    """A named ``function_call`` of the legacy functions API."""
+
+    name: str
+
+
+class Reasoning(msgspec.Struct):
+    """The Responses-style ``reasoning: {effort}`` that xAI-style clients send."""
+
+    effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
+
+
+Penalty = Annotated[float, msgspec.Meta(ge=-2, le=2)]
+
+
 class StreamOptions(msgspec.Struct):
     include_usage: bool = False
 
@@ -101,12 +127,14 @@ class ChatRequest(msgspec.Struct, kw_only=True):
 
     messages: Annotated[list[Message], msgspec.Meta(min_length=1)]
     model: str | None = None
-    stream: bool = False
+    # None only while decoding: parse_chat_request settles an absent field
+    # (format negotiation), so every request seen after it has a bool.
+    stream: bool | None = None
     temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
     top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
     max_tokens: Annotated[int, msgspec.Meta(ge=1, le=INT64_MAX)] | None = None
     max_completion_tokens: Annotated[int, msgspec.Meta(ge=1, le=INT64_MAX)] | None = None
-    stop: str | list[str] | None = None
+    stop: str | Annotated[list[str], msgspec.Meta(max_length=4)] | None = None
     seed: Int64 | None = None
     tools: list[Tool] | None = None
     tool_choice: str | dict[str, Any] | None = None
@@ -114,6 +142,22 @@ class ChatRequest(msgspec.Struct, kw_only=True):
     response_format: ResponseFormat | None = None
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
     think: bool | Literal["low", "medium", "high"] | None = None
+    reasoning: Reasoning | None = None
+    n: Annotated[int, msgspec.Meta(ge=1, le=128)] | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    logit_bias: dict[str, Annotated[float, msgspec.Meta(ge=-100, le=100)]] | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
+    parallel_tool_calls: bool | None = None
+    # The legacy functions API; parse_chat_request turns it into tools.
+    functions: list[FunctionDef] | None = None
+    function_call: Literal["none", "auto"] | LegacyFunctionCall | None = None
+    # Sampling extras of self-hosted servers (vLLM, llama.cpp, Ollama).
+    top_k: Annotated[int, msgspec.Meta(ge=-1)] | None = None
+    min_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    repetition_penalty: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
 
     @property
     def max_output_tokens(self) -> int | None:
@@ -156,13 +200,19 @@ class ChatRequest(msgspec.Struct, kw_only=True):
             yield "response_format.json_schema", self.response_format.json_schema
         if isinstance(self.tool_choice, dict):
             yield "tool_choice", self.tool_choice
+        if self.chat_template_kwargs is not None:
+            yield "chat_template_kwargs", self.chat_template_kwargs
 
 
 _decoder = msgspec.json.Decoder(ChatRequest)
 
 
-def parse_chat_request(body: bytes) -> ChatRequest:
-    """Decode and validate a request body; a clear 400 naming the field on error."""
+def parse_chat_request(body: bytes, *, stream_default: bool = False) -> ChatRequest:
+    """Decode and validate a request body; a clear 400 naming the field on error.
+
+    ``stream_default`` is the answer format for a body without ``stream``
+    (negotiated from the request's ``Accept``; OpenAI's default is false).
+    """
     if not body:
         raise InvalidRequest("Request body is empty; expected a JSON object with 'messages'.")
     try:
@@ -180,12 +230,48 @@ def parse_chat_request(body: bytes) -> ChatRequest:
         where = f" at '{path}'" if path else ""
         raise InvalidRequest(f"Invalid request body: the body nests deeper than {MAX_DEPTH} levels{where}.",
                              param=path) from None
+    chat = _normalized(chat, stream_default)
     if chat.tool_choice is not None and isinstance(chat.tool_choice, str) and chat.tool_choice not in (
         "auto", "none", "required"
     ):
         raise InvalidRequest("tool_choice must be 'auto', 'none', 'required' or an object.",
                              param="tool_choice")
+    if isinstance(chat.tool_choice, dict):
+        name = (chat.tool_choice.get("function") or {}).get("name")
+        if name not in {tool.function.name for tool in chat.tools or ()}:
+            raise InvalidRequest("tool_choice names a function that is not in 'tools'.", param="tool_choice")
     return chat
+
+
+def _normalized(chat: ChatRequest, stream_default: bool) -> ChatRequest:
+    """Cross-field rules OpenAI enforces, and the aliases folded into one field
+    each: legacy ``functions``/``function_call`` become ``tools``/``tool_choice``,
+    ``reasoning.effort`` becomes ``reasoning_effort``; an absent ``stream`` is
+    ``stream_default``."""
+    changes: dict[str, Any] = {}
+    stream = chat.stream
+    if stream is None:
+        stream = changes["stream"] = stream_default
+    if chat.stream_options is not None and not stream:
+        raise InvalidRequest("stream_options is only allowed when stream is true.", param="stream_options")
+    if chat.top_logprobs is not None and not chat.logprobs:
+        raise InvalidRequest("top_logprobs requires logprobs to be true.", param="top_logprobs")
+    if chat.functions is not None:
+        if chat.tools is not None:
+            raise InvalidRequest("Send either 'tools' or the legacy 'functions', not both.", param="functions")
+        changes["tools"] = [Tool(function=f) for f in chat.functions]
+    if chat.function_call is not None:
+        if chat.tool_choice is not None:
+            raise InvalidRequest("Send either 'tool_choice' or the legacy 'function_call', not both.",
+                                 param="function_call")
+        call = chat.function_call
+        changes["tool_choice"] = call if isinstance(call, str) else {"type": "function",
+                                                                    "function": {"name": call.name}}
+    if chat.reasoning is not None and chat.reasoning.effort is not None:
+        if chat.reasoning_effort not in (None, chat.reasoning.effort):
+            raise InvalidRequest("reasoning.effort and reasoning_effort disagree.", param="reasoning.effort")
+        changes["reasoning_effort"] = chat.reasoning.effort
+    return msgspec.structs.replace(chat, **changes) if changes else chat
 
 
 def text_of(content: Content | None) -> str:
@@ -194,7 +280,14 @@ def text_of(content: Content | None) -> str:
         return ""
     if isinstance(content, str):
         return content
-    return "".join(part.text for part in content)
+    return "".join(part.text for part in content if type(part) is TextPart)
+
+
+def image_urls(message: Message) -> list[str]:
+    """The image URLs of a user turn (data URLs or remote ones)."""
+    if not isinstance(message, UserMessage) or isinstance(message.content, str):
+        return []
+    return [part.image_url.url for part in message.content if type(part) is ImagePart]
 
 
 def message_to_openai(message: Message) -> dict[str, Any]:
@@ -209,11 +302,20 @@ def message_to_openai(message: Message) -> dict[str, Any]:
             ]
             if message.content is None:
                 out["content"] = None
+        if message.name is not None:
+            out["name"] = message.name
         return out
     if isinstance(message, ToolMessage):
         return {"role": "tool", "content": text_of(message.content), "tool_call_id": message.tool_call_id}
     role = "system" if isinstance(message, DeveloperMessage) else message.__struct_config__.tag
-    return {"role": role, "content": text_of(message.content)}
+    if image_urls(message):
+        # Images go as OpenAI content parts, which these servers take as they are.
+        out = {"role": role, "content": msgspec.to_builtins(message.content)}
+    else:
+        out = {"role": role, "content": text_of(message.content)}
+    if message.name is not None:
+        out["name"] = message.name
+    return out
 
 
 def tools_to_openai(tools: list[Tool] | None) -> list[dict[str, Any]] | None:

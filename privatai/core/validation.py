@@ -23,7 +23,8 @@ def invalid_body(exc: msgspec.ValidationError) -> InvalidRequest:
     """A msgspec validation error as a 400 whose ``param`` is the field's path."""
     text = str(exc)
     match = _PATH.search(text)
-    param = match.group(1) if match and match.group(1) else None
+    # msgspec writes a map's key as "[...]": the map itself is the parameter.
+    param = match.group(1).replace("[...]", "") if match and match.group(1) else None
     if text.startswith("Object missing required field"):
         field = text.split("`")[1]
         param = f"{param}.{field}" if param else field

@@ -9,7 +9,9 @@ fragments (the first with ``index``, ``id``, ``type``, ``function.name``, later
 ones ``index`` and ``function.arguments`` pieces); the last content chunk has
 ``finish_reason``. With ``stream_options.include_usage`` a chunk with
 ``choices: []`` and ``usage`` follows, then ``data: [DONE]``. Without
-``stream`` the answer is one ``chat.completion`` object. Errors before the
+``stream`` the answer is one ``chat.completion`` object. With ``logprobs``
+requested, each text chunk (and the whole answer's choice) carries
+``logprobs: {"content": [...]}``. Errors before the
 answer are an HTTP status with the kind's error body; each class below lists
 its kind's own variants."""
 from __future__ import annotations
@@ -28,6 +30,14 @@ from tests.fakes.endpoints import openai_completion, openai_embeddings
 from tests.fakes.server import ErrorLine, FakeBackend, Raw, Reply, StreamRecord, WholeAnswer
 
 _ALNUM = string.ascii_letters + string.digits
+
+
+def token_logprobs(text: str, body: Any) -> list[dict[str, Any]]:
+    """OpenAI's ``logprobs.content`` entries for one text delta (the delta as one
+    token), with ``top_logprobs`` alternatives as many as the request asked."""
+    alternatives = [{"token": f"alt{i}", "logprob": -1.0 - i, "bytes": list(f"alt{i}".encode())}
+                    for i in range(body.get("top_logprobs") or 0)]
+    return [{"token": text, "logprob": -0.25, "bytes": list(text.encode()), "top_logprobs": alternatives}]
 
 
 class SSEFake(FakeBackend):
@@ -85,8 +95,11 @@ class SSEFake(FakeBackend):
         def chunk(delta: dict[str, Any] | None, finish: str | None = None) -> dict[str, Any]:
             choice: dict[str, Any] = {"index": 0, "delta": delta or {}, "logprobs": None,
                                       "finish_reason": finish}
-            return {"id": completion_id, "object": "chat.completion.chunk", "created": created,
-                    "model": model, "choices": [choice]}
+            out = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
+                   "model": model, "choices": [choice]}
+            if reply.system_fingerprint is not None:
+                out["system_fingerprint"] = reply.system_fingerprint
+            return out
 
         async def send(payload: Any) -> None:
             data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
@@ -95,7 +108,10 @@ class SSEFake(FakeBackend):
         await send(chunk(self.first_delta()))
         for step in reply.steps:
             if isinstance(step, TextDelta):
-                await send(chunk(self.text_delta(step.text)))
+                text_chunk = chunk(self.text_delta(step.text))
+                if body.get("logprobs"):
+                    text_chunk["choices"][0]["logprobs"] = {"content": token_logprobs(step.text, body)}
+                await send(text_chunk)
             elif isinstance(step, ThinkingDelta):
                 await send(chunk(self.thinking_delta(step.text)))
             elif isinstance(step, ToolCallDelta):
@@ -146,9 +162,14 @@ class SSEFake(FakeBackend):
                   "function": {"name": c.name, "arguments": c.arguments}} for c in answer.calls]
         whole = {"id": self.object_prefix + secrets.token_hex(8), "object": "chat.completion",
                  "created": int(time.time()), "model": body.get("model", "fake-model"),
-                 "choices": [{"index": 0, "message": self.whole_message(answer, calls), "logprobs": None,
+                 "choices": [{"index": 0, "message": self.whole_message(answer, calls),
+                              "logprobs": ({"content": [entry for step in reply.steps if isinstance(step, TextDelta)
+                                                        for entry in token_logprobs(step.text, body)]}
+                                           if body.get("logprobs") else None),
                               "finish_reason": reply.finish_reason()}],
                  "usage": reply.openai_usage(body.get("messages") or [])}
+        if reply.system_fingerprint is not None:
+            whole["system_fingerprint"] = reply.system_fingerprint
         self.decorate_whole(whole)
         return whole
 
@@ -193,7 +214,7 @@ class FakeLlamaCpp(SSEFake):
         return message
 
     def decorate_whole(self, completion: dict[str, Any]) -> None:
-        completion["system_fingerprint"] = "b6000-fake"
+        completion.setdefault("system_fingerprint", "b6000-fake")  # its build, unless scripted
         self.decorate_last(completion)
 
     def error_body(self, status: int, message: str, error_type: str | None) -> Any:
@@ -264,9 +285,9 @@ class FakeVLLM(SSEFake):
 
     def decorate_whole(self, completion: dict[str, Any]) -> None:
         self.decorate_last(completion)
-        completion["usage"]["prompt_tokens_details"] = None
-        completion.update({"service_tier": None, "system_fingerprint": None, "prompt_logprobs": None,
-                           "kv_transfer_params": None})
+        completion["usage"].setdefault("prompt_tokens_details", None)
+        completion.setdefault("system_fingerprint", None)
+        completion.update({"service_tier": None, "prompt_logprobs": None, "kv_transfer_params": None})
 
     def _error(self, status: int, message: str, error_type: str) -> dict[str, Any]:
         if self.flat_errors:

@@ -74,6 +74,9 @@ class Reply:
     ``usage`` is (prompt, completion); None means "count the steps". They
     are sent as given, so a test can make the upstream report nonsense
     (negative, huge, a string).
+    ``cached_tokens``/``reasoning_tokens`` go into OpenAI's usage details
+    (``prompt_tokens_details``, ``completion_tokens_details``) when set, and
+    ``system_fingerprint`` on every chunk (OpenAI-style kinds) when set.
     A ``status`` other than 200 answers with that HTTP status and the kind's
     error body built from ``error``, with ``headers`` (e.g. ``Retry-After``).
     """
@@ -85,6 +88,9 @@ class Reply:
     error: str = ""
     error_type: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    cached_tokens: Any = None
+    reasoning_tokens: Any = None
+    system_fingerprint: str | None = None
 
     def finish_reason(self) -> str:
         if self.finish is not None:
@@ -102,8 +108,13 @@ class Reply:
         """The ``usage`` object of an OpenAI-style answer."""
         prompt, completion = self.usage_counts(messages)
         both_numbers = all(isinstance(n, (int, float)) for n in (prompt, completion))
-        return {"prompt_tokens": prompt, "completion_tokens": completion,
-                "total_tokens": prompt + completion if both_numbers else None}
+        usage = {"prompt_tokens": prompt, "completion_tokens": completion,
+                 "total_tokens": prompt + completion if both_numbers else None}
+        if self.cached_tokens is not None:
+            usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        if self.reasoning_tokens is not None:
+            usage["completion_tokens_details"] = {"reasoning_tokens": self.reasoning_tokens}
+        return usage
 
 
 @dataclass

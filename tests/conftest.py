@@ -6,9 +6,11 @@ from typing import Any, AsyncIterator, Iterator
 import pytest
 
 from privatai.adapters.base import Adapter
+from privatai.core import routing
 from tests.adapter_helpers import API_KEY, API_KEY_ENV, backend_config, started_adapter
 from tests.fakes import FAKES, FakeBackend
 from tests.gateway import Gateway, embedded_backend
+from tests.scripted import ScriptedBackends
 
 KINDS = ["ollama", "llamacpp", "vllm", "openai"]
 
@@ -29,6 +31,16 @@ def embedded_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gatew
 def api_key(embedded_gateway: Gateway) -> str:
     """A valid key for the shared gateway."""
     return embedded_gateway.create_key()
+
+
+@pytest.fixture
+def scripted(monkeypatch: pytest.MonkeyPatch) -> ScriptedBackends:
+    """Scripted backends in process (tests/scripted.py): routers and apps made
+    during the test get a ScriptedAdapter for every backend named through
+    ``scripted.backend(name)``, and their real adapter for any other."""
+    backends = ScriptedBackends(routing.create_adapter)
+    monkeypatch.setattr(routing, "create_adapter", backends.create_adapter)
+    return backends
 
 
 @pytest.fixture(params=KINDS)

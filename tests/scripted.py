@@ -153,7 +153,10 @@ class ScriptedAdapter(Adapter):
                     raise _http_error(step.code, step.message, step.type)
                 elif isinstance(step, Raw):
                     raise TypeError("Raw bytes are a wire format: script them on a fake in tests/fakes")
-            for event in (*(whole or ()), Finish(finish), Usage(*reply.usage_counts(request.messages))):
+            prompt, completion = reply.usage_counts(request.messages)
+            if reply.usage is None:
+                completion = sent  # what was produced, after a max_tokens cut too
+            for event in (*(whole or ()), Finish(finish), Usage(prompt, completion)):
                 yield event
             record.completed = True
         except (GeneratorExit, asyncio.CancelledError):

@@ -220,8 +220,10 @@ class LocalGateway(_Configured):
         info.stage = ServerStage.SERVING
         app.state.server_info.append(info)
         self._sigint = signal.getsignal(signal.SIGINT)
+        # The listen backlog `privatai serve` uses: with Sanic's default of 100,
+        # hundreds of clients connecting at once get connections reset.
         server = await app.create_server(sock=self._sock, return_asyncio_server=True, access_log=False,
-                                         asyncio_server_kwargs={"start_serving": False})
+                                         backlog=cli.LISTEN_BACKLOG, asyncio_server_kwargs={"start_serving": False})
         assert server is not None
         self.app, self._server = app, server
         await server.startup()

@@ -129,6 +129,8 @@ async def test_sigterm_during_open_streams_loses_no_usage(tmp_path: Path) -> Non
         assert await asyncio.to_thread(gateway.proc.wait, 60) == 0
         assert results == [(40, 3)] * 20  # every stream finished with the backend's usage
         gateway.proc = None
-        with gateway:
-            stored = httpx.get(f"{gateway.base_url}/usage", headers=headers, timeout=10).json()
+        # A restart (in this process) reads what the stopped one stored.
+        async with LocalGateway(tmp_path / "restart", gateway.config) as restarted, \
+                httpx.AsyncClient(timeout=10) as client:
+            stored = (await client.get(f"{restarted.base_url}/usage", headers=headers)).json()
         assert (stored["requests"], stored["prompt_tokens"], stored["completion_tokens"]) == (20, 800, 60)

@@ -130,7 +130,7 @@ class Gateway(_Configured):
                               capture_output=True, text=True, timeout=120, cwd=ROOT, env=self.env,
                               check=check)
 
-    def start(self, timeout: float = 120.0) -> "Gateway":
+    def start(self, timeout: float = 120.0, attempts: int = 3) -> "Gateway":
         out = self.output_path.open("ab")
         self.proc = subprocess.Popen(
             [*self.launcher, "serve", "--config", str(self.config_path)],
@@ -138,6 +138,14 @@ class Gateway(_Configured):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                if attempts > 1 and "address already in use" in self.output().lower():
+                    # The free port was taken between our look and the bind
+                    # (another test, another pytest worker): take another.
+                    self.proc = None
+                    self.port = free_port()
+                    self.config["server"]["port"] = self.port
+                    self.write_config(self.config)
+                    return self.start(timeout, attempts - 1)
                 raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.output()}")
             try:
                 if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:

@@ -798,7 +798,8 @@ def test_no_canary_anywhere(completed: Audit) -> None:
     assert metrics.status_code == 200 and "privatai_requests" in metrics.text
     assert not scan_bytes("/metrics", metrics.content, audit.canaries).found
 
-    time.sleep(1)  # the usage flush (0.2 s) has written the WAL
+    # /usage writes the pending usage first: the database holds all it will.
+    assert httpx.get(f"{audit.gateway.base_url}/usage", headers=audit.headers(), timeout=10).status_code == 200
     running = scan_everything(audit)
     assert running["TMPDIR"].files == 0, sorted(str(p) for p in walk_files(audit.tmpdir))
     home = audit.gateway.workdir / "home"

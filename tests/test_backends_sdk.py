@@ -13,10 +13,14 @@ from typing import Any, AsyncIterator
 
 import openai
 import pytest
+import pytest_asyncio
 
 from privatai.core.events import TextDelta, ThinkingDelta, ToolCallDelta
 from tests.fakes import FAKES, ErrorLine, FakeBackend
 from tests.gateway import LocalGateway
+
+# The module's servers live in one event loop, shared by its tests.
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 KINDS = ["ollama", "llamacpp", "vllm", "openai"]
 UPSTREAM_KEY = "sk-upstream-secret"
@@ -30,22 +34,23 @@ class Setup:
         self.fake, self.gateway, self.client = fake, gateway, client
 
 
-@pytest.fixture(params=KINDS)
-async def setup(request: pytest.FixtureRequest, tmp_path: Path,
-                monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Setup]:
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=KINDS)
+async def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Setup]:
+    """One fake and one gateway per kind, shared by the module's tests."""
     kind = request.param
-    monkeypatch.setenv("UPSTREAM_API_KEY", UPSTREAM_KEY)
     fake = FAKES[kind](api_key=UPSTREAM_KEY) if kind == "openai" else FAKES[kind]()
-    async with fake:
-        backend: dict[str, Any] = {"name": f"{kind}-1", "kind": kind, "url": fake.url,
-                                   "models": [{"name": "chat-model", "upstream": "fake-model"}]}
-        if kind == "openai":
-            backend["api_key_env"] = "UPSTREAM_API_KEY"
-        gateway = LocalGateway(tmp_path, {"backends": [backend]})
-        key = gateway.create_key()
-        async with gateway:
-            client = openai.AsyncOpenAI(base_url=gateway.base_url, api_key=key, max_retries=0, timeout=30)
-            yield Setup(fake, gateway, client)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("UPSTREAM_API_KEY", UPSTREAM_KEY)
+        async with fake:
+            backend: dict[str, Any] = {"name": f"{kind}-1", "kind": kind, "url": fake.url,
+                                       "models": [{"name": "chat-model", "upstream": "fake-model"}]}
+            if kind == "openai":
+                backend["api_key_env"] = "UPSTREAM_API_KEY"
+            gateway = LocalGateway(tmp_path_factory.mktemp(f"gw-{kind}"), {"backends": [backend]})
+            key = gateway.create_key()
+            async with gateway:
+                client = openai.AsyncOpenAI(base_url=gateway.base_url, api_key=key, max_retries=0, timeout=30)
+                yield Setup(fake, gateway, client)
 
 
 async def chat(setup: Setup, messages: list[dict[str, Any]], **options: Any) -> Any:

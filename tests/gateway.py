@@ -56,20 +56,26 @@ def embedded_backend(**overrides: Any) -> dict[str, Any]:
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     """``privatai <args>`` run in this process: the same entry point as the
     console script, without a Python start-up per call. It runs its own event
-    loop (asyncio.run), so it runs in a thread of its own."""
+    loop (asyncio.run), so it runs in a thread of its own; its output is
+    captured by swapping sys.stdout and sys.stderr meanwhile."""
     out, err = io.StringIO(), io.StringIO()
     result: dict[str, int] = {}
+    failure: list[BaseException] = []
 
     def run() -> None:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
                 result["code"] = cli.main(list(args))
             except SystemExit as exc:
-                result["code"] = exc.code if isinstance(exc.code, int) else 1
+                result["code"] = 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
+            except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+                failure.append(exc)
 
     worker = threading.Thread(target=run, name="privatai-cli")
     worker.start()
     worker.join()
+    if failure:
+        raise failure[0]
     return subprocess.CompletedProcess(["privatai", *args], result["code"], out.getvalue(), err.getvalue())
 
 
@@ -188,9 +194,9 @@ class LocalGateway(_Configured):
     with the listeners `privatai serve` runs (store, tokenizer, router, probes)
     and Sanic's graceful stop. Logging is pytest's (caplog), not set up here.
 
-    Use it from async tests (``async with LocalGateway(...) as gateway``);
-    clients must be async too (``openai.AsyncOpenAI``, ``httpx.AsyncClient``),
-    since the server shares the test's loop.
+    Use it from async tests (``async with LocalGateway(...) as gateway``),
+    once; clients must be async too (``openai.AsyncOpenAI``,
+    ``httpx.AsyncClient``), since the server shares the test's loop.
     """
 
     def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
@@ -234,10 +240,14 @@ class LocalGateway(_Configured):
                                          backlog=cli.LISTEN_BACKLOG, asyncio_server_kwargs={"start_serving": False})
         assert server is not None
         self.app, self._server = app, server
-        await server.startup()
-        await server.before_start()
-        await server.after_start()
-        await server.start_serving()
+        try:
+            await server.startup()
+            await server.before_start()
+            await server.after_start()
+            await server.start_serving()
+        except BaseException:
+            await self.stop()
+            raise
         return self
 
     async def stop(self) -> None:
@@ -245,6 +255,7 @@ class LocalGateway(_Configured):
         (up to ``grace_period``), then the shutdown listeners (usage flush)."""
         app, server = self.app, self._server
         if app is None or server is None or server.server is None:
+            self._sock.close()  # never started: the bound socket is all there is
             return
         self.app = self._server = None
         try:

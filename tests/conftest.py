@@ -6,10 +6,12 @@ from typing import Any, AsyncIterator, Iterator
 import pytest
 
 from privatai.adapters.base import Adapter
+from privatai.core import routing
 from tests.adapter_helpers import API_KEY, API_KEY_ENV, backend_config, started_adapter
 from tests.fakes import FAKES, FakeBackend
 from tests.gateway import Gateway, embedded_backend
 from tests.services import postgresql, target  # noqa: F401 - fixtures for the store tests
+from tests.scripted import ScriptedBackends
 
 KINDS = ["ollama", "llamacpp", "vllm", "openai"]
 
@@ -18,10 +20,7 @@ KINDS = ["ollama", "llamacpp", "vllm", "openai"]
 def embedded_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """One gateway on the real embedded model, shared by the tests that only read."""
     workdir: Path = tmp_path_factory.mktemp("embedded-gateway")
-    # A tight web chat limit shows that API-key traffic never meets it
-    # (test_webchat_gateway.py); no other test uses this gateway's web chat.
-    config = {"default_model": "smollm2-135m", "backends": [embedded_backend()],
-              "web_chat": {"requests_per_minute": 2}}
+    config = {"default_model": "smollm2-135m", "backends": [embedded_backend()]}
     with Gateway(workdir, config) as gateway:
         yield gateway
 
@@ -30,6 +29,16 @@ def embedded_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gatew
 def api_key(embedded_gateway: Gateway) -> str:
     """A valid key for the shared gateway."""
     return embedded_gateway.create_key()
+
+
+@pytest.fixture
+def scripted(monkeypatch: pytest.MonkeyPatch) -> ScriptedBackends:
+    """Scripted backends in process (tests/scripted.py): routers and apps made
+    during the test get a ScriptedAdapter for every backend named through
+    ``scripted.backend(name)``, and their real adapter for any other."""
+    backends = ScriptedBackends(routing.create_adapter)
+    monkeypatch.setattr(routing, "create_adapter", backends.create_adapter)
+    return backends
 
 
 @pytest.fixture(params=KINDS)

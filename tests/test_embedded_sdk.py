@@ -145,6 +145,7 @@ def test_malformed_json_and_oversized_body(embedded_gateway: Gateway, api_key: s
 def test_models_answer_while_a_generation_runs(embedded_gateway: Gateway, api_key: str) -> None:
     headers = {"Authorization": f"Bearer {api_key}"}
     first_token = threading.Event()
+    asked = threading.Event()
     finished = threading.Event()
 
     def generate() -> None:
@@ -154,6 +155,8 @@ def test_models_answer_while_a_generation_runs(embedded_gateway: Gateway, api_ke
             for line in response.iter_lines():
                 if '"content"' in line:
                     first_token.set()
+                if asked.is_set():
+                    return  # leave: the model stops within a token, for the next test
         finished.set()
 
     thread = threading.Thread(target=generate)
@@ -162,6 +165,7 @@ def test_models_answer_while_a_generation_runs(embedded_gateway: Gateway, api_ke
     answered = httpx.get(f"{embedded_gateway.base_url}/models", headers=headers, timeout=30)
     health = httpx.get(f"{embedded_gateway.url}/healthz", timeout=30)
     generation_still_running = not finished.is_set()
+    asked.set()
     thread.join(120)
     assert answered.status_code == 200 and health.status_code == 200
     assert generation_still_running, "the generation ended before /models was asked; make it longer"

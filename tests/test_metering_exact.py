@@ -1,4 +1,9 @@
-"""Metering is exact under concurrency, disconnects and shutdown (issue: keys and usage)."""
+"""Metering is exact under concurrency, disconnects and shutdown (issue: keys and usage).
+
+The 500 requests run against the app in this process with scripted backends
+(what is billed is the handler's and the meter's business; the clients and
+their disconnects are real sockets). The SIGTERM test needs a real process.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -16,7 +21,8 @@ from privatai.core import tokens
 from privatai.core.events import TextDelta
 from privatai.core.protocol import parse_chat_request
 from tests.fakes import FakeVLLM, Sleep
-from tests.gateway import Gateway
+from tests.gateway import Gateway, LocalGateway
+from tests.scripted import ScriptedBackends
 from tests.services import PASSWORD_ENV, PostgreSQL
 
 SLOW_STEPS = (TextDelta("alpha"), Sleep(0.8), TextDelta(" beta"), Sleep(0.8), TextDelta(" gamma"))
@@ -64,43 +70,46 @@ async def streamed(client: httpx.AsyncClient, url: str, headers: dict[str, str],
     return prompt, tokens.count_text("".join(text))
 
 
-async def test_500_requests_over_20_keys_are_metered_exactly(tmp_path: Path) -> None:
-    async with FakeVLLM() as fast, FakeVLLM() as slow:
-        for _ in range(60):
-            slow.reply(*CUT_STEPS, usage=(99, 2))
-        gateway = Gateway(tmp_path, config(fast, slow))
-        keys = [gateway.create_key(f"acct{i % 5}") for i in range(20)]
-        with gateway:
-            url = f"{gateway.base_url}/chat/completions"
-            billed: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
-            limits = httpx.Limits(max_connections=600, max_keepalive_connections=600)
-            async with httpx.AsyncClient(timeout=120, limits=limits) as client:
-                async def one(i: int) -> None:
-                    key = keys[i % 20]
-                    headers = {"Authorization": f"Bearer {key}"}
-                    if i % 10 == 9:    # leaves after the first token
-                        prompt, completion = await streamed(client, url, headers, body(i, "slow", True), cut_after=1)
-                    elif i % 3 == 0:
-                        response = await client.post(url, json=body(i, "fast", False), headers=headers)
-                        assert response.status_code == 200
-                        usage = response.json()["usage"]
-                        prompt, completion = usage["prompt_tokens"], usage["completion_tokens"]
-                    else:
-                        prompt, completion = await streamed(client, url, headers, body(i, "fast", True, i % 3 == 1))
-                    totals = billed[key]
-                    totals[0] += 1
-                    totals[1] += prompt
-                    totals[2] += completion
+async def test_500_requests_over_20_keys_are_metered_exactly(tmp_path: Path, scripted: ScriptedBackends) -> None:
+    fast, slow = scripted.backend("fast"), scripted.backend("slow")
+    for _ in range(60):
+        slow.reply(*CUT_STEPS, usage=(99, 2))
+    gateway = LocalGateway(tmp_path, {
+        "backends": [fast.entry("fast", max_concurrency=1000), slow.entry("slow", max_concurrency=1000)],
+        "server": {"grace_period": 30}})
+    keys = [gateway.create_key(f"acct{i % 5}") for i in range(20)]
+    url = f"{gateway.base_url}/chat/completions"
+    billed: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    limits = httpx.Limits(max_connections=600, max_keepalive_connections=600)
+    async with gateway, httpx.AsyncClient(timeout=120, limits=limits) as client:
+        async def one(i: int) -> None:
+            key = keys[i % 20]
+            headers = {"Authorization": f"Bearer {key}"}
+            if i % 10 == 9:    # leaves after the first token
+                prompt, completion = await streamed(client, url, headers, body(i, "slow", True), cut_after=1)
+            elif i % 3 == 0:
+                response = await client.post(url, json=body(i, "fast", False), headers=headers)
+                assert response.status_code == 200
+                usage = response.json()["usage"]
+                prompt, completion = usage["prompt_tokens"], usage["completion_tokens"]
+            else:
+                prompt, completion = await streamed(client, url, headers, body(i, "fast", True, i % 3 == 1))
+            totals = billed[key]
+            totals[0] += 1
+            totals[1] += prompt
+            totals[2] += completion
 
-                await asyncio.gather(*(one(i) for i in range(500)))
-                # Let the gateway notice the last disconnects before asking.
-                await asyncio.sleep(1.0)
-                for key in keys:
-                    stored = (await client.get(f"{gateway.base_url}/usage",
-                                               headers={"Authorization": f"Bearer {key}"})).json()
-                    assert [stored["requests"], stored["prompt_tokens"], stored["completion_tokens"]] \
-                        == billed[key], key[:12]
-            assert sum(t[0] for t in billed.values()) == 500
+        await asyncio.gather(*(one(i) for i in range(500)))
+    # Stopped as a server stops (the last disconnects noticed, usage flushed);
+    # a fresh start reads what was stored.
+    async with LocalGateway(tmp_path, gateway.config) as restarted, httpx.AsyncClient(timeout=30) as client:
+        for key in keys:
+            stored = (await client.get(f"{restarted.base_url}/usage",
+                                       headers={"Authorization": f"Bearer {key}"})).json()
+            assert [stored["requests"], stored["prompt_tokens"], stored["completion_tokens"]] \
+                == billed[key], key[:12]
+    assert sum(t[0] for t in billed.values()) == 500
+    assert slow.in_flight == 0 and all(record.client_closed for record in slow.streams)
 
 
 async def test_sigterm_during_open_streams_loses_no_usage(tmp_path: Path) -> None:
@@ -123,8 +132,10 @@ async def test_sigterm_during_open_streams_loses_no_usage(tmp_path: Path) -> Non
         assert await asyncio.to_thread(gateway.proc.wait, 60) == 0
         assert results == [(40, 3)] * 20  # every stream finished with the backend's usage
         gateway.proc = None
-        with gateway:
-            stored = httpx.get(f"{gateway.base_url}/usage", headers=headers, timeout=10).json()
+        # A restart (in this process) reads what the stopped one stored.
+        async with LocalGateway(tmp_path / "restart", gateway.config) as restarted, \
+                httpx.AsyncClient(timeout=10) as client:
+            stored = (await client.get(f"{restarted.base_url}/usage", headers=headers)).json()
         assert (stored["requests"], stored["prompt_tokens"], stored["completion_tokens"]) == (20, 800, 60)
 
 

@@ -36,7 +36,8 @@ from privatai.ops.canary_scan import Canaries, new_canary, scan_bytes, scan_file
 from privatai.core.events import TextDelta, ThinkingDelta, ToolCallDelta
 from privatai.ops.logs import NOISY_LOGGERS, describe_error, loop_exception_handler, setup_logging
 from tests.fakes import Drop, ErrorLine, FakeBackend, FakeLlamaCpp, FakeOllama, FakeOpenAI, FakeVLLM, Hang, Raw, Sleep
-from tests.gateway import ROOT, Gateway, embedded_backend, free_port
+from tests.gateway import ROOT, Gateway, LocalGateway, embedded_backend, eventually, free_port
+from tests.scripted import ScriptedBackends
 
 MODEL = "smollm2-135m"
 MAX_BODY = 64 * 1024
@@ -223,6 +224,9 @@ class Audit:
     fakes: dict[str, FakeBackend]
     canaries: Canaries = field(default_factory=Canaries)
     done: set[str] = field(default_factory=set)
+    # `privatai audit` run against this gateway (once; see audit_command()).
+    command: subprocess.CompletedProcess[str] | None = None
+    auditor_key: str = ""
 
     def canary(self, label: str) -> str:
         return self.canaries.add(label)
@@ -262,7 +266,7 @@ TIMEOUT = 1.5  # first_token_timeout and idle_timeout of the llama.cpp fake
 
 
 @pytest.fixture(scope="module")
-def audit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Audit]:
+def audit_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Audit]:
     workdir = tmp_path_factory.mktemp("privacy-audit")
     tmpdir = workdir / "tmp"
     tmpdir.mkdir()
@@ -309,6 +313,15 @@ def audit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Audit]:
     finally:
         for fake in fakes.values():
             fake.stop_in_thread()
+
+
+@pytest.fixture
+def audit(audit_gateway: Audit) -> Audit:
+    """The audit's gateway, running: test_no_canary_anywhere stops it to scan
+    what it leaves behind, and a test after it gets it started again."""
+    if audit_gateway.gateway.proc is None:
+        audit_gateway.gateway.start()
+    return audit_gateway
 
 
 SCENARIOS: dict[str, Callable[[Audit], None]] = {}
@@ -670,6 +683,37 @@ def run_scenario(audit: Audit, name: str) -> None:
     audit.done.add(name)
 
 
+def audit_command(audit: Audit) -> subprocess.CompletedProcess[str]:
+    """`privatai audit` against the live gateway, run once; its canaries join
+    ours for the final scan."""
+    if audit.command is None:
+        key = audit.gateway.create_key("auditor")
+        audit.canaries.values["auditor key"] = key
+        audit.auditor_key = key
+        audit.command = subprocess.run(
+            [sys.executable, "-m", "privatai", "audit", "--url", audit.gateway.url, "--key", key,
+             "--config", str(audit.gateway.config_path), "--log-file", str(audit.gateway.output_path),
+             "--max-tokens", "24"],
+            capture_output=True, text=True, timeout=600, cwd=ROOT, env=audit.gateway.env)
+        for line in audit.command.stdout.splitlines():
+            match = re.match(r"\s+(.+?)\s{2,}(CANARY-[0-9a-f]{32})$", line)
+            if match:
+                audit.canaries.values[f"audit: {match.group(1)}"] = match.group(2)
+    return audit.command
+
+
+@pytest.fixture
+def completed(audit: Audit) -> Audit:
+    """The audit with every scenario and the audit command run (those that
+    earlier tests have not run yet, in their order): what the final checks
+    scan for, whether they run after the whole module or alone."""
+    for name in SCENARIOS:
+        if name not in audit.done:
+            run_scenario(audit, name)
+    audit_command(audit)
+    return audit
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(SCENARIOS))
 def test_scenario(audit: Audit, name: str) -> None:
@@ -679,22 +723,12 @@ def test_scenario(audit: Audit, name: str) -> None:
 @pytest.mark.slow
 def test_audit_command_passes_on_the_gateway(audit: Audit) -> None:
     """`privatai audit` against the live gateway: every request as expected, nothing found."""
-    key = audit.gateway.create_key("auditor")
-    audit.canaries.values["auditor key"] = key
-    done = subprocess.run([sys.executable, "-m", "privatai", "audit", "--url", audit.gateway.url, "--key", key,
-                           "--config", str(audit.gateway.config_path),
-                           "--log-file", str(audit.gateway.output_path), "--max-tokens", "24"],
-                          capture_output=True, text=True, timeout=600, cwd=ROOT, env=audit.gateway.env)
+    done = audit_command(audit)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Result: PASS" in done.stdout and "UNEXPECTED" not in done.stdout
     assert "web chat, streamed (no key)" in done.stdout
     assert re.search(r"/metrics\s+1\s+[1-9]\d*\s+0", done.stdout), done.stdout
-    assert "usage is recorded against the key " + key[:12] in done.stdout
-    # Its canaries join ours for the final scan.
-    for line in done.stdout.splitlines():
-        match = re.match(r"\s+(.+?)\s{2,}(CANARY-[0-9a-f]{32})$", line)
-        if match:
-            audit.canaries.values[f"audit: {match.group(1)}"] = match.group(2)
+    assert "usage is recorded against the key " + audit.auditor_key[:12] in done.stdout
     assert sum(label.startswith("audit: ") for label in audit.canaries.values) >= 10
 
 
@@ -707,9 +741,8 @@ def access_fields(line: str) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_access_lines_hold_only_the_allowed_fields(audit: Audit) -> None:
-    if "chat_non_streamed" not in audit.done:
-        run_scenario(audit, "chat_non_streamed")
+def test_access_lines_hold_only_the_allowed_fields(completed: Audit) -> None:
+    audit = completed
     lines = ACCESS.findall(audit.gateway.output())
     assert lines
     allowed = {"method", "route", "status", "ms", "bytes", "model", "backend", "key", "client",
@@ -748,10 +781,11 @@ def scan_everything(audit: Audit) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-def test_no_canary_anywhere(audit: Audit) -> None:
-    """Runs last: every scenario's canaries against every place the gateway can write."""
-    missing = set(SCENARIOS) - audit.done
-    assert not missing, f"run the whole module; scenarios not run: {sorted(missing)}"
+def test_no_canary_anywhere(completed: Audit) -> None:
+    """Every scenario's canaries against every place the gateway can write;
+    it stops the gateway to scan what a stopped one leaves behind."""
+    audit = completed
+    assert set(SCENARIOS) <= audit.done and audit.command is not None
     assert len(audit.canaries.values) >= 40
     output = audit.gateway.output()
     # Positive controls for the output capture: DEBUG records of a library and
@@ -764,7 +798,8 @@ def test_no_canary_anywhere(audit: Audit) -> None:
     assert metrics.status_code == 200 and "privatai_requests" in metrics.text
     assert not scan_bytes("/metrics", metrics.content, audit.canaries).found
 
-    time.sleep(1)  # the usage flush (0.2 s) has written the WAL
+    # /usage writes the pending usage first: the database holds all it will.
+    assert httpx.get(f"{audit.gateway.base_url}/usage", headers=audit.headers(), timeout=10).status_code == 200
     running = scan_everything(audit)
     assert running["TMPDIR"].files == 0, sorted(str(p) for p in walk_files(audit.tmpdir))
     home = audit.gateway.workdir / "home"
@@ -907,10 +942,20 @@ def test_audit_command_usage_errors(tmp_path: Path) -> None:
 
 # -- usage retention -----------------------------------------------------------------
 
-@pytest.mark.slow
-def test_usage_retention_prunes_old_days(tmp_path: Path) -> None:
-    gateway = Gateway(tmp_path, {"default_model": MODEL, "backends": [embedded_backend()],
-                                 "store": {"usage_retention_days": 30}})
+def stored_days(db_path: str) -> set[str]:
+    db = sqlite3.connect(db_path)
+    try:
+        return {row[0] for row in db.execute("SELECT day FROM usage_daily")}
+    finally:
+        db.close()
+
+
+async def test_usage_retention_prunes_old_days(tmp_path: Path, scripted: ScriptedBackends) -> None:
+    """Days older than usage_retention_days are deleted when the server starts
+    (here in this process, with a scripted backend: pruning is the store's)."""
+    backend = scripted.backend("embedded")
+    gateway = LocalGateway(tmp_path, {"default_model": MODEL, "backends": [backend.entry(MODEL)],
+                                      "store": {"usage_retention_days": 30}})
     key = gateway.create_key("retention")
     db_path = gateway.config["store"]["path"]
     today = datetime.now(timezone.utc).date()
@@ -922,15 +967,13 @@ def test_usage_retention_prunes_old_days(tmp_path: Path) -> None:
         db.executemany("INSERT INTO usage_daily VALUES (?, ?, ?, 1, 10, 20)",
                        [(key_id, day, MODEL) for day in days.values()])
     db.close()
-    with gateway:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            db = sqlite3.connect(db_path)
-            stored = {row[0] for row in db.execute("SELECT day FROM usage_daily")}
-            db.close()
-            if days["old"] not in stored:
-                break
-            time.sleep(0.2)
-        response = httpx.get(f"{gateway.base_url}/usage", headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    async with gateway:
+        async def pruned() -> set[str] | None:
+            stored = await asyncio.to_thread(stored_days, db_path)
+            return stored if days["old"] not in stored else None
+
+        stored = await eventually(pruned, 30, "the old day pruned")
+        async with httpx.AsyncClient(timeout=10) as http:
+            response = await http.get(f"{gateway.base_url}/usage", headers={"Authorization": f"Bearer {key}"})
     assert stored == {days["kept"], days["recent"]}
     assert response.json()["requests"] == 2

@@ -1,6 +1,7 @@
 """SIGTERM lets open streams finish, records their usage, and usage survives a restart."""
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import threading
@@ -9,7 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.gateway import Gateway, embedded_backend
+from tests.gateway import Gateway, LocalGateway, embedded_backend
+from tests.scripted import ScriptedBackends
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +35,8 @@ def stream_chat(gateway: Gateway, key: str, received: list[str], first: threadin
                 result["usage"] = chunk["usage"]
 
 
-def test_sigterm_finishes_open_streams_and_keeps_their_usage(tmp_path: Path) -> None:
+async def test_sigterm_finishes_open_streams_and_keeps_their_usage(tmp_path: Path,
+                                                                 scripted: ScriptedBackends) -> None:
     gateway = Gateway(tmp_path, {"backends": [embedded_backend()], "server": {"grace_period": 60}})
     key = gateway.create_key()
     gateway.start()
@@ -42,19 +45,21 @@ def test_sigterm_finishes_open_streams_and_keeps_their_usage(tmp_path: Path) -> 
     result: dict[str, object] = {}
     thread = threading.Thread(target=stream_chat, args=(gateway, key, received, first, result))
     thread.start()
-    assert first.wait(60)
+    assert await asyncio.to_thread(first.wait, 60)
     assert gateway.proc is not None
     gateway.proc.send_signal(signal.SIGTERM)
-    thread.join(120)
-    code = gateway.stop()
+    await asyncio.to_thread(thread.join, 120)
+    code = await asyncio.to_thread(gateway.stop)
     assert code == 0, gateway.output()
     assert received[-1] == "data: [DONE]", "the open stream was cut by the shutdown"
     usage = result["usage"]
     assert isinstance(usage, dict) and usage["completion_tokens"] > 0
 
-    # After a restart the usage recorded during shutdown is there, exactly.
-    with gateway:
-        body = httpx.get(f"{gateway.base_url}/usage", headers={"Authorization": f"Bearer {key}"}, timeout=10).json()
+    # After a restart the usage recorded during shutdown is there, exactly
+    # (the restart is in this process: only /usage is asked, no model needed).
+    scripted.backend("embedded")
+    async with LocalGateway(tmp_path / "restart", gateway.config) as restarted, httpx.AsyncClient() as http:
+        body = (await http.get(f"{restarted.base_url}/usage", headers={"Authorization": f"Bearer {key}"})).json()
     assert body["requests"] == 1
     assert body["prompt_tokens"] == usage["prompt_tokens"]
     assert body["completion_tokens"] == usage["completion_tokens"]

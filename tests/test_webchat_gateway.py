@@ -1,7 +1,9 @@
-"""The web chat against the REAL gateway on the embedded SmolLM2 model.
+"""The web chat against the real gateway.
 
 Two kinds of tests: plain HTTP (httpx and raw sockets) for the serving
-contract and the limits, and headless Chromium driving the page end to end.
+contract and the limits, against the app served in this process on a real
+port with a scripted backend; and headless Chromium driving the page end to
+end, against a gateway process with a fake Ollama on a real socket.
 
 Client identities: the web chat limits per client address. All test traffic
 comes from loopback, so the gateways here trust ``127.0.0.1`` as a reverse
@@ -12,54 +14,62 @@ proxy (as behind nginx in production) and each test names its own client in
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import re
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, AsyncIterator, Iterator
 
 import httpx
 import pytest
 
-from tests.gateway import Gateway, embedded_backend
-
-pytestmark = pytest.mark.slow
+from privatai.core.events import TextDelta
+from tests.fakes import FakeOllama, Sleep
+from tests.gateway import Gateway, LocalGateway
+from tests.scripted import ScriptedBackend, ScriptedBackends
 
 MODEL = "smollm2-135m"
 CSP = ("default-src 'self'; connect-src 'self'; img-src 'self' data:; style-src 'self'; "
        "script-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 CAP = 5
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+# A long answer, one token per step, for the cap to cut.
+ESSAY = [TextDelta(f" word{i}") for i in range(40)]
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+@pytest.fixture
+def backend(scripted: ScriptedBackends) -> ScriptedBackend:
+    return scripted.backend("embedded")
+
+
+@pytest.fixture
+async def gateway(tmp_path: Path, backend: ScriptedBackend) -> AsyncIterator[LocalGateway]:
     """Small limits for the HTTP tests: 2 requests a minute, max_tokens capped at 5,
     one served model kept off the web chat's allowlist."""
     config = {
         "default_model": MODEL,
-        "backends": [embedded_backend(models=[MODEL, "smollm2-unlisted"])],
+        "backends": [backend.entry(MODEL, "smollm2-unlisted")],
         "web_chat": {"requests_per_minute": 2, "max_tokens": CAP, "concurrent_streams": 1,
                      "models": [MODEL], "trusted_proxies": ["127.0.0.1"]},
         # Without the portal's landing page, / belongs to the web chat.
         "portal": {"enabled": False},
     }
-    with Gateway(tmp_path_factory.mktemp("webchat-http"), config) as gw:
+    async with LocalGateway(tmp_path, config) as gw:
         yield gw
 
 
-def client(gateway: Gateway, source: str = "127.0.0.1", forwarded_for: str | None = None) -> httpx.Client:
+def client(gateway: LocalGateway, source: str = "127.0.0.1", forwarded_for: str | None = None) -> httpx.AsyncClient:
     """A client on its own source address, optionally claiming to forward for someone."""
     headers = {"X-Forwarded-For": forwarded_for} if forwarded_for else {}
-    return httpx.Client(base_url=gateway.url, headers=headers, timeout=120,
-                        transport=httpx.HTTPTransport(local_address=source))
+    return httpx.AsyncClient(base_url=gateway.url, headers=headers, timeout=30,
+                             transport=httpx.AsyncHTTPTransport(local_address=source))
 
 
-def ask(http: httpx.Client, content: str = "Hi", **body: Any) -> httpx.Response:
+async def ask(http: httpx.AsyncClient, content: str = "Hi", **body: Any) -> httpx.Response:
     """A web chat request as the page sends it (streamed), read to its end."""
-    return http.post("/webchat/api/chat/completions", json={
+    return await http.post("/webchat/api/chat/completions", json={
         "model": MODEL, "messages": [{"role": "user", "content": content}], "stream": True, **body})
 
 
@@ -86,11 +96,13 @@ def read_stream(response: httpx.Response) -> Answer:
     return Answer("".join(text), finish, usage)
 
 
-def raw_get(gateway: Gateway, target: str) -> int:
+async def raw_get(gateway: LocalGateway, target: str) -> int:
     """GET with the request target sent byte for byte (httpx would resolve the dot segments)."""
-    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
-        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
-        head = sock.recv(65536).split(b"\r\n", 1)[0]
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    writer.write(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+    head = await reader.readline()
+    writer.close()
+    await writer.wait_closed()
     return int(head.split()[1])
 
 
@@ -98,24 +110,26 @@ def raw_get(gateway: Gateway, target: str) -> int:
 # Serving contract
 
 
-def test_page_has_the_exact_csp_and_security_headers(gateway: Gateway) -> None:
-    for path in ("/webchat", "/webchat/"):
-        response = httpx.get(gateway.url + path)
-        assert response.status_code == 200, path
-        assert response.headers["content-type"] == "text/html; charset=utf-8"
-        assert response.headers["content-security-policy"] == CSP
-        assert response.headers["x-content-type-options"] == "nosniff"
-        assert response.headers["referrer-policy"] == "no-referrer"
-        assert '<script type="module" src="/webchat/static/chat.js">' in response.text
-    # Revalidation instead of stale JS after an upgrade, cheap thanks to the ETag.
-    assert response.headers["cache-control"] == "no-cache"
-    again = httpx.get(gateway.url + "/webchat", headers={"If-None-Match": response.headers["etag"]})
+async def test_page_has_the_exact_csp_and_security_headers(gateway: LocalGateway) -> None:
+    async with httpx.AsyncClient() as http:
+        for path in ("/webchat", "/webchat/"):
+            response = await http.get(gateway.url + path)
+            assert response.status_code == 200, path
+            assert response.headers["content-type"] == "text/html; charset=utf-8"
+            assert response.headers["content-security-policy"] == CSP
+            assert response.headers["x-content-type-options"] == "nosniff"
+            assert response.headers["referrer-policy"] == "no-referrer"
+            assert '<script type="module" src="/webchat/static/chat.js">' in response.text
+        # Revalidation instead of stale JS after an upgrade, cheap thanks to the ETag.
+        assert response.headers["cache-control"] == "no-cache"
+        again = await http.get(gateway.url + "/webchat", headers={"If-None-Match": response.headers["etag"]})
     assert again.status_code == 304 and again.content == b""
     assert again.headers["content-security-policy"] == CSP
 
 
-def test_root_redirects_to_the_chat(gateway: Gateway) -> None:
-    response = httpx.get(gateway.url + "/")
+async def test_root_redirects_to_the_chat(gateway: LocalGateway) -> None:
+    async with httpx.AsyncClient() as http:
+        response = await http.get(gateway.url + "/")
     assert response.status_code == 302 and response.headers["location"] == "/webchat"
 
 
@@ -124,8 +138,9 @@ def test_root_redirects_to_the_chat(gateway: Gateway) -> None:
     ("sse.js", "text/javascript; charset=utf-8"),
     ("chat.css", "text/css; charset=utf-8"),
 ])
-def test_static_files_with_their_types(gateway: Gateway, name: str, content_type: str) -> None:
-    response = httpx.get(f"{gateway.url}/webchat/static/{name}")
+async def test_static_files_with_their_types(gateway: LocalGateway, name: str, content_type: str) -> None:
+    async with httpx.AsyncClient() as http:
+        response = await http.get(f"{gateway.url}/webchat/static/{name}")
     assert response.status_code == 200
     assert response.headers["content-type"] == content_type
     assert response.headers["x-content-type-options"] == "nosniff"
@@ -133,7 +148,7 @@ def test_static_files_with_their_types(gateway: Gateway, name: str, content_type
     assert response.content == source.read_bytes()
 
 
-@pytest.mark.parametrize("target", [
+TRAVERSALS = [
     "/webchat/static/../app.py",
     "/webchat/static/../../privatai/app.py",
     "/webchat/static/%2e%2e/app.py",
@@ -150,13 +165,17 @@ def test_static_files_with_their_types(gateway: Gateway, name: str, content_type
     "/webchat/static/README.md",
     "/webchat/static/index.html",   # the page exists only at /webchat, with its CSP
     "/webchat/static/chat.js%00.css",
-])
-def test_static_traversal_and_unlisted_names_are_404(gateway: Gateway, target: str) -> None:
-    assert raw_get(gateway, target) == 404
+]
 
 
-def test_models_lists_only_the_allowlist(gateway: Gateway) -> None:
-    body = httpx.get(gateway.url + "/webchat/api/models").json()
+async def test_static_traversal_and_unlisted_names_are_404(gateway: LocalGateway) -> None:
+    statuses = {target: await raw_get(gateway, target) for target in TRAVERSALS}
+    assert statuses == dict.fromkeys(TRAVERSALS, 404)
+
+
+async def test_models_lists_only_the_allowlist(gateway: LocalGateway) -> None:
+    async with httpx.AsyncClient() as http:
+        body = (await http.get(gateway.url + "/webchat/api/models")).json()
     assert body["object"] == "list"
     assert [m["id"] for m in body["data"]] == [MODEL]
 
@@ -165,127 +184,143 @@ def test_models_lists_only_the_allowlist(gateway: Gateway) -> None:
 # Limits
 
 
-def test_model_outside_the_allowlist_is_refused_with_an_openai_error(gateway: Gateway) -> None:
-    with client(gateway, forwarded_for="198.51.100.10") as http:
-        response = ask(http, model="smollm2-unlisted")
+async def test_model_outside_the_allowlist_is_refused_with_an_openai_error(gateway: LocalGateway) -> None:
+    async with client(gateway, forwarded_for="198.51.100.10") as http:
+        response = await ask(http, model="smollm2-unlisted")
         assert response.status_code == 404
         assert response.json() == {"error": {
             "message": "The model 'smollm2-unlisted' is not available in the web chat.",
             "type": "invalid_request_error", "param": "model", "code": "model_not_found"}}
         # A refused model used none of the client's two requests a minute.
-        assert ask(http, max_tokens=1).status_code == 200
-        assert ask(http, max_tokens=1).status_code == 200
+        assert (await ask(http, max_tokens=1)).status_code == 200
+        assert (await ask(http, max_tokens=1)).status_code == 200
 
 
-def test_over_the_limit_is_429_with_retry_after(gateway: Gateway) -> None:
-    with client(gateway, forwarded_for="198.51.100.20") as http:
-        assert ask(http, max_tokens=1).status_code == 200
-        assert ask(http, max_tokens=1).status_code == 200
-        refused = ask(http, max_tokens=1)
+async def test_over_the_limit_is_429_with_retry_after(gateway: LocalGateway) -> None:
+    async with client(gateway, forwarded_for="198.51.100.20") as http:
+        assert (await ask(http, max_tokens=1)).status_code == 200
+        assert (await ask(http, max_tokens=1)).status_code == 200
+        refused = await ask(http, max_tokens=1)
     assert refused.status_code == 429
     assert 1 <= int(refused.headers["retry-after"]) <= 60
     error = refused.json()["error"]
     assert error["type"] == "rate_limit_error" and error["code"] == "requests_per_minute_exceeded"
     # Another client behind the same trusted proxy has its own budget.
-    with client(gateway, forwarded_for="198.51.100.21") as other:
-        assert ask(other, max_tokens=1).status_code == 200
+    async with client(gateway, forwarded_for="198.51.100.21") as other:
+        assert (await ask(other, max_tokens=1)).status_code == 200
 
 
-def test_spoofed_forwarded_for_from_an_untrusted_peer_gets_no_fresh_budget(gateway: Gateway) -> None:
+async def test_spoofed_forwarded_for_from_an_untrusted_peer_gets_no_fresh_budget(gateway: LocalGateway) -> None:
     for n in (1, 2):
-        with client(gateway, source="127.0.0.2", forwarded_for=f"203.0.113.{n}") as http:
-            assert ask(http, max_tokens=1).status_code == 200
-    with client(gateway, source="127.0.0.2", forwarded_for="203.0.113.3") as http:
-        refused = ask(http, max_tokens=1)
+        async with client(gateway, source="127.0.0.2", forwarded_for=f"203.0.113.{n}") as http:
+            assert (await ask(http, max_tokens=1)).status_code == 200
+    async with client(gateway, source="127.0.0.2", forwarded_for="203.0.113.3") as http:
+        refused = await ask(http, max_tokens=1)
     assert refused.status_code == 429
     assert refused.json()["error"]["code"] == "requests_per_minute_exceeded"
 
 
-def test_max_tokens_above_the_cap_is_clamped_exactly(gateway: Gateway) -> None:
-    """Usage from the embedded model is counted with tiktoken, not with the
-    model's own tokenizer, so ``completion_tokens`` cannot show the cap
-    exactly. Exact instead: with greedy decoding, asking for 10000 gives
-    the very text that asking for exactly the cap gives, and a longer one
-    than one token less; ``max_completion_tokens`` (which wins over
-    ``max_tokens`` downstream) is clamped the same way."""
+async def test_max_tokens_above_the_cap_is_clamped_exactly(gateway: LocalGateway, backend: ScriptedBackend) -> None:
+    """The backend is asked for exactly the cap, whatever the client asked
+    for, and answers as a model does: asking for 10000 gives the very text
+    that asking for exactly the cap gives, and a longer one than one token
+    less; ``max_completion_tokens`` (which wins over ``max_tokens``
+    downstream) is clamped the same way."""
     prompt = "Write a long essay about the history of bread."
     fixed = {"temperature": 0, "seed": 7}
+    for _ in range(4):
+        backend.reply(*ESSAY)
 
-    def answer(http: httpx.Client, **limit: int) -> Answer:
-        return read_stream(ask(http, prompt, **fixed, **limit))
+    async def answer(http: httpx.AsyncClient, **limit: int) -> Answer:
+        return read_stream(await ask(http, prompt, **fixed, **limit))
 
-    with client(gateway, forwarded_for="198.51.100.30") as http:
-        huge = answer(http, max_tokens=10_000)
-        at_cap = answer(http, max_tokens=CAP)
-    with client(gateway, forwarded_for="198.51.100.31") as http:
-        huge_completion = answer(http, max_completion_tokens=10_000)
-        below = answer(http, max_tokens=CAP - 1)
+    async with client(gateway, forwarded_for="198.51.100.30") as http:
+        huge = await answer(http, max_tokens=10_000)
+        at_cap = await answer(http, max_tokens=CAP)
+    async with client(gateway, forwarded_for="198.51.100.31") as http:
+        huge_completion = await answer(http, max_completion_tokens=10_000)
+        below = await answer(http, max_tokens=CAP - 1)
 
     assert huge.finish_reason == "length" and huge_completion.finish_reason == "length"
     assert huge.text and huge.text == at_cap.text == huge_completion.text
     assert huge.text.startswith(below.text) and len(below.text) < len(huge.text)
-    # tiktoken and SmolLM2's tokenizer differ by little on English text.
     assert huge.usage is not None and 1 <= huge.usage["completion_tokens"] <= CAP + 2
+    sent = [(a.request.max_tokens, a.request.max_completion_tokens) for a in backend.asked]
+    assert sent == [(CAP, None), (CAP, None), (CAP, None), (CAP - 1, None)]
 
 
-def test_non_streamed_requests_are_refused_without_using_the_budget(gateway: Gateway) -> None:
+async def test_non_streamed_requests_are_refused_without_using_the_budget(gateway: LocalGateway) -> None:
     """A non-streamed answer that the client abandons could not be charged."""
-    with client(gateway, forwarded_for="198.51.100.35") as http:
-        refused = ask(http, max_tokens=1, stream=False)
+    async with client(gateway, forwarded_for="198.51.100.35") as http:
+        refused = await ask(http, max_tokens=1, stream=False)
         assert refused.status_code == 400
         assert refused.json()["error"]["param"] == "stream"
-        assert ask(http, max_tokens=1).status_code == 200
-        assert ask(http, max_tokens=1).status_code == 200
+        assert (await ask(http, max_tokens=1)).status_code == 200
+        assert (await ask(http, max_tokens=1)).status_code == 200
 
 
-def test_an_error_before_the_stream_gives_the_slot_back(gateway: Gateway) -> None:
+async def test_an_error_before_the_stream_gives_the_slot_back(gateway: LocalGateway, backend: ScriptedBackend) -> None:
     """A prompt over the model's context is refused by the backend before any
     token (400); the client's one concurrent-stream slot must be free again."""
-    with client(gateway, forwarded_for="198.51.100.40") as http:
-        too_long = ask(http, "bread " * 3000)
+    backend.fail(400, "the request exceeds the available context size", error_type="exceed_context_size_error")
+    async with client(gateway, forwarded_for="198.51.100.40") as http:
+        too_long = await ask(http, "bread " * 3000)
         assert too_long.status_code == 400
         assert too_long.json()["error"]["type"] == "invalid_request_error"
-        assert ask(http, max_tokens=1).status_code == 200
+        assert (await ask(http, max_tokens=1)).status_code == 200
 
 
-def test_api_key_traffic_is_not_rate_limited(embedded_gateway: Gateway, api_key: str) -> None:
-    """The shared gateway allows the web chat 2 requests a minute (conftest);
-    30 API-key requests from the same address, half of them while the web
-    chat refuses that address, are limited only by capacity. No timing
-    assumption: on a busy machine the 30 requests may well take over a minute."""
-    api = {"Authorization": f"Bearer {api_key}"}
+async def test_api_key_traffic_is_not_rate_limited(gateway: LocalGateway) -> None:
+    """The web chat allows 2 requests a minute; 30 API-key requests from the
+    same address, half of them while the web chat refuses that address, are
+    limited only by capacity."""
+    api = {"Authorization": f"Bearer {await gateway.key()}"}
 
-    def call_api(http: httpx.Client, n: int) -> list[int]:
-        return [http.post("/v1/chat/completions", headers=api, json={
+    async def call_api(http: httpx.AsyncClient, n: int) -> list[int]:
+        return [(await http.post("/v1/chat/completions", headers=api, json={
             "model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1,
-        }).status_code for _ in range(n)]
+        })).status_code for _ in range(n)]
 
-    with client(embedded_gateway, source="127.0.0.3") as http:
-        assert call_api(http, 15) == [200] * 15
+    async with client(gateway, source="127.0.0.3") as http:
+        assert await call_api(http, 15) == [200] * 15
         # The API requests used none of this address's web chat budget ...
-        assert ask(http, max_tokens=1).status_code == 200
-        assert ask(http, max_tokens=1).status_code == 200
+        assert (await ask(http, max_tokens=1)).status_code == 200
+        assert (await ask(http, max_tokens=1)).status_code == 200
         # ... which is spent now, and refusing the web chat does not limit the API.
-        assert ask(http, max_tokens=1).status_code == 429
-        assert call_api(http, 15) == [200] * 15
+        assert (await ask(http, max_tokens=1)).status_code == 429
+        assert await call_api(http, 15) == [200] * 15
 
 
 # ---------------------------------------------------------------------------
 # The page in headless Chromium
 
 
+@dataclass
+class BrowserGateway:
+    gateway: Gateway
+    ollama: FakeOllama
+
+
 @pytest.fixture(scope="module")
-def browser_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    """Two allowlisted models to pick from (and one served but hidden), answers
-    long enough to stop mid-stream, and a limit reached in three messages."""
-    config = {
-        "default_model": MODEL,
-        "backends": [embedded_backend(models=[MODEL, "smollm2-alt", "smollm2-hidden"])],
-        "web_chat": {"requests_per_minute": 2, "max_tokens": 120, "concurrent_streams": 1,
-                     "models": [MODEL, "smollm2-alt"], "trusted_proxies": ["127.0.0.1"]},
-    }
-    with Gateway(tmp_path_factory.mktemp("webchat-browser"), config) as gw:
-        yield gw
+def browser_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrowserGateway]:
+    """A gateway process with two allowlisted models to pick from (and one
+    served but hidden) and a limit reached in three messages, in front of a
+    fake Ollama whose answers each test scripts (one long enough to stop)."""
+    with FakeOllama() as ollama:
+        config = {
+            "default_model": MODEL,
+            "backends": [{"name": "ollama", "kind": "ollama", "url": ollama.url,
+                          "models": [MODEL, "smollm2-alt", "smollm2-hidden"]}],
+            "web_chat": {"requests_per_minute": 2, "max_tokens": 120, "concurrent_streams": 1,
+                         "models": [MODEL, "smollm2-alt"], "trusted_proxies": ["127.0.0.1"]},
+        }
+        with Gateway(tmp_path_factory.mktemp("webchat-browser"), config) as gw:
+            yield BrowserGateway(gw, ollama)
+
+
+# A story a token every 50 ms: still streaming when the test presses stop.
+STORY = [step for i in range(80) for step in (TextDelta(f" dragon{i}"), Sleep(0.05))]
+GOODBYE = [TextDelta("Goodbye"), TextDelta(", and"), TextDelta(" happy"), TextDelta(" baking!")]
 
 
 # Injected before the page's scripts (devtools scripts are exempt from the
@@ -368,10 +403,13 @@ WORDS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("locale", "client_ip"), [("en-US", "192.0.2.1"), ("de-DE", "192.0.2.2")])
-def test_page_streams_stops_and_shows_the_limit(browser: Any, browser_gateway: Gateway,
+def test_page_streams_stops_and_shows_the_limit(browser: Any, browser_gateway: BrowserGateway,
                                                 locale: str, client_ip: str) -> None:
-    ui = open_ui(browser, browser_gateway, locale, client_ip)
+    browser_gateway.ollama.reply(*STORY)
+    browser_gateway.ollama.reply(*GOODBYE, usage=(40, 4))
+    ui = open_ui(browser, browser_gateway.gateway, locale, client_ip)
     page = ui.page
     words = WORDS[ui.lang]
     assert page.evaluate("document.documentElement.lang") == ui.lang

@@ -164,25 +164,16 @@ class StreamRecord:
         return self._closed.is_set()
 
 
-class FakeBackend:
-    """Base class: subclasses add the routes and the wire format of one kind."""
+class Replies:
+    """A queue of scripted answers and a record of each answer's connection:
+    shared by the fakes on sockets and the in-process scripted backend
+    (``tests/scripted.py``), so both are scripted the same way."""
 
-    kind: ClassVar[str]
-    chat_path: ClassVar[str]
     default_text: ClassVar[str] = "Hello from the fake backend."
 
-    def __init__(self, *, models: tuple[str, ...] = ("fake-model",)) -> None:
-        self.models = list(models)
-        self.healthy = True
+    def __init__(self) -> None:
         self.replies: deque[Reply] = deque()
-        self.requests: list[Recorded] = []
         self.streams: list[StreamRecord] = []
-        self.port: int | None = None
-        self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
-        self._thread_loop: asyncio.AbstractEventLoop | None = None
-
-    # -- scripting -----------------------------------------------------------
 
     def reply(self, *steps: Step, finish: str | None = None,
               usage: tuple[Any, Any] | None = None) -> Reply:
@@ -200,6 +191,35 @@ class FakeBackend:
 
     def next_reply(self) -> Reply:
         return self.replies.popleft() if self.replies else Reply([TextDelta(self.default_text)])
+
+    async def wait_closed(self, timeout: float, stream: int = -1) -> float:
+        """Wait until the client closed chat response ``stream``; the seconds since
+        this call began. Raises TimeoutError if it did not close in time."""
+        begin = time.monotonic()
+        record = self.streams[stream]
+        while not record.client_closed:
+            if time.monotonic() - begin > timeout:
+                raise TimeoutError(f"client connection still open after {timeout} s")
+            await asyncio.sleep(0.002)
+        assert record.closed_at is not None
+        return max(0.0, record.closed_at - begin)
+
+
+class FakeBackend(Replies):
+    """Base class: subclasses add the routes and the wire format of one kind."""
+
+    kind: ClassVar[str]
+    chat_path: ClassVar[str]
+
+    def __init__(self, *, models: tuple[str, ...] = ("fake-model",)) -> None:
+        super().__init__()
+        self.models = list(models)
+        self.healthy = True
+        self.requests: list[Recorded] = []
+        self.port: int | None = None
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+        self._thread_loop: asyncio.AbstractEventLoop | None = None
 
     # -- what happened -------------------------------------------------------
 
@@ -225,18 +245,6 @@ class FakeBackend:
     @property
     def last_body(self) -> Any:
         return self.chat_bodies[-1]
-
-    async def wait_closed(self, timeout: float, stream: int = -1) -> float:
-        """Wait until the client closed chat response ``stream``; the seconds since
-        this call began. Raises TimeoutError if it did not close in time."""
-        begin = time.monotonic()
-        record = self.streams[stream]
-        while not record.client_closed:
-            if time.monotonic() - begin > timeout:
-                raise TimeoutError(f"client connection still open after {timeout} s")
-            await asyncio.sleep(0.002)
-        assert record.closed_at is not None
-        return max(0.0, record.closed_at - begin)
 
     # -- lifecycle -----------------------------------------------------------
 

@@ -102,7 +102,7 @@ class ScriptedAdapter(Adapter):
             return list(self.backend.discovered)
         return await super().list_models()
 
-    async def stream(self, request: ChatRequest, model: str) -> AsyncIterator[Event]:
+    async def stream_tokens(self, request: ChatRequest, model: str) -> AsyncIterator[Event]:
         backend = self.backend
         if backend.down:
             raise BackendUnavailable("The backend is unreachable (ConnectionRefusedError).")

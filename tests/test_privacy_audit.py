@@ -685,7 +685,9 @@ def run_scenario(audit: Audit, name: str) -> None:
 
 def audit_command(audit: Audit) -> subprocess.CompletedProcess[str]:
     """`privatai audit` against the live gateway, run once; its canaries join
-    ours for the final scan."""
+    ours for the final scan. Its requests go to a fake backend: what the
+    embedded model does with canaries the scenarios above cover, and the
+    command's own work (probes, the scan) is the same for any model."""
     if audit.command is None:
         key = audit.gateway.create_key("auditor")
         audit.canaries.values["auditor key"] = key
@@ -693,7 +695,7 @@ def audit_command(audit: Audit) -> subprocess.CompletedProcess[str]:
         audit.command = subprocess.run(
             [sys.executable, "-m", "privatai", "audit", "--url", audit.gateway.url, "--key", key,
              "--config", str(audit.gateway.config_path), "--log-file", str(audit.gateway.output_path),
-             "--max-tokens", "24"],
+             "--model", "fake-vllm", "--max-tokens", "24"],
             capture_output=True, text=True, timeout=600, cwd=ROOT, env=audit.gateway.env)
         for line in audit.command.stdout.splitlines():
             match = re.match(r"\s+(.+?)\s{2,}(CANARY-[0-9a-f]{32})$", line)

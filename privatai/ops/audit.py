@@ -72,10 +72,11 @@ class Prober:
         return {"Authorization": f"Bearer {key or self.key}"}
 
     def _body(self, messages: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-        body: dict[str, Any] = {"messages": messages, "max_tokens": self.max_tokens, "temperature": 0, **extra}
+        # --model is the default; a probe's own model (the unknown one) wins.
+        body: dict[str, Any] = {"messages": messages, "max_tokens": self.max_tokens, "temperature": 0}
         if self.model:
             body["model"] = self.model
-        return body
+        return {**body, **extra}
 
     def _post(self, probe: Probe, body: bytes | dict[str, Any], key: str | None = None,
               headers: dict[str, str] | None = None, path: str = "/chat/completions") -> httpx.Response | None:

@@ -30,6 +30,13 @@ async def adapter():
     await backend.close()
 
 
+@shared_loop
+async def test_n_threads_bounds_prompt_evaluation_too(adapter: EmbeddedAdapter) -> None:
+    """backends.yaml's n_threads is the model's whole CPU budget: llama-cpp-python
+    evaluates prompts with every core unless told otherwise."""
+    assert (adapter._llm.n_threads, adapter._llm.n_threads_batch) == (1, 1)
+
+
 def test_bundled_model_is_found_without_importing_the_plugin() -> None:
     import sys
     path = bundled_model_path()

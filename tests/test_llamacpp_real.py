@@ -48,7 +48,7 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with open(tmp_path_factory.mktemp("llama-server") / "server.log", "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf()), "--host", "127.0.0.1",
-             "--port", str(port), "--n_ctx", "2048", "--n_threads", "1",
+             "--port", str(port), "--n_ctx", "2048", "--n_threads", "1", "--n_threads_batch", "1",
              # By default a new request interrupts the running one, which would
              # hide whether closing our stream stopped the generation.
              "--interrupt_requests", "False"],

@@ -345,7 +345,7 @@ def log(level, text, user_data):
 llama_cpp.llama_log_set(log, ctypes.c_void_p(0))
 result = {}
 def infer():
-    llm = llama_cpp.Llama(model_path=gguf, n_ctx=256, verbose=False)
+    llm = llama_cpp.Llama(model_path=gguf, n_ctx=256, n_threads=1, n_threads_batch=1, verbose=False)
     chunks = list(llm.create_chat_completion(messages=[{"role": "user", "content": "Hi"}],
                                              max_tokens=8, stream=True))
     result["chunks"] = len(chunks)

@@ -84,7 +84,10 @@ class EmbeddedAdapter(Adapter):
         if not path.is_file():
             raise BackendUnavailable(f"Model file not found: {path}")
         quiet_llama_log()
-        return Llama(model_path=str(path), n_ctx=self.config.n_ctx, n_threads=threads, verbose=False)
+        # n_threads_batch too: llama-cpp-python would evaluate prompts on every
+        # core, spinning threads that starve everything else on a shared host.
+        return Llama(model_path=str(path), n_ctx=self.config.n_ctx, n_threads=threads, n_threads_batch=threads,
+                     verbose=False)
 
     async def close(self) -> None:
         if self._executor is not None:

@@ -25,7 +25,7 @@ def load_embedder(path: Path, n_ctx: int, threads: int) -> Any:
     import llama_cpp
 
     settings = {"model_path": str(path), "embedding": True, "n_ctx": n_ctx, "n_batch": n_ctx,
-                "n_ubatch": n_ctx, "n_threads": threads, "verbose": False}
+                "n_ubatch": n_ctx, "n_threads": threads, "n_threads_batch": threads, "verbose": False}
     llm = llama_cpp.Llama(**settings)
     if llm.pooling_type() == llama_cpp.LLAMA_POOLING_TYPE_NONE:
         llm.close()

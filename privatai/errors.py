@@ -99,6 +99,14 @@ class CapacityExceeded(RateLimited):
     code = "capacity_exceeded"
 
 
+class LimitsUnavailable(PrivatAIError):
+    """The shared fair-use counters cannot be reached: the web chat refuses
+    rather than serve without its limits (it fails closed)."""
+
+    status = 503
+    code = "limits_unavailable"
+
+
 class BackendError(PrivatAIError):
     """The backend failed. ``retryable`` errors may be tried on another backend
     as long as nothing has been sent to the client yet."""

@@ -11,6 +11,7 @@ from typing import Any, Literal
 import sqlalchemy.exc
 from sqlalchemy import bindparam, func, insert, select, update
 
+from privatai.store import changes
 from privatai.store.auth_cache import AuthCache, Outcome, key_digest
 from privatai.store.connection import Database, Queries
 from privatai.store.keys import DISPLAY_LENGTH, KEY_PREFIX, display_prefix, generate_key, hash_key, is_well_formed
@@ -52,6 +53,10 @@ class Accounts(Queries):
             self._auth.put(digest, outcome)
         return outcome.principal_now()
 
+    def forget_authentications(self) -> None:
+        """Clear the authentication cache (a key or account changed elsewhere)."""
+        self._auth.clear()
+
     # ------------------------------------------------------------------ accounts
 
     async def create_account(self, name: str, plan: str = DEFAULT_PLAN) -> Account:
@@ -77,6 +82,7 @@ class Accounts(Queries):
         account = await self.get_account(name)
         async with self._db.write() as conn:
             await conn.execute(update(accounts).where(accounts.c.id == account.id).values(status=status))
+            await changes.bump(conn)
         self._auth.clear()
         return await self.get_account(name)
 
@@ -101,6 +107,8 @@ class Accounts(Queries):
                 insert(api_keys).values(account_id=account.id, label=label, prefix=display_prefix(key),
                                         sha256=hash_key(key), created=now.isoformat(), expires_at=expires)
                 .returning(api_keys.c.id))).scalar_one()
+            # Other processes may have cached this key as unknown.
+            await changes.bump(conn)
         return NewKey(key, await self._key_by_id(key_id))
 
     async def _key_by_id(self, key_id: int) -> ApiKey:
@@ -147,5 +155,6 @@ class Accounts(Queries):
         async with self._db.write() as conn:
             await conn.execute(update(api_keys).where(api_keys.c.id == key.id)
                                .values(revoked_at=utc_now().isoformat()))
+            await changes.bump(conn)
         self._auth.clear()
         return await self._key_by_id(key.id)

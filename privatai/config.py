@@ -354,10 +354,6 @@ def _check_store(source: str, store: StoreConfig) -> None:
 
 def _check(config: Config) -> None:
     _check_store(config.source, config.store)
-    if config.server.workers != 1:
-        raise ConfigError(config.source, "server.workers",
-                          "must be 1: the web-chat limits and the usage batches live in this one "
-                          "process's memory; run several gateways behind a proxy instead")
     names: set[str] = set()
     for i, backend in enumerate(config.backends):
         where = f"backends[{i}]"

@@ -39,6 +39,7 @@ from privatai.api.models import model_object
 from privatai.config import Config, WebChatConfig, default_model
 from privatai.core.protocol import parse_chat_request
 from privatai.errors import InvalidRequest, NotFound, PermissionDenied
+from privatai.limits.sqlite_state import SqliteLimitState
 from privatai.limits.webchat import WebChatLimiter
 from privatai.state import AppState
 
@@ -133,7 +134,10 @@ def serve_static(request: Request, file: StaticFile) -> HTTPResponse:
 def register(app: Sanic) -> None:
     """Add the web chat's routes and its limiter (``app.ctx.webchat_limiter``)."""
     state: AppState = app.ctx.state
-    limiter = WebChatLimiter(effective_config(state.config))
+    # Made here, in the main process, so every forked worker has the same
+    # identity key; the counters are shared through the runtime directory.
+    shared = SqliteLimitState(state.runtime.limits_file) if state.runtime is not None else None
+    limiter = WebChatLimiter(effective_config(state.config), state=shared)
     app.ctx.webchat_limiter = limiter
     state.on_reload = lambda config: limiter.reconfigure(effective_config(config))
     files = load_static()

@@ -70,7 +70,8 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID runs (ours or not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -150,7 +151,7 @@ class SqliteLimitState:
         active = 0
         for pid, count in conn.execute("SELECT pid, count(*) FROM streams WHERE identity = ? GROUP BY pid",
                                        (identity,)).fetchall():
-            if _alive(pid):
+            if pid_alive(pid):
                 active += count
             else:
                 conn.execute("DELETE FROM streams WHERE identity = ? AND pid = ?", (identity, pid))

@@ -64,6 +64,11 @@ class Store(Accounts, UsageQueries):
             raise StoreUnavailable(f"cannot open the database {describe(location)}: {reason(exc)}") from None
 
     @property
+    def database(self) -> Database:
+        """The connection, for watchers that share it (:mod:`privatai.store.changes`)."""
+        return self._db
+
+    @property
     def kind(self) -> str:
         """``sqlite`` or ``postgresql``."""
         return self._db.kind

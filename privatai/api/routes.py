@@ -15,9 +15,12 @@ from sanic import Sanic
 from privatai import portal
 from privatai.api import webchat
 from privatai.api.chat import chat_completions
+from privatai.api.completions import completions
+from privatai.api.embeddings import embeddings
 from privatai.api.health import healthz, readyz
 from privatai.api.metrics import metrics_endpoint
 from privatai.api.models import get_model, list_models
+from privatai.api.responses import responses
 from privatai.api.usage import usage
 from privatai.config import Config
 
@@ -36,6 +39,9 @@ class Route:
 
 API_ROUTES = (
     Route("/chat/completions", chat_completions, "POST", "chat"),
+    Route("/completions", completions, "POST", "completions"),
+    Route("/embeddings", embeddings, "POST", "embeddings"),
+    Route("/responses", responses, "POST", "responses"),
     Route("/models", list_models, "GET", "models"),
     Route("/models/<model_id:path>", get_model, "GET", "model"),
     Route("/usage", usage, "GET", "usage"),

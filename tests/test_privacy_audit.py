@@ -750,7 +750,7 @@ def test_access_lines_hold_only_the_allowed_fields(completed: Audit) -> None:
     runs = [ACCESS.findall(run) for run in audit.gateway.output().split("PrivatAI listening on")[1:]]
     lines = [line for run in runs for line in run]
     assert lines
-    allowed = {"method", "route", "status", "ms", "bytes", "model", "backend", "key", "client",
+    allowed = {"method", "route", "status", "ms", "request_id", "bytes", "model", "backend", "key", "client",
                "tokens_in", "tokens_out", "error"}
     for line in lines:
         fields = access_fields(line)
@@ -758,6 +758,8 @@ def test_access_lines_hold_only_the_allowed_fields(completed: Audit) -> None:
         assert "127.0.0.1" not in line
         # hashed_client_ip: a 16-hex keyed hash, the same for every request from here.
         assert re.fullmatch(r"[0-9a-f]{16}", fields["client"]), line
+        # The response's random x-request-id, nothing a client sent.
+        assert re.fullmatch(r"req_[0-9a-f]{32}", fields["request_id"]), line
         assert fields["route"].startswith("/") and "?" not in fields["route"]
     assert all(len({access_fields(line)["client"] for line in run}) == 1 for run in runs if run)
     # An error is named by its class and status only.

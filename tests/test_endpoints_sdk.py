@@ -100,6 +100,10 @@ async def test_embedding_dimensions_or_a_400_naming_them(setup: Setup) -> None:
         return
     answer = await client.embeddings.create(model="public-model", input="x", dimensions=4)
     assert answer.data[0].embedding == fake_vector("x", 4)
+    # More than the model has: the backend's refusal, as a 400.
+    with pytest.raises(openai.BadRequestError) as info:
+        await client.embeddings.create(model="public-model", input="x", dimensions=5000)
+    assert "at most 1024" in info.value.body["message"]
 
 
 async def test_bad_embedding_requests(setup: Setup) -> None:
@@ -219,10 +223,11 @@ async def test_response_reasoning_as_a_reasoning_item(setup: Setup) -> None:
 
 async def test_nothing_is_stored(setup: Setup) -> None:
     client, _ = await setup.client()
-    asked = len(setup.fake.requests)
+    # Chat requests only: health probes reach the fake meanwhile.
+    asked = len(setup.fake.chat_bodies)
     for extra in ({"store": True}, {"previous_response_id": "resp_123"}):
         with pytest.raises(openai.BadRequestError) as info:
             await client.responses.create(model="public-model", input="Hi", **extra)
         assert info.value.body["param"] == next(iter(extra))
         assert "stores no prompts" in info.value.body["message"]
-    assert len(setup.fake.requests) == asked
+    assert len(setup.fake.chat_bodies) == asked

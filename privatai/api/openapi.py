@@ -142,7 +142,9 @@ class Operation:
     summary: str
     response: type
     request: type | None = None
-    streams: bool = False  # answers text/event-stream when the body asks for ``stream: true``
+    # What each event of the text/event-stream answer to ``stream: true``
+    # carries as its data (empty: the operation does not stream).
+    stream_data: str = ""
     api: bool = True  # under the API prefixes
     key: bool = True  # needs an API key (only API operations do)
     parameters: tuple[dict[str, Any], ...] = field(default_factory=tuple)
@@ -155,11 +157,14 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
 
 OPERATIONS: tuple[Operation, ...] = (
     Operation("post", "/chat/completions", "Chat completion, whole or streamed", ChatCompletion,
-              ChatRequest, streams=True),
+              ChatRequest, stream_data="A chat.completion.chunk as JSON, an in-band {\"error\": ...} "
+                                       "after a failure, and last [DONE]."),
     Operation("post", "/responses", "Responses API (stateless: nothing is stored)", Response,
-              ResponsesRequest, streams=True),
+              ResponsesRequest, stream_data="A Responses stream event as JSON, its type also in the "
+                                            "event field; response.completed (or .incomplete, .failed) last."),
     Operation("post", "/completions", "Legacy text completion, whole or streamed", TextCompletion,
-              CompletionRequest, streams=True),
+              CompletionRequest, stream_data="A text_completion chunk as JSON, an in-band {\"error\": ...} "
+                                             "after a failure, and last [DONE]."),
     Operation("post", "/embeddings", "Embeddings of one or more inputs", EmbeddingsResponse, EmbeddingsRequest),
     Operation("get", "/models", "Models this gateway serves", ModelList),
     Operation("get", "/models/{model_id}", "One model", Model, parameters=(
@@ -191,8 +196,12 @@ API_ERRORS = {
 def _operation(op: Operation, schemas: dict[str, Any]) -> dict[str, Any]:
     name = op.response.__name__
     success: dict[str, Any] = {"application/json": {"schema": schemas[name]}}
-    if op.streams:
-        success["text/event-stream"] = {"schema": {"type": "string"}}
+    if op.stream_data:
+        # In OpenAPI 3.1 the schema of an event stream describes each event.
+        success["text/event-stream"] = {"schema": {
+            "type": "object", "required": ["data"],
+            "properties": {"event": {"type": "string"}, "id": {"type": "string"},
+                           "data": {"type": "string", "description": op.stream_data}}}}
     doc = (op.response.__doc__ or "").strip()
     responses: dict[str, Any] = {
         str(status): {"description": doc.splitlines()[0] if doc else "OK", "content": success}

@@ -18,9 +18,9 @@ import pytest_asyncio
 
 from privatai.core import tokens
 from privatai.core.events import TextDelta, ThinkingDelta, ToolCallDelta
-from tests.fakes import FAKES, ErrorLine, FakeBackend
+from tests.fakes import ErrorLine, FakeBackend
 from tests.fakes.endpoints import fake_vector, prompt_count
-from tests.gateway import UPSTREAM_KEY, LocalGateway
+from tests.gateway import LocalGateway, local_gateway_on_fake
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -52,16 +52,8 @@ class Setup:
 @pytest_asyncio.fixture(scope="module", loop_scope="module", params=KINDS)
 async def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Setup]:
     kind = request.param
-    fake = FAKES[kind](api_key=UPSTREAM_KEY) if kind == "openai" else FAKES[kind]()
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("UPSTREAM_API_KEY", UPSTREAM_KEY)
-        async with fake:
-            backend: dict[str, Any] = {"name": f"{kind}-1", "kind": kind, "url": fake.url,
-                                       "models": [{"name": "public-model", "upstream": "fake-model"}]}
-            if kind == "openai":
-                backend["api_key_env"] = "UPSTREAM_API_KEY"
-            async with LocalGateway(tmp_path_factory.mktemp(f"gw-{kind}"), {"backends": [backend]}) as gateway:
-                yield Setup(fake, gateway)
+    async with local_gateway_on_fake(kind, tmp_path_factory.mktemp(f"gw-{kind}"), "public-model") as (fake, gateway):
+        yield Setup(fake, gateway)
 
 
 # --------------------------------------------------------------------------

@@ -23,9 +23,10 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterator, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, TypeVar
 
 import httpx
+import pytest
 import yaml
 from sanic import Sanic
 from sanic.application.constants import ServerStage
@@ -210,6 +211,24 @@ def gateway_on_fake(kind: str, workdir: Path, *, server: dict[str, Any] | None =
         key = gateway.create_key()
         with gateway:
             yield fake, gateway, key
+
+
+@contextlib.asynccontextmanager
+async def local_gateway_on_fake(kind: str, workdir: Path, model: str = "chat-model"
+                                ) -> AsyncIterator[tuple[FakeBackend, "LocalGateway"]]:
+    """A fake backend of ``kind`` serving ``model`` (upstream ``fake-model``)
+    behind a started :class:`LocalGateway`; as :func:`gateway_on_fake` in the
+    test's own loop. Create keys with ``await gateway.key()``."""
+    fake = FAKES[kind](api_key=UPSTREAM_KEY) if kind == "openai" else FAKES[kind]()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("UPSTREAM_API_KEY", UPSTREAM_KEY)
+        async with fake:
+            backend: dict[str, Any] = {"name": f"{kind}-1", "kind": kind, "url": fake.url,
+                                       "models": [{"name": model, "upstream": "fake-model"}]}
+            if kind == "openai":
+                backend["api_key_env"] = "UPSTREAM_API_KEY"
+            async with LocalGateway(workdir, {"backends": [backend]}) as gateway:
+                yield fake, gateway
 
 
 _app_names = itertools.count(1)

@@ -46,9 +46,12 @@ from typing import Any, AsyncIterator, Callable, ClassVar
 
 from privatai.adapters.base import Adapter
 from privatai.config import BackendConfig
+from privatai.core.completions import CompletionRequest
+from privatai.core.embeddings import EmbeddingResult, EmbeddingsRequest
 from privatai.core.events import Event, Finish, TextDelta, ThinkingDelta, ToolCallDelta, Usage
-from privatai.core.protocol import ChatRequest
+from privatai.core.protocol import ChatRequest, UserMessage
 from privatai.errors import BackendError, BackendUnavailable, PrivatAIError, UpstreamRejected
+from tests.fakes.endpoints import fake_vector
 from tests.fakes.server import Drop, ErrorLine, Hang, Raw, Replies, Sleep, StreamRecord
 
 CONTENT = (TextDelta, ThinkingDelta, ToolCallDelta)
@@ -77,6 +80,8 @@ class ScriptedBackend(Replies):
         self.discovered: list[str] | None = None
         self.in_flight = 0
         self.peak_in_flight = 0
+        # False: a chat-only server (completions and embeddings not offered).
+        self.text_endpoints = True
 
     def entry(self, *models: str, **settings: Any) -> dict[str, Any]:
         """This backend's entry in backends.yaml. Its kind needs no URL; the
@@ -164,6 +169,22 @@ class ScriptedAdapter(Adapter):
             raise
         finally:
             backend.in_flight -= 1
+
+
+    def complete_text(self, request: CompletionRequest, prompt: str, model: str) -> AsyncIterator[Event]:
+        if not self.backend.text_endpoints:
+            return super().complete_text(request, prompt, model)
+        chat = ChatRequest(messages=[UserMessage(content=prompt)], stream=request.stream,
+                           max_tokens=request.max_tokens)
+        return self.stream_tokens(chat, model)
+
+    async def embed(self, request: EmbeddingsRequest, texts: list[str], model: str) -> EmbeddingResult:
+        if not self.backend.text_endpoints:
+            return await super().embed(request, texts, model)
+        chat = ChatRequest(messages=[UserMessage(content=text) for text in texts], stream=False)
+        events = [event async for event in self.stream_tokens(chat, model)]
+        usage = next(event for event in events if isinstance(event, Usage))
+        return EmbeddingResult([fake_vector(text, request.dimensions) for text in texts], usage.prompt_tokens)
 
 
 def _http_error(status: int, message: str, error_type: str | None) -> PrivatAIError:

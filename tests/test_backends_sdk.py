@@ -21,7 +21,7 @@ from privatai.core import tokens
 from privatai.core.events import TextDelta, ThinkingDelta, ToolCallDelta
 from privatai.core.protocol import parse_chat_request
 from tests.fakes import FAKES, ErrorLine, FakeBackend
-from tests.gateway import UPSTREAM_KEY, LocalGateway
+from tests.gateway import LocalGateway, local_gateway_on_fake
 
 # The module's servers live in one event loop, shared by its tests.
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -41,19 +41,10 @@ class Setup:
 async def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Setup]:
     """One fake and one gateway per kind, shared by the module's tests."""
     kind = request.param
-    fake = FAKES[kind](api_key=UPSTREAM_KEY) if kind == "openai" else FAKES[kind]()
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("UPSTREAM_API_KEY", UPSTREAM_KEY)
-        async with fake:
-            backend: dict[str, Any] = {"name": f"{kind}-1", "kind": kind, "url": fake.url,
-                                       "models": [{"name": "chat-model", "upstream": "fake-model"}]}
-            if kind == "openai":
-                backend["api_key_env"] = "UPSTREAM_API_KEY"
-            gateway = LocalGateway(tmp_path_factory.mktemp(f"gw-{kind}"), {"backends": [backend]})
-            key = gateway.create_key()
-            async with gateway:
-                client = openai.AsyncOpenAI(base_url=gateway.base_url, api_key=key, max_retries=0, timeout=30)
-                yield Setup(fake, gateway, client)
+    async with local_gateway_on_fake(kind, tmp_path_factory.mktemp(f"gw-{kind}")) as (fake, gateway):
+        key = await gateway.key()
+        client = openai.AsyncOpenAI(base_url=gateway.base_url, api_key=key, max_retries=0, timeout=30)
+        yield Setup(fake, gateway, client)
 
 
 async def chat(setup: Setup, messages: list[dict[str, Any]], **options: Any) -> Any:

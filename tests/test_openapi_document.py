@@ -29,7 +29,7 @@ def test_document_shape() -> None:
     assert doc["openapi"] == "3.1.0"
     assert set(doc["paths"]) == {"/api/v1/chat/completions", "/api/v1/responses", "/api/v1/completions",
                                  "/api/v1/embeddings", "/api/v1/models", "/api/v1/models/{model_id}",
-                                 "/api/v1/usage", "/healthz", "/readyz"}
+                                 "/api/v1/usage", "/api/v1/openapi.json", "/healthz", "/readyz"}
     chat = doc["paths"]["/api/v1/chat/completions"]["post"]
     assert chat["security"] == [{"bearerAuth": []}]
     assert set(chat["responses"]["200"]["content"]) == {"application/json", "text/event-stream"}

@@ -32,6 +32,7 @@ import httpx
 import openai
 import pytest
 
+from privatai.core import tokens
 from privatai.ops.canary_scan import Canaries, new_canary, scan_bytes, scan_file, scan_tree, walk_files
 from privatai.core.events import TextDelta, ThinkingDelta, ToolCallDelta
 from privatai.ops.logs import NOISY_LOGGERS, describe_error, loop_exception_handler, setup_logging
@@ -678,6 +679,83 @@ def web_chat(a: Audit) -> None:
     assert statuses == [200, 429]
 
 
+@scenario
+def embeddings(a: Audit) -> None:
+    client = a.sdk()
+    for kind in ("vllm", "ollama"):
+        texts = [a.canary(f"embedding input ({kind})"), a.canary(f"second embedding input ({kind})")]
+        answer = client.embeddings.create(model=f"fake-{kind}", input=texts)
+        assert len(answer.data) == 2
+    # Token ids, decoded to the text they are before anything is sent.
+    text = a.canary("embedding input as token ids")
+    client.embeddings.create(model="fake-vllm", input=[tokens.encoding().encode_ordinary(text)])
+    assert a.fakes["vllm"].bodies("/v1/embeddings")[-1]["input"] == [text]
+    # Refused by the gateway, and by the backend.
+    response = a.post({"model": "fake-llamacpp", "input": a.canary("embedding input (refused)"), "dimensions": 4},
+                      path="/embeddings")
+    assert response.status_code == 400
+    response = a.post({"model": "fake-vllm", "input": a.canary("embedding input (backend 400)"),
+                       "dimensions": 5000}, path="/embeddings")
+    assert response.status_code == 400
+
+
+@scenario
+def text_completions(a: Audit) -> None:
+    client = a.sdk()
+    answer = a.canary("completion (backend output)")
+    a.fakes["llamacpp"].reply(TextDelta(answer))
+    whole = client.completions.create(model="fake-llamacpp", prompt=f"Say {a.canary('completion prompt')}")
+    assert answer in whole.choices[0].text
+    answer = a.canary("completion streamed (backend output)")
+    a.fakes["ollama"].reply(TextDelta(answer))
+    streamed = client.completions.create(model="fake-ollama", prompt=a.canary("completion prompt (streamed)"),
+                                         stream=True)
+    assert answer in "".join(chunk.choices[0].text for chunk in streamed if chunk.choices)
+    a.fakes["vllm"].reply(TextDelta("Once"), ErrorLine(f"failed on {a.canary('completion in-band error')}"))
+    with pytest.raises(openai.APIError):
+        for _ in client.completions.create(model="fake-vllm", prompt=a.canary("completion prompt (fails)"),
+                                           stream=True):
+            pass
+    prompt = a.canary("completion prompt (upstream 400)")
+    a.fakes["llamacpp"].fail(400, f"cannot continue '{prompt}'")
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model="fake-llamacpp", prompt=prompt)
+    # The embedded model: its continuation of a canary is a canary too.
+    whole = client.completions.create(model=MODEL, prompt=f"Repeat: {a.canary('completion prompt (embedded)')}",
+                                      max_tokens=12)
+    a.canaries.add_completion("completion (embedded)", whole.choices[0].text)
+
+
+@scenario
+def responses_api(a: Audit) -> None:
+    client = a.sdk()
+    tool = {"type": "function", "name": "get_weather", "description": a.canary("responses tool description"),
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
+    arguments = json.dumps({"city": a.canary("responses tool call arguments (backend output)")})
+    a.fakes["vllm"].reply(ThinkingDelta(a.canary("responses reasoning (backend output)")),
+                          ToolCallDelta(0, name="get_weather", arguments=arguments))
+    with client.responses.stream(model="fake-vllm", input=a.canary("responses input (streamed)"),
+                                 instructions=a.canary("responses instructions"), tools=[tool]) as stream:
+        call = stream.get_final_response().output[-1]
+    assert call.type == "function_call" and call.arguments == arguments
+    answer = a.canary("responses answer (backend output)")
+    a.fakes["ollama"].reply(TextDelta(answer))
+    whole = client.responses.create(model="fake-ollama", tools=[tool], input=[
+        {"role": "user", "content": a.canary("responses input (items)")},
+        {"type": "function_call", "call_id": call.call_id, "name": call.name,
+         "arguments": json.dumps({"city": a.canary("responses tool call arguments (history)")})},
+        {"type": "function_call_output", "call_id": call.call_id, "output": a.canary("responses tool output")}])
+    assert answer in whole.output_text
+    for extra in ({"store": True}, {"previous_response_id": a.canary("previous response id")}):
+        with pytest.raises(openai.BadRequestError):
+            client.responses.create(model="fake-ollama", input=a.canary(f"responses input ({next(iter(extra))})"),
+                                    **extra)
+    a.fakes["llamacpp"].reply(TextDelta("Partly"), ErrorLine(f"failed on {a.canary('responses in-band error')}"))
+    with client.responses.stream(model="fake-llamacpp", input=a.canary("responses input (fails)")) as stream:
+        kinds = [event.type for event in stream]
+    assert kinds[-1] == "response.failed"
+
+
 def run_scenario(audit: Audit, name: str) -> None:
     SCENARIOS[name](audit)
     audit.done.add(name)
@@ -750,7 +828,7 @@ def test_access_lines_hold_only_the_allowed_fields(completed: Audit) -> None:
     runs = [ACCESS.findall(run) for run in audit.gateway.output().split("PrivatAI listening on")[1:]]
     lines = [line for run in runs for line in run]
     assert lines
-    allowed = {"method", "route", "status", "ms", "bytes", "model", "backend", "key", "client",
+    allowed = {"method", "route", "status", "ms", "request_id", "bytes", "model", "backend", "key", "client",
                "tokens_in", "tokens_out", "error"}
     for line in lines:
         fields = access_fields(line)
@@ -758,6 +836,8 @@ def test_access_lines_hold_only_the_allowed_fields(completed: Audit) -> None:
         assert "127.0.0.1" not in line
         # hashed_client_ip: a 16-hex keyed hash, the same for every request from here.
         assert re.fullmatch(r"[0-9a-f]{16}", fields["client"]), line
+        # The response's random x-request-id, nothing a client sent.
+        assert re.fullmatch(r"req_[0-9a-f]{32}", fields["request_id"]), line
         assert fields["route"].startswith("/") and "?" not in fields["route"]
     assert all(len({access_fields(line)["client"] for line in run}) == 1 for run in runs if run)
     # An error is named by its class and status only.

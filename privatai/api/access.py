@@ -10,7 +10,8 @@ reaches it exactly once, when its response has ended:
   the middleware, which runs when the stream's headers go out, leaves it alone.
 
 The line never carries a body, header, query or address (a keyed hash of the
-address when ``logging.hashed_client_ip`` is on).
+address when ``logging.hashed_client_ip`` is on); it names the response's
+random ``x-request-id``, which a client can quote.
 """
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ def write(request: GatewayRequest, status: int, nbytes: int | None) -> None:
         "route": "/" + route.lstrip("/"),
         "status": status,
         "ms": round(duration * 1000, 1),
+        "request_id": ctx.request_id,
     }
     if nbytes is not None:
         fields["bytes"] = nbytes

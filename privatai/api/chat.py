@@ -1,9 +1,14 @@
-"""POST /chat/completions: parse, route, stream or aggregate, meter."""
+"""POST /chat/completions: parse, route, stream or aggregate, meter.
+
+The streaming writer, the gathering of a whole answer and the settling of
+usage here are shared with the other endpoints that answer from events
+(``/completions``, ``/responses``): each brings its own :class:`FrameEncoder`.
+"""
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable, Protocol
 
 import orjson
 from sanic.response import HTTPResponse, raw
@@ -19,6 +24,21 @@ from privatai.api.negotiation import stream_default
 from privatai.errors import PrivatAIError
 from privatai.ops.logs import describe_error
 from privatai.state import AppState
+
+class FrameEncoder(Protocol):
+    """What the stream writer needs of an endpoint's SSE encoder."""
+
+    def encode(self, event: Event) -> bytes:
+        """The frames for one content event (empty when it shows nothing)."""
+
+    def finish(self, reason: str | None, usage: Usage) -> bytes:
+        """The closing frames, usage included."""
+
+
+def chat_failure(error: PrivatAIError) -> bytes:
+    """A chat stream's in-band error: the SDK raises on it."""
+    return error_event(error) + DONE
+
 
 SSE_HEADERS = {
     "Cache-Control": "no-cache",
@@ -43,15 +63,7 @@ async def run_chat(request: GatewayRequest, chat: ChatRequest) -> HTTPResponse |
     instead of a value.
     """
     state: AppState = request.app.ctx.state
-    # Sanic stops reading the socket while a large body fills its buffer and
-    # resumes only when it wants more; a body that arrived whole leaves it
-    # stopped, and then nothing notices a client that leaves (its upstream
-    # would generate on, unbilled). Reading again costs nothing: the buffer is
-    # still capped, and the end of the connection is seen at once. (Under
-    # ASGI the transport is a stand-in without the switch, and needs none.)
-    resume_reading = getattr(request.transport, "resume_reading", None)
-    if resume_reading is not None:
-        resume_reading()
+    keep_reading(request)
     model = state.router.resolve(chat.model)
     request.ctx.model = model
     meter = Meter(chat)
@@ -61,32 +73,55 @@ async def run_chat(request: GatewayRequest, chat: ChatRequest) -> HTTPResponse |
     if chat.stream:
         encoder = ChunkEncoder(completion_id, created, model, include_usage=chat.include_usage,
                                thinking_fields=thinking_fields)
-        await _stream(request, state, events, meter, encoder)
+        await stream_events(request, state, events, meter, encoder)
         return None
     aggregator = CompletionAggregator(thinking_fields)
     return await _complete(request, state, events, meter, aggregator, completion_id, created, model)
 
 
+def keep_reading(request: GatewayRequest) -> None:
+    """Notice a client that leaves while its answer is made.
+
+    Sanic stops reading the socket while a large body fills its buffer and
+    resumes only when it wants more; a body that arrived whole leaves it
+    stopped, and then nothing notices a client that leaves (its upstream
+    would generate on, unbilled). Reading again costs nothing: the buffer is
+    still capped, and the end of the connection is seen at once. (Under
+    ASGI the transport is a stand-in without the switch, and needs none.)
+    """
+    resume_reading = getattr(request.transport, "resume_reading", None)
+    if resume_reading is not None:
+        resume_reading()
+
+
 async def _complete(request: GatewayRequest, state: AppState, events: AsyncIterator[Event], meter: Meter,
                     aggregator: CompletionAggregator, completion_id: str, created: int, model: str) -> HTTPResponse:
-    try:
-        async for event in events:
-            if meter.observe(event):
-                aggregator.add(event)
-    except asyncio.CancelledError:
-        # The client left: the answer was never sent, but a backend may have read the prompt.
-        await events.aclose()  # type: ignore[attr-defined]
-        await _settle_cut_off(request, state, meter, client_left=True, delivered=False)
-        raise
-    finally:
-        await events.aclose()  # type: ignore[attr-defined]
+    usage = await collect(request, state, events, meter, aggregator.add)
     aggregator.add(Finish(meter.finish_reason))
-    aggregator.add(await _settle(request, state, meter, complete=True))
+    aggregator.add(usage)
     body = orjson.dumps(aggregator.result(completion_id, created, model))
     return raw(body, content_type="application/json")
 
 
-async def _settle(request: GatewayRequest, state: AppState, meter: Meter, *, complete: bool,
+async def collect(request: GatewayRequest, state: AppState, events: AsyncIterator[Event], meter: Meter,
+                  add: Callable[[Event], object]) -> Usage:
+    """Gather a whole answer: every content event to ``add``, then its usage,
+    settled. A client that leaves meanwhile was sent nothing, but a backend
+    may have read the prompt (see :func:`settle_cut_off`)."""
+    try:
+        async for event in events:
+            if meter.observe(event):
+                add(event)
+    except asyncio.CancelledError:
+        await events.aclose()  # type: ignore[attr-defined]
+        await settle_cut_off(request, state, meter, client_left=True, delivered=False)
+        raise
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
+    return await settle(request, state, meter, complete=True)
+
+
+async def settle(request: GatewayRequest, state: AppState, meter: Meter, *, complete: bool,
                   delivered: bool = True) -> Usage:
     """The request's usage, fixed once (and recorded for an API key) when its response ended."""
     ctx = request.ctx
@@ -97,7 +132,7 @@ async def _settle(request: GatewayRequest, state: AppState, meter: Meter, *, com
     return ctx.usage
 
 
-async def _settle_cut_off(request: GatewayRequest, state: AppState, meter: Meter, *, client_left: bool,
+async def settle_cut_off(request: GatewayRequest, state: AppState, meter: Meter, *, client_left: bool,
                           delivered: bool) -> None:
     """A response that did not complete is billed for what the client was
     sent; when the client left, also for the prompt once a backend had taken
@@ -105,11 +140,15 @@ async def _settle_cut_off(request: GatewayRequest, state: AppState, meter: Meter
     ctx = request.ctx
     if ctx.usage is None and ((delivered and meter.anything_delivered)
                               or (client_left and ctx.route.admitted)):
-        await _settle(request, state, meter, complete=False, delivered=delivered)
+        await settle(request, state, meter, complete=False, delivered=delivered)
 
 
-async def _stream(request: GatewayRequest, state: AppState, events: AsyncIterator[Event], meter: Meter,
-                  encoder: ChunkEncoder) -> None:
+async def stream_events(request: GatewayRequest, state: AppState, events: AsyncIterator[Event], meter: Meter,
+                        encoder: FrameEncoder, *, opening: bytes = b"",
+                        failure: Callable[[PrivatAIError], bytes] = chat_failure) -> None:
+    """Stream an answer as SSE: ``opening`` once the response has begun, the
+    encoder's frames, and after a failure once streaming began ``failure``'s
+    in-band error."""
     ctx = request.ctx
     interval = state.config.server.keepalive_interval
     response: HTTPResponse | None = None
@@ -130,20 +169,19 @@ async def _stream(request: GatewayRequest, state: AppState, events: AsyncIterato
             if not ctx.route.admitted:
                 continue
             if response is None:
-                response = await request.respond(content_type=access.EVENT_STREAM, headers=SSE_HEADERS)
+                response = await _begin(request, opening)
             await response.send(KEEPALIVE)
         event: Event | None = _first_result(first)
         if response is None:
-            response = await request.respond(content_type=access.EVENT_STREAM, headers=SSE_HEADERS)
+            response = await _begin(request, opening)
         while event is not None:
-            if meter.observe(event):
-                frame = encoder.encode(event)
+            if meter.observe(event) and (frame := encoder.encode(event)):
                 await response.send(frame)
                 if not sent:  # the first content event is out: time to first token, for metrics
                     ctx.ttft = time.perf_counter() - ctx.started
                 sent += len(frame)
             event = await anext(events, None)
-        usage = await _settle(request, state, meter, complete=True)
+        usage = await settle(request, state, meter, complete=True)
         await response.send(encoder.finish(meter.finish_reason, usage))
         await response.eof()
     except asyncio.CancelledError:
@@ -155,17 +193,24 @@ async def _stream(request: GatewayRequest, state: AppState, events: AsyncIterato
         # Once streaming began, errors go in-band; the SDK raises on them.
         error = exc if isinstance(exc, PrivatAIError) else PrivatAIError("Internal server error.")
         ctx.error = describe_error(exc)
-        await response.send(error_event(error) + DONE)
+        await response.send(failure(error))
         await response.eof()
     finally:
         if not first.done():
             first.cancel()
             await asyncio.gather(first, return_exceptions=True)
         await events.aclose()  # type: ignore[attr-defined]
-        await _settle_cut_off(request, state, meter, client_left=left, delivered=True)
+        await settle_cut_off(request, state, meter, client_left=left, delivered=True)
         if response is not None:
             # Only this writer sees a stream end (see privatai.api.access).
             access.write(request, 200, sent)
+
+
+async def _begin(request: GatewayRequest, opening: bytes) -> HTTPResponse:
+    response = await request.respond(content_type=access.EVENT_STREAM, headers=SSE_HEADERS)
+    if opening:
+        await response.send(opening)
+    return response
 
 
 def _first_result(first: asyncio.Future[Event]) -> Event | None:

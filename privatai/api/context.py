@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from sanic import Request, Sanic
 
+from privatai.api.cors import new_request_id
 from privatai.core.events import Usage
 from privatai.core.routing import RouteInfo
 
@@ -25,6 +26,9 @@ if TYPE_CHECKING:
 class RequestContext:
     # perf_counter() when the first middleware saw the request.
     started: float = field(default_factory=time.perf_counter)
+    # The x-request-id the response carries and the access line names, so an
+    # operator can find the line a client quotes (random: it identifies nothing).
+    request_id: str = field(default_factory=new_request_id)
     # The API key's owner (routes under the API prefixes only).
     principal: Principal | None = None
     # The public model name the request was routed for.

@@ -49,7 +49,7 @@ class Cors:
 
     async def decorate(self, request: Request, response: HTTPResponse) -> None:
         """Response middleware: the request id, and CORS for a listed origin."""
-        response.headers.setdefault(REQUEST_ID, new_request_id())
+        response.headers.setdefault(REQUEST_ID, request.ctx.request_id)
         origin = request.headers.get("origin")
         if self.allowed(origin):
             assert origin is not None

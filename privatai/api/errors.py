@@ -11,20 +11,30 @@ import asyncio
 import logging
 
 from sanic import Request
+from sanic.exceptions import NotFound as RouteNotFound
 from sanic.exceptions import SanicException
 from sanic.handlers import ErrorHandler
 from sanic.response import HTTPResponse, json
 
+from privatai.api.routes import needs_api_key
 from privatai.errors import InvalidRequest, NotFound, PayloadTooLarge, PrivatAIError
 from privatai.ops.logs import describe_error
 
 log = logging.getLogger("privatai.app")
 
 
-def to_api_error(exception: BaseException) -> PrivatAIError:
-    """Any exception as one of ours, without echoing its text unless it is ours."""
+def to_api_error(exception: BaseException, request: Request | None = None) -> PrivatAIError:
+    """Any exception as one of ours, without echoing its text unless it is ours.
+
+    An unknown route under an API prefix (the caller has a key by then, see
+    :func:`needs_api_key`) is named in the answer, so that a client calling
+    an endpoint OpenAI has and this gateway does not learns which one.
+    """
     if isinstance(exception, PrivatAIError):
         return exception
+    if isinstance(exception, RouteNotFound) and request is not None and needs_api_key(request.path):
+        return NotFound(f"This gateway does not offer {request.method} {request.path}; "
+                        "its endpoints are listed in /api/v1/openapi.json.", code="unknown_route")
     if isinstance(exception, SanicException):
         status = exception.status_code
         if status == 413:
@@ -47,7 +57,7 @@ class OpenAIErrorHandler(ErrorHandler):
             # error. Nobody reads this response; 499 is nginx's name for it.
             request.ctx.error = "client_disconnected"
             return json(PrivatAIError("Client closed the request.").to_dict(), status=499)
-        error = to_api_error(exception)
+        error = to_api_error(exception, request)
         if error.status >= 500:
             log.error("request failed: %s", describe_error(exception))
         return json(error.to_dict(), status=error.status, headers=error.headers)

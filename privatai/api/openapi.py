@@ -1,4 +1,6 @@
-"""The gateway's own API as an OpenAPI 3.1 document (served at ``/openapi.json``).
+"""The gateway's own API as an OpenAPI 3.1 document (served at ``/openapi.json``
+under each API prefix, without a key: it holds nothing but what the code
+and the README already say, as OpenAI's own specification is public).
 
 Request bodies are described by the very msgspec types that validate them
 (``msgspec.json.schema_components``), and the new endpoints' responses by the
@@ -15,6 +17,8 @@ from importlib import metadata
 from typing import Any, Literal
 
 import msgspec
+from sanic import Request
+from sanic.response import HTTPResponse, raw
 
 from privatai.core.completions import CompletionRequest, CompletionUsage, TextCompletion
 from privatai.core.embeddings import EmbeddingsRequest, EmbeddingsResponse
@@ -109,6 +113,15 @@ class UsageReport(msgspec.Struct, kw_only=True):
     models: dict[str, UsageCounts] | None = None
 
 
+class OpenAPIDocument(msgspec.Struct):
+    """This document."""
+
+    openapi: str
+    info: dict[str, Any]
+    paths: dict[str, Any]
+    components: dict[str, Any]
+
+
 class Liveness(msgspec.Struct):
     status: Literal["ok"]
 
@@ -129,8 +142,11 @@ class Operation:
     summary: str
     response: type
     request: type | None = None
-    streams: bool = False  # answers text/event-stream when the body asks for ``stream: true``
-    api: bool = True  # under the API prefixes, behind a key
+    # What each event of the text/event-stream answer to ``stream: true``
+    # carries as its data (empty: the operation does not stream).
+    stream_data: str = ""
+    api: bool = True  # under the API prefixes
+    key: bool = True  # needs an API key (only API operations do)
     parameters: tuple[dict[str, Any], ...] = field(default_factory=tuple)
     statuses: tuple[int, ...] = (200,)
 
@@ -141,11 +157,14 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
 
 OPERATIONS: tuple[Operation, ...] = (
     Operation("post", "/chat/completions", "Chat completion, whole or streamed", ChatCompletion,
-              ChatRequest, streams=True),
+              ChatRequest, stream_data="A chat.completion.chunk as JSON, an in-band {\"error\": ...} "
+                                       "after a failure, and last [DONE]."),
     Operation("post", "/responses", "Responses API (stateless: nothing is stored)", Response,
-              ResponsesRequest, streams=True),
+              ResponsesRequest, stream_data="A Responses stream event as JSON, its type also in the "
+                                            "event field; response.completed (or .incomplete, .failed) last."),
     Operation("post", "/completions", "Legacy text completion, whole or streamed", TextCompletion,
-              CompletionRequest, streams=True),
+              CompletionRequest, stream_data="A text_completion chunk as JSON, an in-band {\"error\": ...} "
+                                             "after a failure, and last [DONE]."),
     Operation("post", "/embeddings", "Embeddings of one or more inputs", EmbeddingsResponse, EmbeddingsRequest),
     Operation("get", "/models", "Models this gateway serves", ModelList),
     Operation("get", "/models/{model_id}", "One model", Model, parameters=(
@@ -155,9 +174,10 @@ OPERATIONS: tuple[Operation, ...] = (
         _query("until", {"type": "string", "format": "date"}, "Last UTC day, inclusive."),
         _query("by_model", {"type": "boolean"}, "Add a per-model breakdown."),
         _query("scope", {"enum": ["key", "account"]}, "'account' sums every key of the account."))),
-    Operation("get", "/healthz", "Liveness", Liveness, api=False),
+    Operation("get", "/openapi.json", "This OpenAPI document (no key needed)", OpenAPIDocument, key=False),
+    Operation("get", "/healthz", "Liveness", Liveness, api=False, key=False),
     Operation("get", "/readyz", "Readiness: a healthy backend serves the default model", Readiness,
-              api=False, statuses=(200, 503)),
+              api=False, key=False, statuses=(200, 503)),
 )
 
 # What an API operation can answer besides success (OpenAI's error JSON each).
@@ -176,20 +196,24 @@ API_ERRORS = {
 def _operation(op: Operation, schemas: dict[str, Any]) -> dict[str, Any]:
     name = op.response.__name__
     success: dict[str, Any] = {"application/json": {"schema": schemas[name]}}
-    if op.streams:
-        success["text/event-stream"] = {"schema": {"type": "string"}}
+    if op.stream_data:
+        # In OpenAPI 3.1 the schema of an event stream describes each event.
+        success["text/event-stream"] = {"schema": {
+            "type": "object", "required": ["data"],
+            "properties": {"event": {"type": "string"}, "id": {"type": "string"},
+                           "data": {"type": "string", "description": op.stream_data}}}}
     doc = (op.response.__doc__ or "").strip()
     responses: dict[str, Any] = {
         str(status): {"description": doc.splitlines()[0] if doc else "OK", "content": success}
         for status in op.statuses}
-    if op.api:
+    if op.key:
         error = {"application/json": {"schema": schemas["Error"]}}
         responses.update({status: {"description": text, "content": error} for status, text in API_ERRORS.items()})
     out: dict[str, Any] = {
         "operationId": (op.method + op.path).replace("/", "_").replace("{", "").replace("}", ""),
         "summary": op.summary,
         "responses": responses,
-        "security": [{"bearerAuth": []}] if op.api else [],
+        "security": [{"bearerAuth": []}] if op.key else [],
     }
     if op.parameters:
         out["parameters"] = list(op.parameters)
@@ -226,3 +250,13 @@ def openapi_document() -> dict[str, Any]:
                                                "description": "An API key, privat_..."}},
         },
     }
+
+
+@lru_cache(maxsize=1)
+def _encoded() -> bytes:
+    return msgspec.json.encode(openapi_document())
+
+
+async def openapi_json(request: Request) -> HTTPResponse:
+    """``GET /openapi.json``: the document, the same for every caller."""
+    return raw(_encoded(), content_type="application/json")

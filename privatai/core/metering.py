@@ -19,7 +19,8 @@ from privatai.core.protocol import ChatRequest
 class Meter:
     __slots__ = ("_request", "_text", "_thinking", "_arguments", "_backend_usage", "_reason", "tool_calls")
 
-    def __init__(self, request: ChatRequest) -> None:
+    def __init__(self, request: ChatRequest | str) -> None:
+        # A chat request, or the raw prompt of a text completion.
         self._request = request
         self._text: list[str] = []
         self._thinking: list[str] = []
@@ -71,6 +72,7 @@ class Meter:
         if self._backend_usage is not None:
             counts = await tokens.count_many(completion)
             return Usage(self._backend_usage.prompt_tokens, sum(counts))
-        fixed, prompt = tokens.prompt_texts(self._request)
+        request = self._request
+        fixed, prompt = (0, [request]) if isinstance(request, str) else tokens.prompt_texts(request)
         counts = await tokens.count_many(prompt + completion)
         return Usage(fixed + sum(counts[:len(prompt)]), sum(counts[len(prompt):]))

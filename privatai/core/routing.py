@@ -1,6 +1,7 @@
 """Model -> backend choice, health, failover and capacity.
 
-The router hands the chat handler one async iterator of events. Before the
+The router hands a handler one async iterator of events (chat, text
+completions), or one awaited result (embeddings: :meth:`Router.call`). Before the
 first event it may try several backends (failover); after it, never: an error
 then goes to the client in-band. Capacity is a slot count per backend
 (``max_concurrency``); when every candidate is full, requests wait in one
@@ -14,16 +15,18 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Literal
+from typing import AsyncIterator, Awaitable, Callable, Literal, TypeVar
 
 from privatai.adapters import create_adapter
 from privatai.adapters.base import Adapter
 from privatai.config import Config, RoutingConfig, default_model
-from privatai.errors import BackendError, BackendRateLimited, BackendUnavailable, CapacityExceeded, ModelNotFound
+from privatai.errors import (BackendError, BackendRateLimited, BackendUnavailable, CapacityExceeded, ModelNotFound,
+                             NotOffered, PrivatAIError)
 from privatai.core.events import Event
 from privatai.core.protocol import ChatRequest
 
 log = logging.getLogger("privatai.router")
+T = TypeVar("T")
 
 # up: the last request or probe succeeded; failing: it failed, but fewer than
 # failure_threshold times in a row, so it is still routed to; down: its
@@ -282,11 +285,34 @@ class Router:
 
     # -- the request path ----------------------------------------------------
 
-    async def stream(self, request: ChatRequest, model: str, info: RouteInfo) -> AsyncIterator[Event]:
-        """Events for one request, failing over between backends before the first event."""
+    def stream(self, request: ChatRequest, model: str, info: RouteInfo) -> AsyncIterator[Event]:
+        """Events for one chat request, failing over between backends before the first event."""
+        return self.events(model, info, lambda adapter, upstream: adapter.stream(request, upstream))
+
+    async def call(self, model: str, info: RouteInfo, run: Callable[[Adapter, str], Awaitable[T]]) -> T:
+        """One whole answer that is not a stream of events (embeddings): ``run``
+        gets a backend's adapter and upstream model name, with the same choice,
+        capacity, failover and circuit as a chat request."""
+        async def once(adapter: Adapter, upstream: str) -> AsyncIterator[T]:
+            yield await run(adapter, upstream)
+
+        async with contextlib.aclosing(self.events(model, info, once)) as results:
+            async for result in results:
+                return result
+        raise BackendUnavailable("No backend could serve this request.")
+
+    async def events(self, model: str, info: RouteInfo,
+                     open_events: Callable[[Adapter, str], AsyncIterator[T]]) -> AsyncIterator[T]:
+        """What ``open_events`` yields for the backend chosen for ``model``,
+        failing over between backends before the first item.
+
+        A backend that does not offer the endpoint (:class:`NotOffered`) is
+        not at fault: the next one that serves the model is asked, and its
+        refusal reaches the client only when none offers it.
+        """
         candidates = self.candidates(model)
         deadline = time.monotonic() + self._routing.total_deadline
-        last_error: BackendError | None = None
+        last_error: PrivatAIError | None = None
         while info.attempts < self._routing.max_attempts and candidates:
             info.admitted = False
             try:
@@ -301,8 +327,8 @@ class Router:
             info.admitted = True
             started = False
             try:
-                events = backend.adapter.stream(request, backend.models[model])
-                async with contextlib.aclosing(events):
+                events = open_events(backend.adapter, backend.models[model])
+                async with contextlib.aclosing(events):  # type: ignore[type-var]
                     async for event in events:
                         if not started:
                             started = True
@@ -311,6 +337,10 @@ class Router:
                 if not started:
                     self._success(backend)
                 return
+            except NotOffered as exc:
+                if not candidates:
+                    raise
+                last_error = exc
             except BackendError as exc:
                 # A 429 comes from a backend that is up and answering: it must
                 # not open the circuit, or clients would get 503 "no healthy

@@ -31,12 +31,25 @@ from privatai.core.events import TextDelta
 from tests.fakes.server import ErrorLine, Reply
 
 DIMENSIONS = 8
+# The model's own vector size: asked for more, servers answer 400.
+MAX_DIMENSIONS = 1024
+
+
+def too_many_dimensions(body: Any, error: Any) -> web.Response | None:
+    """The 400 (with the kind's error body) for ``dimensions`` above the model's size."""
+    dimensions = body.get("dimensions") if isinstance(body, dict) else None
+    if isinstance(dimensions, int) and dimensions > MAX_DIMENSIONS:
+        return web.json_response(error(400, f"dimensions must be at most {MAX_DIMENSIONS}",
+                                       "invalid_request_error"), status=400)
+    return None
 
 
 def fake_vector(text: str, dimensions: int | None = None) -> list[float]:
     """A deterministic vector for ``text`` (values exact in float32)."""
-    digest = hashlib.sha256(text.encode()).digest()
-    return [(digest[i] - 128) / 64 for i in range(dimensions or DIMENSIONS)]
+    size = dimensions or DIMENSIONS
+    # SHAKE: as many bytes as the size asks for (a model may have thousands).
+    digest = hashlib.shake_256(text.encode()).digest(size)
+    return [(digest[i] - 128) / 64 for i in range(size)]
 
 
 def prompt_count(texts: list[str]) -> int:

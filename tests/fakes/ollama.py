@@ -19,7 +19,7 @@ from aiohttp import web
 
 from privatai.core.events import TextDelta, ThinkingDelta, ToolCallDelta
 
-from tests.fakes.endpoints import ollama_embed, ollama_generate
+from tests.fakes.endpoints import ollama_embed, ollama_generate, too_many_dimensions
 from tests.fakes.server import ErrorLine, FakeBackend, Raw, Reply, StreamRecord, WholeAnswer
 
 # The durations Ollama reports on its final line, in nanoseconds.
@@ -107,7 +107,8 @@ class FakeOllama(FakeBackend):
 
     async def handle_other(self, request: web.Request) -> web.StreamResponse:
         if request.method == "POST" and request.path == "/api/embed":
-            return web.json_response(ollama_embed(await request.json()))
+            body = await request.json()
+            return too_many_dimensions(body, self.error_body) or web.json_response(ollama_embed(body))
         if request.method == "POST" and request.path == "/api/generate":
             return await self.text_reply(request, ollama_generate)
         if request.method == "GET" and request.path == "/api/tags":

@@ -26,7 +26,7 @@ from aiohttp import web
 
 from privatai.core.events import TextDelta, ThinkingDelta, ToolCallDelta
 
-from tests.fakes.endpoints import openai_completion, openai_embeddings
+from tests.fakes.endpoints import openai_completion, openai_embeddings, too_many_dimensions
 from tests.fakes.server import ErrorLine, FakeBackend, Raw, Reply, StreamRecord, WholeAnswer
 
 _ALNUM = string.ascii_letters + string.digits
@@ -175,7 +175,9 @@ class SSEFake(FakeBackend):
 
     async def handle_other(self, request: web.Request) -> web.StreamResponse:
         if request.method == "POST" and request.path == "/v1/embeddings":
-            return web.json_response(openai_embeddings(await request.json(), extras=self.kind == "vllm"))
+            body = await request.json()
+            return too_many_dimensions(body, self.error_body) or web.json_response(
+                openai_embeddings(body, extras=self.kind == "vllm"))
         if request.method == "POST" and request.path == "/v1/completions":
             return await self.text_reply(request, openai_completion)
         if request.method == "GET" and request.path == "/v1/models":

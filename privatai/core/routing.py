@@ -19,6 +19,7 @@ from typing import AsyncIterator, Literal
 from privatai.adapters import create_adapter
 from privatai.adapters.base import Adapter
 from privatai.config import Config, RoutingConfig, default_model
+from privatai.plans.settings import ReservedFor
 from privatai.errors import BackendError, BackendRateLimited, BackendUnavailable, CapacityExceeded, ModelNotFound
 from privatai.core.events import Event
 from privatai.core.protocol import ChatRequest
@@ -29,6 +30,8 @@ log = logging.getLogger("privatai.router")
 # failure_threshold times in a row, so it is still routed to; down: its
 # circuit is open (or half-open) until a request or probe succeeds.
 Health = Literal["up", "failing", "down"]
+# Who is asking, as far as reserved backends care: (plan, account name).
+Tenant = tuple[str, str]
 
 
 @dataclass(eq=False)
@@ -49,6 +52,10 @@ class Backend:
     @property
     def max_concurrency(self) -> int:
         return self.adapter.config.max_concurrency
+
+    @property
+    def reserved(self) -> ReservedFor | None:
+        return self.adapter.config.reserved_for
 
     def available(self, now: float) -> bool:
         """Closed circuit, or open long enough for a half-open trial."""
@@ -168,15 +175,27 @@ class Router:
         return list(seen)
 
     def resolve(self, model: str | None) -> str:
-        """The public model name a request is for (the server default if absent)."""
+        """The model name a request is for (the server default if absent); whether
+        the caller may use it is the plan's question (privatai.plans.gate)."""
         name = model or self.default_model
         if name is None or not any(name in b.models for b in self.backends.values()):
             raise ModelNotFound(f"The model '{name}' does not exist or is not served here.",
                                 param="model")
         return name
 
-    def candidates(self, model: str) -> list[Backend]:
-        return [b for b in self.backends.values() if model in b.models]
+    def candidates(self, model: str, tenant: Tenant | None = None) -> list[Backend]:
+        """The backends that may serve ``model`` to ``tenant``: those reserved for
+        its plan or account if any serve the model (and the shared ones after
+        them when every one of those allows spill-over), else the shared ones.
+        A backend reserved for others is never a candidate."""
+        serving = [b for b in self.backends.values() if model in b.models]
+        shared = [b for b in serving if b.reserved is None]
+        if tenant is None or len(shared) == len(serving):
+            return shared
+        own = [b for b in serving if b.reserved is not None and b.reserved.admits(*tenant)]
+        if not own:
+            return shared
+        return own + shared if all(b.reserved.spill_over for b in own if b.reserved) else own
 
     def health(self, backend: Backend) -> Health:
         """The one verdict on a backend that /readyz, metrics and readiness share."""
@@ -196,6 +215,11 @@ class Router:
         free = [b for b in candidates if b.available(now) and b.in_flight < b.max_concurrency]
         if not free:
             return None
+        # Candidates hold reserved backends only for their own tenant: those
+        # first, the shared ones (spill-over) only when none of them is free.
+        own = [b for b in free if b.reserved is not None]
+        if own:
+            free = own
         least = min(b.in_flight / b.max_concurrency for b in free)
         best = [b for b in free if b.in_flight / b.max_concurrency == least]
         if len(best) == 1:
@@ -282,9 +306,10 @@ class Router:
 
     # -- the request path ----------------------------------------------------
 
-    async def stream(self, request: ChatRequest, model: str, info: RouteInfo) -> AsyncIterator[Event]:
+    async def stream(self, request: ChatRequest, model: str, info: RouteInfo,
+                     tenant: Tenant | None = None) -> AsyncIterator[Event]:
         """Events for one request, failing over between backends before the first event."""
-        candidates = self.candidates(model)
+        candidates = self.candidates(model, tenant)
         deadline = time.monotonic() + self._routing.total_deadline
         last_error: BackendError | None = None
         while info.attempts < self._routing.max_attempts and candidates:

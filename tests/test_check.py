@@ -1,6 +1,7 @@
 """`privatai check`: the config validated, every backend started and probed, one table."""
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -69,7 +70,6 @@ def test_pools_are_shown_and_accounts_on_unknown_plans_are_errors(tmp_path: Path
         plans = [{"name": "pro", "price": "9 €"}, {"name": "enterprise", "price": "x"}]
         gateway.write_config({**gateway.config, "plans": plans})
         assert gateway.cli("accounts", "set-plan", "acme", plan, check=False).returncode == 2
-        import sqlite3
         with sqlite3.connect(gateway.config["store"]["path"]) as db:
             db.execute("UPDATE accounts SET plan = ?", (plan,))
     result = gateway.cli("check", check=False)

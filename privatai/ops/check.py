@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from privatai.adapters import create_adapter
 from privatai.config import BackendConfig, Config
 from privatai.ops.logs import describe_error
 from privatai.ops.preflight import store_problem
-from privatai.store.database import Store
-from privatai.store.names import StoreUnavailable, quoted
+from privatai.store.connection import Database, Queries, reason
+from privatai.store.names import quoted
+from privatai.store.schema import accounts
 
 OK = "ok"
 # Ollama lists "llama3.2:latest" for a model pulled and requested as "llama3.2".
@@ -99,13 +104,16 @@ async def plan_problems(config: Config) -> list[str]:
     """Accounts whose plan the configuration does not offer: their keys get 403
     ``plan_unknown`` (refused, not served unlimited), so the operator hears of it here."""
     offered = {plan.name for plan in config.plans}
-    store = await Store.from_config(config.store)
+    store = config.store
+    password = os.environ.get(store.password_env) if store.url and store.password_env else None
+    # Read only: unlike opening the Store, this neither migrates nor writes.
+    db = await Database.connect(store.location, password=password)
     try:
-        accounts = await store.list_accounts()
+        rows = await Queries(db)._rows(select(accounts.c.name, accounts.c.plan).order_by(accounts.c.name))
     finally:
-        await store.close()
-    return [f"account {quoted(a.name)} is on plan {quoted(a.plan)}, which plans: does not offer "
-            "(its keys get 403 plan_unknown)" for a in accounts if a.plan not in offered]
+        await db.close()
+    return [f"account {quoted(name)} is on plan {quoted(plan)}, which plans: does not offer "
+            "(its keys get 403 plan_unknown)" for name, plan in rows if plan not in offered]
 
 
 def run_check(config: Config) -> int:
@@ -119,8 +127,8 @@ def run_check(config: Config) -> int:
     if problem is None and (config.store.url is not None or Path(config.store.path).exists()):
         try:
             plans = asyncio.run(plan_problems(config))
-        except StoreUnavailable as exc:
-            plans = [f"cannot read the accounts: {exc}"]
+        except (SQLAlchemyError, OSError) as exc:
+            plans = [f"cannot read the accounts: {reason(exc)}"]
     print(f"Plans {', '.join(p.name for p in config.plans)}: "
           + ("; ".join(f"error: {p}" for p in plans) if plans else OK), flush=True)
     return 0 if problem is None and not plans and all(r.status == OK for r in rows) else 1

@@ -8,6 +8,7 @@ import sys
 import time
 
 from sanic import Sanic
+from sanic.response import HTTPResponse
 
 from privatai.api import access, cors, routes
 from privatai.api.auth import authenticate
@@ -52,6 +53,12 @@ def create_app(config: Config, *, name: str = "privatai", runtime: RuntimeDir | 
 
     app.on_request(authenticate, priority=900)
     app.on_response(access.log_response)
+
+    @app.on_response
+    async def rate_headers(request: GatewayRequest, response: HTTPResponse) -> None:
+        # The key's plan limits, on answers and refusals alike (as OpenAI sends them).
+        if request.ctx.rate_headers:
+            response.headers.update(request.ctx.rate_headers)
 
     @app.before_server_start
     async def open_resources(app: Sanic) -> None:

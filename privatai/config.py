@@ -17,6 +17,7 @@ import msgspec
 import yaml
 
 from privatai.errors import ConfigError
+from privatai.plans.settings import ReservedFor, check_plans
 
 # Finite: YAML's .inf passes ``gt=0``, and would make a shutdown wait forever
 # or a weighted choice fail on every request.
@@ -109,6 +110,9 @@ class BackendConfig(_Section):
     # answer (an SSE event, an NDJSON line) and a whole non-streamed answer.
     max_line_bytes: PositiveInt = 1024 * 1024
     max_response_bytes: PositiveInt = 8 * 1024 * 1024
+    # Dedicated infrastructure: only these plans' and accounts' keys reach this
+    # backend (privatai.plans.settings.ReservedFor); unset: every key may.
+    reserved_for: ReservedFor | None = None
     # embedded only
     model_path: str | None = None
     n_ctx: PositiveInt = 2048
@@ -162,6 +166,15 @@ class PlanConfig(_Section):
     features: list[Text] = []
     highlight: bool = False              # the plan the pricing page puts forward
     contact: bool = False                # "Kontakt aufnehmen" instead of "Registrieren"
+    # What the plan means on the API (privatai.plans): the models its keys may
+    # use ("public": every model a backend without reserved_for serves; the
+    # models of backends reserved for the plan or the account come on top),
+    # people per account (None: as agreed per contract), and optional limits.
+    models: Union[Literal["public"], list[str]] = "public"
+    seats: PositiveInt | None = None
+    monthly_tokens: PositiveInt | None = None       # per account and UTC calendar month
+    requests_per_minute: PositiveInt | None = None  # per key
+    tokens_per_minute: PositiveInt | None = None    # per key
 
 
 def default_plans() -> list[PlanConfig]:
@@ -182,7 +195,7 @@ def default_plans() -> list[PlanConfig]:
                 {"de": "Keine Logs: Ihre Prompts werden nicht gespeichert",
                  "en": "No logs: your prompts are never stored"},
             ],
-            highlight=True),
+            models="public", seats=1, highlight=True),
         PlanConfig(
             name="enterprise", title="Enterprise", price={"de": "Individuell", "en": "Custom"},
             description={"de": "Maßgeschneiderte Lösungen für Ihr Unternehmen.",
@@ -194,7 +207,7 @@ def default_plans() -> list[PlanConfig]:
                 {"de": "Individuelle Modell-Anpassung", "en": "Custom models"},
                 {"de": "Prioritäts-Support", "en": "Priority support"},
             ],
-            contact=True),
+            models="public", seats=None, contact=True),
     ]
 
 
@@ -225,8 +238,11 @@ class Config(_Section):
     source: str = "<memory>"
 
     def public_models(self) -> list[str]:
+        """Models of the backends every key may reach (none reserved_for)."""
         seen: dict[str, None] = {}
         for backend in self.backends:
+            if backend.reserved_for is not None:
+                continue
             for name in backend.model_map():
                 seen.setdefault(name)
         return list(seen)
@@ -392,6 +408,7 @@ def _check(config: Config) -> None:
         if plan.name in plans:
             raise ConfigError(config.source, f"plans[{i}].name", f"duplicate plan name {plan.name!r}")
         plans.add(plan.name)
+    check_plans(config)
     for i, entry in enumerate(config.web_chat.trusted_proxies):
         try:
             # As the web-chat limiter and the connection bounds read it.

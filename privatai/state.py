@@ -15,6 +15,7 @@ from privatai.ops.metrics import Metrics
 
 if TYPE_CHECKING:
     from privatai.ops.runtime import RuntimeDir
+    from privatai.plans.gate import PlanGate
     from privatai.store.database import Principal, Store
     from privatai.store.recorder import UsageRecorder
 
@@ -27,6 +28,7 @@ class AppState:
     router: Router
     store: Store | None = None            # once opened, in before_server_start
     recorder: UsageRecorder | None = None  # likewise
+    plans: PlanGate | None = None          # likewise (its quotas start from the store)
     started_wall: float = field(default_factory=time.time)
     metrics: Metrics | None = None  # made in __post_init__ unless metrics are disabled
     # Set once every backend has been probed after start: until then /readyz says "starting".
@@ -71,6 +73,9 @@ class AppState:
         config.server.host, config.server.port, config.server.workers = server.host, server.port, server.workers
         config.store = self.config.store  # the database and its settings are opened once, at start
         self.config = config
+        if self.plans is not None and self.store is not None:
+            self.plans.reconfigure(config)
+            self.store.dashboard = self.plans.dashboard
         if self.on_reload is not None:
             self.on_reload(config)
         log.info("configuration reloaded from %s: %d backend(s)", config.source, len(config.backends))

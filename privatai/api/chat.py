@@ -20,6 +20,8 @@ from privatai.core.encoders import (DONE, KEEPALIVE, THINKING_FIELDS, ChunkEncod
 from privatai.core.events import Event, Finish, Usage
 from privatai.core.metering import Meter
 from privatai.core.protocol import ChatRequest, parse_chat_request
+from privatai.core.routing import Tenant
+from privatai.plans.gate import tenant
 from privatai.api.negotiation import stream_default
 from privatai.errors import PrivatAIError
 from privatai.ops.logs import describe_error
@@ -66,8 +68,22 @@ async def run_chat(request: GatewayRequest, chat: ChatRequest) -> HTTPResponse |
     keep_reading(request)
     model = state.router.resolve(chat.model)
     request.ctx.model = model
+    principal = request.ctx.principal
+    if principal is None:  # the web chat: its own limits, the shared backends
+        return await _answer(request, state, chat, model, None)
+    assert state.plans is not None
+    admission = await state.plans.admit(principal, model, state.router, chat)
+    request.ctx.rate_headers = admission.headers
+    try:
+        return await _answer(request, state, chat, model, tenant(principal))
+    finally:
+        state.plans.settle(admission, request.ctx.usage)
+
+
+async def _answer(request: GatewayRequest, state: AppState, chat: ChatRequest, model: str,
+                  who: Tenant | None) -> HTTPResponse | None:
     meter = Meter(chat)
-    events = state.router.stream(chat, model, request.ctx.route)
+    events = state.router.stream(chat, model, request.ctx.route, who)
     completion_id, created = new_completion_id(), int(time.time())
     thinking_fields = THINKING_FIELDS[state.config.server.thinking_field]
     if chat.stream:

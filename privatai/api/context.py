@@ -42,6 +42,8 @@ class RequestContext:
     ttft: float | None = None
     # A content-free description of how it failed (an exception class).
     error: str | None = None
+    # x-ratelimit-* of the key's plan limits, for every response once admitted.
+    rate_headers: dict[str, str] | None = None
 
 
 class GatewayRequest(Request["Sanic[Any, Any]", RequestContext]):

@@ -22,6 +22,7 @@ from privatai.adapters.base import Adapter
 from privatai.config import Config, RoutingConfig, default_model
 from privatai.errors import (BackendError, BackendRateLimited, BackendUnavailable, CapacityExceeded, ModelNotFound,
                              NotOffered, PrivatAIError)
+from privatai.plans.settings import ReservedFor
 from privatai.core.events import Event
 from privatai.core.protocol import ChatRequest
 
@@ -32,6 +33,8 @@ T = TypeVar("T")
 # failure_threshold times in a row, so it is still routed to; down: its
 # circuit is open (or half-open) until a request or probe succeeds.
 Health = Literal["up", "failing", "down"]
+# Who is asking, as far as reserved backends care: (plan, account name).
+Tenant = tuple[str, str]
 
 
 @dataclass(eq=False)
@@ -52,6 +55,10 @@ class Backend:
     @property
     def max_concurrency(self) -> int:
         return self.adapter.config.max_concurrency
+
+    @property
+    def reserved(self) -> ReservedFor | None:
+        return self.adapter.config.reserved_for
 
     def available(self, now: float) -> bool:
         """Closed circuit, or open long enough for a half-open trial."""
@@ -171,15 +178,27 @@ class Router:
         return list(seen)
 
     def resolve(self, model: str | None) -> str:
-        """The public model name a request is for (the server default if absent)."""
+        """The model name a request is for (the server default if absent); whether
+        the caller may use it is the plan's question (privatai.plans.gate)."""
         name = model or self.default_model
         if name is None or not any(name in b.models for b in self.backends.values()):
             raise ModelNotFound(f"The model '{name}' does not exist or is not served here.",
                                 param="model")
         return name
 
-    def candidates(self, model: str) -> list[Backend]:
-        return [b for b in self.backends.values() if model in b.models]
+    def candidates(self, model: str, tenant: Tenant | None = None) -> list[Backend]:
+        """The backends that may serve ``model`` to ``tenant``: those reserved for
+        its plan or account if any serve the model (and the shared ones after
+        them when every one of those allows spill-over), else the shared ones.
+        A backend reserved for others is never a candidate."""
+        serving = [b for b in self.backends.values() if model in b.models]
+        shared = [b for b in serving if b.reserved is None]
+        if tenant is None or len(shared) == len(serving):
+            return shared
+        own = [b for b in serving if b.reserved is not None and b.reserved.admits(*tenant)]
+        if not own:
+            return shared
+        return own + shared if all(b.reserved.spill_over for b in own if b.reserved) else own
 
     def health(self, backend: Backend) -> Health:
         """The one verdict on a backend that /readyz, metrics and readiness share."""
@@ -199,6 +218,11 @@ class Router:
         free = [b for b in candidates if b.available(now) and b.in_flight < b.max_concurrency]
         if not free:
             return None
+        # Candidates hold reserved backends only for their own tenant: those
+        # first, the shared ones (spill-over) only when none of them is free.
+        own = [b for b in free if b.reserved is not None]
+        if own:
+            free = own
         least = min(b.in_flight / b.max_concurrency for b in free)
         best = [b for b in free if b.in_flight / b.max_concurrency == least]
         if len(best) == 1:
@@ -285,24 +309,27 @@ class Router:
 
     # -- the request path ----------------------------------------------------
 
-    def stream(self, request: ChatRequest, model: str, info: RouteInfo) -> AsyncIterator[Event]:
+    def stream(self, request: ChatRequest, model: str, info: RouteInfo,
+               tenant: Tenant | None = None) -> AsyncIterator[Event]:
         """Events for one chat request, failing over between backends before the first event."""
-        return self.events(model, info, lambda adapter, upstream: adapter.stream(request, upstream))
+        return self.events(model, info, lambda adapter, upstream: adapter.stream(request, upstream), tenant)
 
-    async def call(self, model: str, info: RouteInfo, run: Callable[[Adapter, str], Awaitable[T]]) -> T:
+    async def call(self, model: str, info: RouteInfo, run: Callable[[Adapter, str], Awaitable[T]],
+                   tenant: Tenant | None = None) -> T:
         """One whole answer that is not a stream of events (embeddings): ``run``
         gets a backend's adapter and upstream model name, with the same choice,
         capacity, failover and circuit as a chat request."""
         async def once(adapter: Adapter, upstream: str) -> AsyncIterator[T]:
             yield await run(adapter, upstream)
 
-        async with contextlib.aclosing(self.events(model, info, once)) as results:
+        async with contextlib.aclosing(self.events(model, info, once, tenant)) as results:
             async for result in results:
                 return result
         raise BackendUnavailable("No backend could serve this request.")
 
     async def events(self, model: str, info: RouteInfo,
-                     open_events: Callable[[Adapter, str], AsyncIterator[T]]) -> AsyncIterator[T]:
+                     open_events: Callable[[Adapter, str], AsyncIterator[T]],
+                     tenant: Tenant | None = None) -> AsyncIterator[T]:
         """What ``open_events`` yields for the backend chosen for ``model``,
         failing over between backends before the first item.
 
@@ -310,7 +337,7 @@ class Router:
         not at fault: the next one that serves the model is asked, and its
         refusal reaches the client only when none offers it.
         """
-        candidates = self.candidates(model)
+        candidates = self.candidates(model, tenant)
         deadline = time.monotonic() + self._routing.total_deadline
         last_error: PrivatAIError | None = None
         while info.attempts < self._routing.max_attempts and candidates:

@@ -12,12 +12,14 @@ import argparse
 import asyncio
 import sys
 from datetime import date, datetime, timezone
+from pathlib import Path
 from typing import Any, Awaitable, Callable, Sequence
 
 import sqlalchemy.exc
 
-from privatai.config import StoreConfig, load_config
+from privatai.config import StoreConfig, default_plans, load_config
 from privatai.errors import ConfigError
+from privatai.plans.status import STATUSES
 from privatai.store.connection import reason
 from privatai.store.database import Store
 from privatai.store.names import LABEL_MAX, AdminError, printable, quoted
@@ -49,6 +51,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser = _command(accounts_sub, common, "activate", "reactivate a suspended account",
                       _accounts_activate)
     parser.add_argument("name")
+    parser = _command(accounts_sub, common, "set-plan", "move an account to another plan of the configuration",
+                      _accounts_set_plan)
+    parser.add_argument("name")
+    parser.add_argument("plan")
+    parser = _command(accounts_sub, common, "set-status",
+                      "set an account's status: active and past_due are served; inactive, pending "
+                      "and suspended get 403", _accounts_set_status)
+    parser.add_argument("name")
+    parser.add_argument("status", choices=STATUSES)
 
     keys = subparsers.add_parser("keys", help="manage API keys")
     keys_sub = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -111,8 +122,19 @@ def _date(value: str | None, option: str) -> date | None:
 
 # ---------------------------------------------------------------------- accounts
 
+def _offered_plan(args: argparse.Namespace, plan: str) -> str:
+    """``plan`` if the configuration offers it (the built-in plans when only
+    --db names the database and there is no configuration file)."""
+    config = Path(args.config)
+    plans = load_config(config).plans if not args.db or config.exists() else default_plans()
+    names = [p.name for p in plans]
+    if plan not in names:
+        raise AdminError(f"no plan named {quoted(plan)} in the configuration; offered: {', '.join(names)}")
+    return plan
+
+
 async def _accounts_create(args: argparse.Namespace, store: Store) -> int:
-    account = await store.create_account(args.name, args.plan)
+    account = await store.create_account(args.name, _offered_plan(args, args.plan))
     print(f"Created account {quoted(account.name)} (plan {account.plan}).")
     return 0
 
@@ -138,6 +160,19 @@ async def _accounts_suspend(args: argparse.Namespace, store: Store) -> int:
 async def _accounts_activate(args: argparse.Namespace, store: Store) -> int:
     account = await store.set_account_status(args.name, "active")
     print(f"Activated account {quoted(account.name)}.")
+    return 0
+
+
+async def _accounts_set_plan(args: argparse.Namespace, store: Store) -> int:
+    account = await store.set_account_plan(args.name, _offered_plan(args, args.plan))
+    print(f"Account {quoted(account.name)} is now on plan {account.plan}; a running server applies it "
+          "within seconds.")
+    return 0
+
+
+async def _accounts_set_status(args: argparse.Namespace, store: Store) -> int:
+    account = await store.set_account_status(args.name, args.status)
+    print(f"Account {quoted(account.name)} is now {account.status}; a running server applies it within seconds.")
     return 0
 
 

@@ -10,13 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from privatai.adapters import create_adapter
 from privatai.config import BackendConfig, Config
 from privatai.ops.logs import describe_error
 from privatai.ops.preflight import store_problem
+from privatai.store.connection import Database, Queries, reason
+from privatai.store.names import quoted
+from privatai.store.schema import accounts
 
 OK = "ok"
 # Ollama lists "llama3.2:latest" for a model pulled and requested as "llama3.2".
@@ -30,6 +38,8 @@ class Row:
     kind: str
     status: str
     latency_ms: float | None
+    # Who may reach the backend: "shared", or its reserved_for (dedicated infrastructure).
+    pool: str = "shared"
 
 
 def _served(upstream: str, listed: set[str]) -> bool:
@@ -59,8 +69,10 @@ async def check_backend(config: BackendConfig) -> list[Row]:
             with contextlib.suppress(Exception):
                 await adapter.close()
 
+    pool = config.reserved_for.describe() if config.reserved_for is not None else "shared"
+
     def row(model: str, status: str) -> Row:
-        return Row(model, config.name, config.kind, status, latency)
+        return Row(model, config.name, config.kind, status, latency, pool)
 
     if error is not None:
         return [row(model, f"error: {error}") for model in configured] or [row("(discovery)", f"error: {error}")]
@@ -80,19 +92,43 @@ async def check_all(config: Config) -> list[Row]:
 
 
 def format_table(rows: list[Row]) -> str:
-    header = ("MODEL", "BACKEND", "KIND", "STATUS", "LATENCY")
+    header = ("MODEL", "BACKEND", "KIND", "STATUS", "LATENCY", "POOL")
     cells = [header] + [(r.model, r.backend, r.kind, r.status,
-                         f"{r.latency_ms:.1f} ms" if r.latency_ms is not None else "-") for r in rows]
+                         f"{r.latency_ms:.1f} ms" if r.latency_ms is not None else "-", r.pool) for r in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
                      for line in cells)
 
 
+async def plan_problems(config: Config) -> list[str]:
+    """Accounts whose plan the configuration does not offer: their keys get 403
+    ``plan_unknown`` (refused, not served unlimited), so the operator hears of it here."""
+    offered = {plan.name for plan in config.plans}
+    store = config.store
+    password = os.environ.get(store.password_env) if store.url and store.password_env else None
+    # Read only: unlike opening the Store, this neither migrates nor writes.
+    db = await Database.connect(store.location, password=password)
+    try:
+        rows = await Queries(db)._rows(select(accounts.c.name, accounts.c.plan).order_by(accounts.c.name))
+    finally:
+        await db.close()
+    return [f"account {quoted(name)} is on plan {quoted(plan)}, which plans: does not offer "
+            "(its keys get 403 plan_unknown)" for name, plan in rows if plan not in offered]
+
+
 def run_check(config: Config) -> int:
-    """Print the table and the store's line; 0 when all are ok, 1 otherwise."""
+    """Print the table, the store's line and the plans' line; 0 when all are ok, 1 otherwise."""
     rows = asyncio.run(check_all(config))
     # A PostgreSQL store has no file to check here; it is opened at start.
     problem = store_problem(config.store.path) if config.store.url is None else None
     print(format_table(rows), flush=True)
     print(f"\nStore {config.store.location}: {f'error: {problem}' if problem else OK}", flush=True)
-    return 0 if problem is None and all(r.status == OK for r in rows) else 1
+    plans: list[str] = []
+    if problem is None and (config.store.url is not None or Path(config.store.path).exists()):
+        try:
+            plans = asyncio.run(plan_problems(config))
+        except (SQLAlchemyError, OSError) as exc:
+            plans = [f"cannot read the accounts: {reason(exc)}"]
+    print(f"Plans {', '.join(p.name for p in config.plans)}: "
+          + ("; ".join(f"error: {p}" for p in plans) if plans else OK), flush=True)
+    return 0 if problem is None and not plans and all(r.status == OK for r in rows) else 1

@@ -56,12 +56,14 @@ class RouterCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         router = self._router()
         families = self._families()
-        streams, queue, up, in_flight = families
+        streams, queue, up, in_flight, reserved = families
         total = 0
         for name, backend in router.backends.items():
             total += backend.in_flight
             up.add_metric([name], 1.0 if router.health(backend) == "up" else 0.0)
             in_flight.add_metric([name], backend.in_flight)
+            pool = backend.reserved
+            reserved.add_metric([name, pool.describe() if pool else ""], 1.0 if pool else 0.0)
         streams.add_metric([], total)
         queue.add_metric([], router.queue_depth)
         return families
@@ -78,6 +80,10 @@ class RouterCollector(Collector):
                               labels=["backend"]),
             GaugeMetricFamily("privatai_backend_in_flight",
                               "Generations running on this backend now.", labels=["backend"]),
+            GaugeMetricFamily("privatai_backend_reserved",
+                              "1 when the backend is reserved for some plans or accounts (reserved_for, "
+                              "from the configuration), 0 when every key may reach it.",
+                              labels=["backend", "reserved_for"]),
         )
 
 

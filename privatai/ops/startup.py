@@ -20,6 +20,7 @@ from privatai.core import tokens
 from privatai.core.routing import BackendStartFailed
 from privatai.errors import PrivatAIError
 from privatai.ops.logs import describe_error
+from privatai.plans.gate import PlanGate, month_loader
 from privatai.state import AppState
 from privatai.store.database import Store
 from privatai.store.recorder import UsageRecorder
@@ -51,6 +52,8 @@ async def open_parts(state: AppState) -> None:
             raise StartupFailed(f"store {config.store.location}", _reason(exc)) from exc
         state.recorder = UsageRecorder.from_config(state.store, config.store)
         state.recorder.start()
+        state.plans = PlanGate(config, month_loader(state.store, state.recorder))
+        state.store.dashboard = state.plans.dashboard
         try:
             # Now rather than on the first request that needs it.
             await asyncio.to_thread(tokens.encoding)

@@ -6,12 +6,13 @@ gets the same rule (:mod:`privatai.store.names`).
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any
 
 import sqlalchemy.exc
 from sqlalchemy import bindparam, func, insert, select, update
 
 from privatai.store import changes
+from privatai.plans.status import STATUSES, Status
 from privatai.store.auth_cache import AuthCache, Outcome, key_digest
 from privatai.store.connection import Database, Queries
 from privatai.store.keys import DISPLAY_LENGTH, KEY_PREFIX, display_prefix, generate_key, hash_key, is_well_formed
@@ -40,6 +41,8 @@ class Accounts(Queries):
     def __init__(self, db: Database, *, cache_ttl: float, cache_size: int) -> None:
         super().__init__(db)
         self._auth = AuthCache(cache_ttl, cache_size)
+        # Where a refused account's owner can act (portal.public_url + /dashboard), for its 403s.
+        self.dashboard: str | None = None
 
     # ------------------------------------------------------------------ authentication
 
@@ -49,7 +52,7 @@ class Accounts(Queries):
         outcome = self._auth.get(digest)
         if outcome is None:
             rows = await self._rows(_AUTH, {"digest": digest})
-            outcome = Outcome.of(tuple(rows[0]) if rows else None)
+            outcome = Outcome.of(tuple(rows[0]) if rows else None, self.dashboard)
             self._auth.put(digest, outcome)
         return outcome.principal_now()
 
@@ -78,11 +81,23 @@ class Accounts(Queries):
     async def list_accounts(self) -> list[Account]:
         return [Account(*row) for row in await self._rows(_ACCOUNT.order_by(accounts.c.name))]
 
-    async def set_account_status(self, name: str, status: Literal["active", "suspended"]) -> Account:
+    async def set_account_status(self, name: str, status: Status) -> Account:
+        if status not in STATUSES:
+            raise AdminError(f"unknown status {quoted(status)}; one of {', '.join(STATUSES)}")
         account = await self.get_account(name)
         async with self._db.write() as conn:
             await conn.execute(update(accounts).where(accounts.c.id == account.id).values(status=status))
             await changes.bump(conn)
+        self._auth.clear()
+        return await self.get_account(name)
+
+    async def set_account_plan(self, name: str, plan: str) -> Account:
+        """Move an account to another plan; its keys follow at once in this
+        process, within the cache TTL in others."""
+        plan = checked(plan, "plan", PLAN_MAX)
+        account = await self.get_account(name)
+        async with self._db.write() as conn:
+            await conn.execute(update(accounts).where(accounts.c.id == account.id).values(plan=plan))
         self._auth.clear()
         return await self.get_account(name)
 

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from privatai.errors import AuthenticationFailed, PermissionDenied
+from privatai.plans.status import refusal
 from privatai.store.keys import hash_key, is_well_formed
 from privatai.store.records import Principal
 
@@ -23,7 +24,6 @@ MISSING = "Missing API key. Send it as 'Authorization: Bearer privat_...'."
 INVALID = "Invalid API key."
 REVOKED = "This API key has been revoked."
 EXPIRED = "This API key has expired."
-SUSPENDED = "The account of this API key is suspended. Contact support to reactivate it."
 
 
 def key_digest(raw_key: str | None) -> str:
@@ -45,16 +45,18 @@ class Outcome:
     known: bool  # the key exists (even if revoked or its account suspended)
 
     @classmethod
-    def of(cls, row: tuple[Any, ...] | None) -> Outcome:
-        """From a key row (id, prefix, revoked_at, expires_at, account id, name, plan, status)."""
+    def of(cls, row: tuple[Any, ...] | None, dashboard: str | None = None) -> Outcome:
+        """From a key row (id, prefix, revoked_at, expires_at, account id, name, plan, status);
+        a refused status's message points to ``dashboard`` (privatai.plans.status)."""
         if row is None:
             return cls(None, AuthenticationFailed(INVALID), None, known=False)
         key_id, prefix, revoked_at, expires_at, account_id, account_name, plan, status = row
         if revoked_at is not None:
             return cls(None, AuthenticationFailed(REVOKED), None, known=True)
         expires = _epoch(expires_at) if expires_at is not None else None
-        if status != "active":
-            return cls(None, PermissionDenied(SUSPENDED), expires, known=True)
+        refused = refusal(status, dashboard)
+        if refused is not None:
+            return cls(None, refused, expires, known=True)
         return cls(Principal(key_id, prefix, account_id, account_name, plan), None, expires, known=True)
 
     def principal_now(self) -> Principal:
@@ -64,7 +66,7 @@ class Outcome:
             raise AuthenticationFailed(EXPIRED)
         if self.error is not None:
             # A new instance per raise: exceptions carry their traceback.
-            raise type(self.error)(self.error.message)
+            raise type(self.error)(self.error.message, code=self.error.code)
         assert self.principal is not None
         return self.principal
 

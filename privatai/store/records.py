@@ -5,6 +5,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Literal
 
+from privatai.plans.status import Status
+
 DEFAULT_PLAN = "pro"
 
 
@@ -29,7 +31,7 @@ class Account:
     id: int
     name: str
     plan: str
-    status: Literal["active", "suspended"]
+    status: Status
     created: str
 
 

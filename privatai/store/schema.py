@@ -30,7 +30,7 @@ accounts = Table(
     Column("plan", Text, nullable=False),
     Column("status", Text, nullable=False, server_default="active"),
     Column("created", Text, nullable=False),
-    CheckConstraint("status IN ('active', 'suspended')", name="accounts_status"),
+    CheckConstraint("status IN ('active', 'past_due', 'inactive', 'pending', 'suspended')", name="accounts_status"),
     UniqueConstraint("name").ddl_if(dialect="sqlite"),
 )
 Index("accounts_name_lower", func.lower(accounts.c.name), unique=True).ddl_if(dialect="postgresql")

@@ -7,6 +7,7 @@ answer takes as long whether or not the address exists.
 from __future__ import annotations
 
 import asyncio
+from functools import cache
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -15,7 +16,12 @@ PASSWORD_MIN = 10
 PASSWORD_MAX = 256
 
 _hasher = PasswordHasher()
-_DUMMY = _hasher.hash("not a password of anybody")
+
+
+@cache
+def _dummy() -> str:
+    # Made on first use: hashing takes the better part of a second.
+    return _hasher.hash("not a password of anybody")
 
 
 async def hash_password(password: str) -> str:
@@ -26,7 +32,7 @@ async def verify_password(stored: str | None, password: str) -> bool:
     """True if ``password`` matches ``stored``; with None, checks a dummy and says False."""
     def verify() -> bool:
         try:
-            return _hasher.verify(stored or _DUMMY, password) and stored is not None
+            return _hasher.verify(stored or _dummy(), password) and stored is not None
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return False
     return await asyncio.to_thread(verify)

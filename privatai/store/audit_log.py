@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, or_, select
 
 from privatai.store.connection import Database, Queries
 from privatai.store.records import utc_now
@@ -38,10 +38,13 @@ class AuditLog(Queries):
         rows = await self._rows(select(audit_log).order_by(audit_log.c.id.desc()).limit(limit))
         return [AuditEntry(*row) for row in rows]
 
-    async def about(self, targets: list[str]) -> list[AuditEntry]:
-        """The entries naming these records (a person's export)."""
+    async def about(self, targets: list[tuple[str, str]]) -> list[AuditEntry]:
+        """The entries naming these records since they were created (a person's
+        export): (target, created) pairs, since an account's id can be reused
+        after a deletion."""
         if not targets:
             return []
-        rows = await self._rows(select(audit_log).where(audit_log.c.target.in_(targets))
-                                .order_by(audit_log.c.id))
+        rows = await self._rows(select(audit_log).where(or_(*(
+            (audit_log.c.target == target) & (audit_log.c.created >= created) for target, created in targets)))
+            .order_by(audit_log.c.id))
         return [AuditEntry(*row) for row in rows]

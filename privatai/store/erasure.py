@@ -44,9 +44,9 @@ async def export_person(store: Store, people: People, teams: Teams, audit: Audit
     """Everything stored about a person and the accounts they belong to, as JSON."""
     usage = AccountUsage(store._db)
     accounts = []
-    targets = [f"user:{user.id}"]
+    targets = [(f"user:{user.id}", user.created)]
     for account, role in await teams.accounts_of(user.id):
-        targets.append(f"account:{account.id}")
+        targets.append((f"account:{account.id}", account.created))
         keys = [{"id": key.id, "label": key.label, "prefix": key.prefix, "created": key.created,
                  "last_used": key.last_used, "revoked_at": key.revoked_at, "expires_at": key.expires_at}
                 for key in await store.list_keys(account.name)]

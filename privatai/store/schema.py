@@ -83,6 +83,8 @@ users = Table(
     Column("totp_secret", Text),
     Column("totp_last_step", Count),
     Column("is_admin", Integer, nullable=False, server_default=text("0")),
+    # Ids never come back after a deletion: the audit log names people by id.
+    sqlite_autoincrement=True,
 )
 
 memberships = Table(

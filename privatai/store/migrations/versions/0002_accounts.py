@@ -49,6 +49,7 @@ def upgrade() -> None:
         sa.Column("totp_secret", sa.Text),
         sa.Column("totp_last_step", count),
         sa.Column("is_admin", sa.Integer, nullable=False, server_default=sa.text("0")),
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "memberships",

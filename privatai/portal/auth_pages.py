@@ -16,7 +16,7 @@ import pyotp
 from sanic import Request
 from sanic.response import HTTPResponse
 
-from privatai.config import Language
+from privatai.config import Language, signup_plan
 from privatai.portal.pages import BY_NAME
 from privatai.portal.passwords import PASSWORD_MAX, hash_password, password_problem, verify_password
 from privatai.portal.web import BadForm, Visitor, Web
@@ -109,7 +109,8 @@ class AuthPages:
         accounts = web.config.accounts
         status = "pending" if accounts.approval else "active"
         try:
-            user = await web.stores.people.sign_up(email, await hash_password(password), name, accounts.plan, status)
+            user = await web.stores.people.sign_up(email, await hash_password(password), name,
+                                                      signup_plan(web.config), status)
         except AdminError:
             return again("account_name_taken")
         if user is None:

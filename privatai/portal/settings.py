@@ -36,8 +36,9 @@ class AccountsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # true: a new account waits as "pending" until an operator approves it;
     # false: it is "active" as soon as the e-mail address is confirmed.
     approval: bool = False
-    # The plan a new account gets (billing none: nothing is charged).
-    plan: str = "pro"
+    # The plan a new account gets (billing none: nothing is charged); unset:
+    # the first of plans: ("pro" when there are none).
+    plan: str | None = None
     # How long a login lasts, and how long it may sit unused.
     session_lifetime: Seconds = 7 * 86400.0
     session_idle: Seconds = 86400.0

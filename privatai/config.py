@@ -18,6 +18,7 @@ import yaml
 
 from privatai.errors import ConfigError
 from privatai.plans.settings import ReservedFor, check_plans
+from privatai.portal.settings import AccountsConfig
 
 # Finite: YAML's .inf passes ``gt=0``, and would make a shutdown wait forever
 # or a weighted choice fail on every request.
@@ -195,7 +196,7 @@ def default_plans() -> list[PlanConfig]:
                 {"de": "Keine Logs: Ihre Prompts werden nicht gespeichert",
                  "en": "No logs: your prompts are never stored"},
             ],
-            models="public", seats=1, highlight=True),
+            highlight=True, seats=1),
         PlanConfig(
             name="enterprise", title="Enterprise", price={"de": "Individuell", "en": "Custom"},
             description={"de": "Maßgeschneiderte Lösungen für Ihr Unternehmen.",
@@ -234,6 +235,7 @@ class Config(_Section):
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     portal: PortalConfig = msgspec.field(default_factory=PortalConfig)
     plans: list[PlanConfig] = msgspec.field(default_factory=default_plans)
+    accounts: AccountsConfig = msgspec.field(default_factory=AccountsConfig)
     # Where the file was read from, for messages and relative paths.
     source: str = "<memory>"
 
@@ -400,6 +402,8 @@ def _check(config: Config) -> None:
                           "must be an origin like https://api.example.de (scheme and host, no path)")
     if portal.contact_email is not None and not _EMAIL.fullmatch(portal.contact_email):
         raise ConfigError(config.source, "portal.contact_email", "must be an e-mail address")
+    if config.accounts.smtp.password_env is not None and config.accounts.smtp.username is None:
+        raise ConfigError(config.source, "accounts.smtp.password_env", "needs accounts.smtp.username")
     plans: set[str] = set()
     for i, plan in enumerate(config.plans):
         if not _PLAN_NAME.fullmatch(plan.name):
@@ -409,6 +413,8 @@ def _check(config: Config) -> None:
             raise ConfigError(config.source, f"plans[{i}].name", f"duplicate plan name {plan.name!r}")
         plans.add(plan.name)
     check_plans(config)
+    if config.accounts.plan is not None and config.plans and config.accounts.plan not in plans:
+        raise ConfigError(config.source, "accounts.plan", f"{config.accounts.plan!r} is not one of plans:")
     for i, entry in enumerate(config.web_chat.trusted_proxies):
         try:
             # As the web-chat limiter and the connection bounds read it.
@@ -427,6 +433,11 @@ def _check_url(source: str, where: str, url: str) -> None:
         raise ConfigError(source, where, "not a valid URL") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(source, where, "must be an http:// or https:// URL with a host")
+
+
+def signup_plan(config: Config) -> str:
+    """The plan of an account made by sign-up."""
+    return config.accounts.plan or (config.plans[0].name if config.plans else "pro")
 
 
 def default_model(config: Config) -> str | None:

@@ -70,6 +70,16 @@ usage_daily = Table(
 )
 Index("usage_daily_day", usage_daily.c.day)
 
+# One row (id 1): a number every change to a key or an account adds one to,
+# in the same transaction. Every server process polls it and clears its
+# authentication cache when it moves, so a revocation reaches every worker
+# and every instance within the poll interval (privatai.store.changes).
+auth_changes = Table(
+    "auth_changes", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("counter", Count, nullable=False, server_default=text("0")),
+)
+
 # People: an e-mail address (stored lower case, unique) and an Argon2id hash.
 users = Table(
     "users", metadata,

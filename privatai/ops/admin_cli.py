@@ -197,7 +197,7 @@ async def _accounts_delete(args: argparse.Namespace, store: Store) -> int:
     account = await store.delete_account(args.name)
     await AuditLog(store._db).record("cli", "delete_account", f"account:{account.id}")
     print(f"Deleted account {quoted(account.name)} (id {account.id}) with its keys, usage and members. "
-          "Running servers refuse its keys within their auth cache's lifetime.")
+          "Running servers refuse its keys within a second.")
     return 0
 
 

@@ -93,11 +93,12 @@ class Accounts(Queries):
 
     async def set_account_plan(self, name: str, plan: str) -> Account:
         """Move an account to another plan; its keys follow at once in this
-        process, within the cache TTL in others."""
+        process, within the change poll interval in others."""
         plan = checked(plan, "plan", PLAN_MAX)
         account = await self.get_account(name)
         async with self._db.write() as conn:
             await conn.execute(update(accounts).where(accounts.c.id == account.id).values(plan=plan))
+            await changes.bump(conn)
         self._auth.clear()
         return await self.get_account(name)
 
@@ -112,6 +113,7 @@ class Accounts(Queries):
             await conn.execute(delete(invites).where(invites.c.account_id == account.id))
             await conn.execute(delete(memberships).where(memberships.c.account_id == account.id))
             await conn.execute(delete(accounts).where(accounts.c.id == account.id))
+            await changes.bump(conn)
         self._auth.clear()
         return account
 

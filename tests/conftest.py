@@ -7,6 +7,7 @@ import pytest
 
 from privatai.adapters.base import Adapter
 from privatai.core import routing
+from privatai.core.routing import Router
 from tests.adapter_helpers import API_KEY, API_KEY_ENV, backend_config, started_adapter
 from tests.fakes import FAKES, FakeBackend
 from tests.gateway import Gateway, embedded_backend
@@ -39,6 +40,15 @@ def scripted(monkeypatch: pytest.MonkeyPatch) -> ScriptedBackends:
     backends = ScriptedBackends(routing.create_adapter)
     monkeypatch.setattr(routing, "create_adapter", backends.create_adapter)
     return backends
+
+
+@pytest.fixture
+async def routers() -> AsyncIterator[list[Router]]:
+    """Routers a test started, closed at its end."""
+    made: list[Router] = []
+    yield made
+    for router in made:
+        await router.close()
 
 
 @pytest.fixture(params=KINDS)

@@ -8,7 +8,6 @@ gateway is the real app with its real adapters, served in the test's loop.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, AsyncIterator
 
 import httpx

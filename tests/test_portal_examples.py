@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ import httpx
 import pytest
 
 from tests.gateway import Gateway
+from tests.node_sdk import Node, install_openai
 from tests.portal_helpers import example_files, parse
 
 pytestmark = pytest.mark.slow
@@ -39,26 +38,10 @@ def examples(embedded_gateway: Gateway) -> dict[str, str]:
     return found
 
 
-@dataclass
-class Node:
-    directory: Path
-    missing: str | None         # why node cannot run at all
-    openai_missing: str | None  # why the openai package is not there
-
-
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Node:
     """A directory with the openai npm package installed, or why there is none."""
-    directory = tmp_path_factory.mktemp("node-examples")
-    if shutil.which("node") is None:
-        return Node(directory, "node is not installed", "node is not installed")
-    if shutil.which("npm") is None:
-        return Node(directory, None, "npm is not installed")
-    # Exactly the page's instruction: npm install openai.
-    install = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--loglevel=error", "openai"],
-                             cwd=directory, capture_output=True, text=True, timeout=300)
-    reason = None if install.returncode == 0 else f"npm install openai failed: {install.stderr[-300:]}"
-    return Node(directory, None, reason)
+    return install_openai(tmp_path_factory.mktemp("node-examples"))
 
 
 def run(command: list[str], key: str, cwd: Path) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -28,15 +28,6 @@ async def started_router(backends: list[dict[str, Any]], **routing: Any) -> Rout
     router = Router(parse_config({"backends": backends, "routing": {"health_interval": 3600, **routing}}))
     await router.start()
     return router
-
-
-@pytest.fixture
-async def routers() -> AsyncIterator[list[Router]]:
-    """Routers a test started, closed at its end."""
-    made: list[Router] = []
-    yield made
-    for router in made:
-        await router.close()
 
 
 async def events_of(router: Router, info: RouteInfo | None = None, **fields: Any) -> list[Event]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -21,14 +21,6 @@ from tests.fakes.endpoints import fake_vector
 from tests.scripted import ScriptedBackends
 
 MODEL = "m"
-
-
-@pytest.fixture
-async def routers() -> AsyncIterator[list[Router]]:
-    made: list[Router] = []
-    yield made
-    for router in made:
-        await router.close()
 
 
 async def started(routers: list[Router], backends: list[dict[str, Any]], **routing: Any) -> Router:

@@ -27,6 +27,7 @@ from privatai.errors import PrivatAIError
 from privatai.ops.logs import describe_error
 from privatai.state import AppState
 
+
 class FrameEncoder(Protocol):
     """What the stream writer needs of an endpoint's SSE encoder."""
 
@@ -123,21 +124,21 @@ async def collect(request: GatewayRequest, state: AppState, events: AsyncIterato
                   add: Callable[[Event], object]) -> Usage:
     """Gather a whole answer: every content event to ``add``, then its usage,
     settled. A client that leaves meanwhile was sent nothing, but a backend
-    may have read the prompt (see :func:`settle_cut_off`)."""
+    may have read the prompt (see :func:`_settle_cut_off`)."""
     try:
         async for event in events:
             if meter.observe(event):
                 add(event)
     except asyncio.CancelledError:
         await events.aclose()  # type: ignore[attr-defined]
-        await settle_cut_off(request, state, meter, client_left=True, delivered=False)
+        await _settle_cut_off(request, state, meter, client_left=True, delivered=False)
         raise
     finally:
         await events.aclose()  # type: ignore[attr-defined]
-    return await settle(request, state, meter, complete=True)
+    return await _settle(request, state, meter, complete=True)
 
 
-async def settle(request: GatewayRequest, state: AppState, meter: Meter, *, complete: bool,
+async def _settle(request: GatewayRequest, state: AppState, meter: Meter, *, complete: bool,
                   delivered: bool = True) -> Usage:
     """The request's usage, fixed once (and recorded for an API key) when its response ended."""
     ctx = request.ctx
@@ -148,7 +149,7 @@ async def settle(request: GatewayRequest, state: AppState, meter: Meter, *, comp
     return ctx.usage
 
 
-async def settle_cut_off(request: GatewayRequest, state: AppState, meter: Meter, *, client_left: bool,
+async def _settle_cut_off(request: GatewayRequest, state: AppState, meter: Meter, *, client_left: bool,
                           delivered: bool) -> None:
     """A response that did not complete is billed for what the client was
     sent; when the client left, also for the prompt once a backend had taken
@@ -156,7 +157,7 @@ async def settle_cut_off(request: GatewayRequest, state: AppState, meter: Meter,
     ctx = request.ctx
     if ctx.usage is None and ((delivered and meter.anything_delivered)
                               or (client_left and ctx.route.admitted)):
-        await settle(request, state, meter, complete=False, delivered=delivered)
+        await _settle(request, state, meter, complete=False, delivered=delivered)
 
 
 async def stream_events(request: GatewayRequest, state: AppState, events: AsyncIterator[Event], meter: Meter,
@@ -197,7 +198,7 @@ async def stream_events(request: GatewayRequest, state: AppState, events: AsyncI
                     ctx.ttft = time.perf_counter() - ctx.started
                 sent += len(frame)
             event = await anext(events, None)
-        usage = await settle(request, state, meter, complete=True)
+        usage = await _settle(request, state, meter, complete=True)
         await response.send(encoder.finish(meter.finish_reason, usage))
         await response.eof()
     except asyncio.CancelledError:
@@ -216,7 +217,7 @@ async def stream_events(request: GatewayRequest, state: AppState, events: AsyncI
             first.cancel()
             await asyncio.gather(first, return_exceptions=True)
         await events.aclose()  # type: ignore[attr-defined]
-        await settle_cut_off(request, state, meter, client_left=left, delivered=True)
+        await _settle_cut_off(request, state, meter, client_left=left, delivered=True)
         if response is not None:
             # Only this writer sees a stream end (see privatai.api.access).
             access.write(request, 200, sent)

@@ -68,6 +68,9 @@ class StoreConfig(_Section):
     # At most a century: the cut-off date must stay a valid date.
     usage_retention_days: Annotated[int, msgspec.Meta(ge=1, le=36500)] = 400
     flush_interval: Positive = 1.0
+    # Seconds a key's authentication stays cached. Changes are seen within
+    # 0.5 s anyway (privatai.store.changes); this bounds it if that poll fails.
+    auth_cache_ttl: Positive = 2.0
 
     @property
     def location(self) -> str:

@@ -138,12 +138,13 @@ def test_web_chat_admits_exactly_the_limit_across_workers(tmp_path: Path, fake: 
 
 
 def test_revoked_key_is_refused_by_every_worker_within_a_second(tmp_path: Path, fake: FakeLlamaCpp) -> None:
-    gateway = start(tmp_path, fake)
+    # A cache that alone would honour the key for a minute: only the change
+    # counter can make every worker refuse it in time.
+    gateway = start(tmp_path, fake, store={"flush_interval": 0.2, "auth_cache_ttl": 60})
     try:
         key = gateway.create_key()
         url, headers = f"{gateway.base_url}/models", {"Authorization": f"Bearer {key}"}
-        # Every worker has the key in its authentication cache (which keeps
-        # an entry 2 s, so the cache alone would honour the key too long).
+        # Every worker has the key in its authentication cache.
         with httpx.Client(timeout=10, limits=httpx.Limits(max_keepalive_connections=0)) as http:
             wait_for(lambda: http.get(url, headers=headers).status_code == 200 and len(
                 {line["worker"] for line in access_lines(gateway) if line["status"] == 200}) == WORKERS,

@@ -59,7 +59,7 @@ class Store(Accounts, UsageQueries):
                 raise StoreUnavailable(f"cannot open the database {describe(location)}: the environment "
                                        f"variable {config.password_env} (store.password_env) is not set")
         try:
-            return await cls.open(location, password=password)
+            return await cls.open(location, password=password, cache_ttl=config.auth_cache_ttl)
         except (sqlalchemy.exc.SQLAlchemyError, OSError, asyncio.TimeoutError) as exc:
             raise StoreUnavailable(f"cannot open the database {describe(location)}: {reason(exc)}") from None
 

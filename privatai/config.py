@@ -17,6 +17,7 @@ import msgspec
 import yaml
 
 from privatai.errors import ConfigError
+from privatai.limits.state_config import StateConfig, check_state
 
 # Finite: YAML's .inf passes ``gt=0``, and would make a shutdown wait forever
 # or a weighted choice fail on every request.
@@ -220,6 +221,7 @@ class Config(_Section):
     web_chat: WebChatConfig = msgspec.field(default_factory=WebChatConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     portal: PortalConfig = msgspec.field(default_factory=PortalConfig)
+    state: StateConfig = msgspec.field(default_factory=StateConfig)
     plans: list[PlanConfig] = msgspec.field(default_factory=default_plans)
     # Where the file was read from, for messages and relative paths.
     source: str = "<memory>"
@@ -354,6 +356,7 @@ def _check_store(source: str, store: StoreConfig) -> None:
 
 def _check(config: Config) -> None:
     _check_store(config.source, config.store)
+    check_state(config.source, config.state)
     if config.server.workers != 1:
         raise ConfigError(config.source, "server.workers",
                           "must be 1: the web-chat limits and the usage batches live in this one "

@@ -99,6 +99,17 @@ class CapacityExceeded(RateLimited):
     code = "capacity_exceeded"
 
 
+class ServiceUnavailable(PrivatAIError):
+    """A part this server shares with others (Redis, the database) cannot be
+    reached; the request changed nothing and may be retried."""
+
+    status = 503
+    code = "service_unavailable"
+
+    def __init__(self, message: str, *, code: str | None = None, retry_after: int = 30) -> None:
+        super().__init__(message, code=code, headers={"Retry-After": str(retry_after)})
+
+
 class BackendError(PrivatAIError):
     """The backend failed. ``retryable`` errors may be tried on another backend
     as long as nothing has been sent to the client yet."""

@@ -99,9 +99,17 @@ class CapacityExceeded(RateLimited):
     code = "capacity_exceeded"
 
 
+class LimitsUnavailable(PrivatAIError):
+    """The shared fair-use counters cannot be reached: the web chat refuses
+    rather than serve without its limits (it fails closed)."""
+
+    status = 503
+    code = "limits_unavailable"
+
+
 class ServiceUnavailable(PrivatAIError):
-    """A part this server shares with others (Redis, the database) cannot be
-    reached; the request changed nothing and may be retried."""
+    """The database cannot be reached and the request cannot be served
+    without it; it changed nothing and may be retried."""
 
     status = 503
     code = "service_unavailable"

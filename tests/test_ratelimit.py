@@ -9,7 +9,8 @@ import pytest
 
 from privatai.config import WebChatConfig
 from privatai.errors import InvalidRequest, ModelNotFound, RateLimited
-from privatai.limits.webchat import DAY, MINUTE, WebChatLimiter, client_address, parse_networks
+from privatai.limits.shared import DAY, MINUTE
+from privatai.limits.webchat import WebChatLimiter, client_address, parse_networks
 
 
 class Clock:
@@ -34,23 +35,28 @@ def make(clock: Clock | None = None, max_identities: int = 100_000, **settings: 
     return WebChatLimiter(config, clock=clock or Clock(), max_identities=max_identities)
 
 
-def refused(limiter: WebChatLimiter, identity: str, **kwargs: object) -> RateLimited:
+async def refused(limiter: WebChatLimiter, identity: str, **kwargs: object) -> RateLimited:
     with pytest.raises(RateLimited) as info:
-        limiter.admit(identity, **kwargs)  # type: ignore[arg-type]
+        await limiter.admit(identity, **kwargs)  # type: ignore[arg-type]
     return info.value
+
+
+async def use(limiter: WebChatLimiter, identity: str, tokens: int = 0) -> None:
+    """One admitted request that ends at once, charged ``tokens``."""
+    await (await limiter.admit(identity)).release(tokens)
 
 
 # -- requests per minute ------------------------------------------------------
 
 
-def test_requests_per_minute_refuses_the_next_and_says_when_to_retry() -> None:
+async def test_requests_per_minute_refuses_the_next_and_says_when_to_retry() -> None:
     clock = Clock()
     limiter = make(clock, requests_per_minute=3)
     me = limiter.identity("203.0.113.7")
     for _ in range(3):
-        limiter.admit(me).release(0)
+        await use(limiter, me, 0)
         clock.advance(10)
-    error = refused(limiter, me)
+    error = await refused(limiter, me)
     assert error.status == 429
     assert error.code == "requests_per_minute_exceeded"
     # The first request was 30 s ago, so a slot frees in 30 s.
@@ -58,152 +64,152 @@ def test_requests_per_minute_refuses_the_next_and_says_when_to_retry() -> None:
     assert error.retry_after == 30
 
 
-def test_minute_window_slides_on() -> None:
+async def test_minute_window_slides_on() -> None:
     clock = Clock()
     limiter = make(clock, requests_per_minute=2)
     me = limiter.identity("203.0.113.7")
-    limiter.admit(me).release()
+    await use(limiter, me)
     clock.advance(30)
-    limiter.admit(me).release()
-    refused(limiter, me)
+    await use(limiter, me)
+    await refused(limiter, me)
     clock.advance(29.5)
-    refused(limiter, me)  # the first is 59.5 s old: still inside the window
+    await refused(limiter, me)  # the first is 59.5 s old: still inside the window
     clock.advance(0.5)
-    limiter.admit(me).release()  # the first has left the window
-    refused(limiter, me)  # ...but the second (30 s old) and third are still in it
+    await use(limiter, me)  # the first has left the window
+    await refused(limiter, me)  # ...but the second (30 s old) and third are still in it
     clock.advance(MINUTE)
-    limiter.admit(me).release()
-    limiter.admit(me).release()
+    await use(limiter, me)
+    await use(limiter, me)
 
 
-def test_refused_requests_do_not_use_up_the_window() -> None:
+async def test_refused_requests_do_not_use_up_the_window() -> None:
     clock = Clock()
     limiter = make(clock, requests_per_minute=1)
     me = limiter.identity("203.0.113.7")
-    limiter.admit(me).release()
+    await use(limiter, me)
     for _ in range(10):
-        refused(limiter, me)
+        await refused(limiter, me)
     clock.advance(MINUTE)
-    limiter.admit(me).release()
+    await use(limiter, me)
 
 
-def test_limits_are_per_identity() -> None:
+async def test_limits_are_per_identity() -> None:
     limiter = make(requests_per_minute=1)
     alice, bob = limiter.identity("203.0.113.7"), limiter.identity("198.51.100.9")
-    limiter.admit(alice).release()
-    refused(limiter, alice)
-    limiter.admit(bob).release()
+    await use(limiter, alice)
+    await refused(limiter, alice)
+    await use(limiter, bob)
 
 
 # -- tokens per day -----------------------------------------------------------
 
 
-def test_tokens_per_day_are_charged_after_the_response_and_then_refuse() -> None:
+async def test_tokens_per_day_are_charged_after_the_response_and_then_refuse() -> None:
     clock = Clock()
     limiter = make(clock, tokens_per_day=1000)
     me = limiter.identity("203.0.113.7")
-    limiter.admit(me).release(600)
+    await use(limiter, me, 600)
     clock.advance(3600)
     # 600 of 1000 used: still admitted, and charged with its real usage.
-    limiter.admit(me).release(500)
+    await use(limiter, me, 500)
     clock.advance(60)
-    error = refused(limiter, me)
+    error = await refused(limiter, me)
     assert error.code == "tokens_per_day_exceeded"
     # The day window opened with the first request, 3660 s ago.
     assert error.retry_after == int(DAY - 3660)
 
 
-def test_day_window_moves_on() -> None:
+async def test_day_window_moves_on() -> None:
     clock = Clock()
     limiter = make(clock, tokens_per_day=100)
     me = limiter.identity("203.0.113.7")
-    limiter.admit(me).release(100)
+    await use(limiter, me, 100)
     clock.advance(DAY - 1)
-    refused(limiter, me)
+    await refused(limiter, me)
     clock.advance(1)
-    admission = limiter.admit(me)
-    admission.release(40)
-    limiter.admit(me).release(59)
-    limiter.admit(me).release(1)
-    refused(limiter, me)
+    admission = await limiter.admit(me)
+    await admission.release(40)
+    await use(limiter, me, 59)
+    await use(limiter, me, 1)
+    await refused(limiter, me)
 
 
-def test_an_aborted_response_is_charged_what_it_used() -> None:
+async def test_an_aborted_response_is_charged_what_it_used() -> None:
     limiter = make(tokens_per_day=50)
     me = limiter.identity("203.0.113.7")
-    admission = limiter.admit(me)
-    admission.release(50)  # e.g. the client disconnected after 50 tokens
-    refused(limiter, me)
+    admission = await limiter.admit(me)
+    await admission.release(50)  # e.g. the client disconnected after 50 tokens
+    await refused(limiter, me)
 
 
 # -- concurrent streams -------------------------------------------------------
 
 
-def test_concurrent_streams_slot_is_held_until_release() -> None:
+async def test_concurrent_streams_slot_is_held_until_release() -> None:
     limiter = make(concurrent_streams=2)
     me = limiter.identity("203.0.113.7")
-    first, second = limiter.admit(me), limiter.admit(me)
-    error = refused(limiter, me)
+    first, second = await limiter.admit(me), await limiter.admit(me)
+    error = await refused(limiter, me)
     assert error.code == "concurrent_streams_exceeded"
     assert int(error.headers["Retry-After"]) >= 1
-    first.release(10)
-    third = limiter.admit(me)
-    second.release(10)
-    third.release(10)
-    limiter.admit(me).release()
+    await first.release(10)
+    third = await limiter.admit(me)
+    await second.release(10)
+    await third.release(10)
+    await use(limiter, me)
 
 
-def test_release_is_idempotent() -> None:
+async def test_release_is_idempotent() -> None:
     limiter = make(concurrent_streams=1, tokens_per_day=100)
     me = limiter.identity("203.0.113.7")
-    admission = limiter.admit(me)
-    admission.release(60)
-    admission.release(60)  # a second call must neither free a slot nor charge again
-    held = limiter.admit(me)
-    refused(limiter, me)  # one slot, and it is held: the double release freed nothing
-    held.release(0)
-    limiter.admit(me).release(0)  # 60 charged, not 120: still under 100
+    admission = await limiter.admit(me)
+    await admission.release(60)
+    await admission.release(60)  # a second call must neither free a slot nor charge again
+    held = await limiter.admit(me)
+    await refused(limiter, me)  # one slot, and it is held: the double release freed nothing
+    await held.release(0)
+    await use(limiter, me, 0)  # 60 charged, not 120: still under 100
 
 
 # -- allowlist and max_tokens cap --------------------------------------------
 
 
-def test_model_allowlist() -> None:
+async def test_model_allowlist() -> None:
     limiter = make(models=["small", "tiny"])
     me = limiter.identity("203.0.113.7")
-    assert limiter.admit(me, "tiny").model == "tiny"
-    assert limiter.admit(me, None).model == "small"  # none asked: the first allowed
+    assert (await limiter.admit(me, "tiny")).model == "tiny"
+    assert (await limiter.admit(me, None)).model == "small"  # none asked: the first allowed
     with pytest.raises(ModelNotFound) as info:
-        limiter.admit(me, "huge")
+        await limiter.admit(me, "huge")
     assert info.value.status == 404 and info.value.param == "model"
     assert limiter.allowed_models(["huge", "tiny", "small"]) == ["tiny", "small"]
 
 
-def test_refused_model_uses_no_rate() -> None:
+async def test_refused_model_uses_no_rate() -> None:
     limiter = make(requests_per_minute=1, models=["small"])
     me = limiter.identity("203.0.113.7")
     for _ in range(3):
         with pytest.raises(ModelNotFound):
-            limiter.admit(me, "huge")
-    limiter.admit(me, "small").release()
+            await limiter.admit(me, "huge")
+    await (await limiter.admit(me, "small")).release()
 
 
-def test_empty_allowlist_allows_every_served_model() -> None:
+async def test_empty_allowlist_allows_every_served_model() -> None:
     limiter = make()
     me = limiter.identity("203.0.113.7")
-    assert limiter.admit(me, "anything").model == "anything"
-    assert limiter.admit(me, None).model is None
+    assert (await limiter.admit(me, "anything")).model == "anything"
+    assert (await limiter.admit(me, None)).model is None
     assert limiter.allowed_models(["a", "b"]) == ["a", "b"]
 
 
-def test_max_tokens_is_clamped_to_the_cap() -> None:
+async def test_max_tokens_is_clamped_to_the_cap() -> None:
     limiter = make(max_tokens=256)
     me = limiter.identity("203.0.113.7")
-    assert limiter.admit(me, max_tokens=None).max_tokens == 256
-    assert limiter.admit(me, max_tokens=100).max_tokens == 100
-    assert limiter.admit(me, max_tokens=100_000).max_tokens == 256
+    assert (await limiter.admit(me, max_tokens=None)).max_tokens == 256
+    assert (await limiter.admit(me, max_tokens=100)).max_tokens == 100
+    assert (await limiter.admit(me, max_tokens=100_000)).max_tokens == 256
     with pytest.raises(InvalidRequest):
-        limiter.admit(me, max_tokens=0)
+        await limiter.admit(me, max_tokens=0)
 
 
 # -- client identity ------------------------------------------------------------
@@ -211,15 +217,15 @@ def test_max_tokens_is_clamped_to_the_cap() -> None:
 TRUSTED = parse_networks(["10.0.0.1", "192.168.0.0/16", "fd00::/8"])
 
 
-def test_spoofed_forwarded_for_from_an_untrusted_peer_is_ignored() -> None:
+async def test_spoofed_forwarded_for_from_an_untrusted_peer_is_ignored() -> None:
     assert client_address("203.0.113.7", "1.2.3.4", TRUSTED) == "203.0.113.7"
     limiter = make(requests_per_minute=1, trusted_proxies=["10.0.0.1"])
-    limiter.admit(limiter.identity("203.0.113.7", "1.1.1.1")).release()
+    await use(limiter, limiter.identity("203.0.113.7", "1.1.1.1"))
     # A different made-up header does not make a new client.
-    refused(limiter, limiter.identity("203.0.113.7", "2.2.2.2"))
+    await refused(limiter, limiter.identity("203.0.113.7", "2.2.2.2"))
 
 
-def test_trusted_proxy_gives_the_right_most_untrusted_hop() -> None:
+async def test_trusted_proxy_gives_the_right_most_untrusted_hop() -> None:
     # The client wrote "6.6.6.6" itself; our proxy appended the real peer.
     assert client_address("10.0.0.1", "6.6.6.6, 198.51.100.9", TRUSTED) == "198.51.100.9"
     # Two trusted hops (CIDR entry): skip both.
@@ -239,68 +245,68 @@ def test_trusted_proxy_gives_the_right_most_untrusted_hop() -> None:
         == "192.168.1.1"
 
 
-def test_clients_behind_a_trusted_proxy_are_limited_separately() -> None:
+async def test_clients_behind_a_trusted_proxy_are_limited_separately() -> None:
     limiter = make(requests_per_minute=1, trusted_proxies=["10.0.0.0/8"])
-    limiter.admit(limiter.identity("10.0.0.1", "198.51.100.9")).release()
-    refused(limiter, limiter.identity("10.0.0.1", "7.7.7.7, 198.51.100.9"))
-    limiter.admit(limiter.identity("10.0.0.1", "198.51.100.10")).release()
+    await use(limiter, limiter.identity("10.0.0.1", "198.51.100.9"))
+    await refused(limiter, limiter.identity("10.0.0.1", "7.7.7.7, 198.51.100.9"))
+    await use(limiter, limiter.identity("10.0.0.1", "198.51.100.10"))
 
 
-def test_an_ipv6_slash_64_is_one_client() -> None:
+async def test_an_ipv6_slash_64_is_one_client() -> None:
     limiter = make()
     assert limiter.identity("2001:db8:1:2::1") == limiter.identity("2001:db8:1:2:ffff::9")
     assert limiter.identity("2001:db8:1:2::1") != limiter.identity("2001:db8:1:3::1")
 
 
-def test_identity_is_a_keyed_hash_and_no_ip_is_kept() -> None:
+async def test_identity_is_a_keyed_hash_and_no_ip_is_kept() -> None:
     limiter = make(trusted_proxies=["10.0.0.1"])
     raw = ["203.0.113.7", "198.51.100.9", "10.0.0.1"]
     identity = limiter.identity("203.0.113.7")
     proxied = limiter.identity("10.0.0.1", "198.51.100.9")
-    held = [limiter.admit(identity), limiter.admit(proxied)]
+    held = [await limiter.admit(identity), await limiter.admit(proxied)]
     assert identity == limiter.identity("203.0.113.7")  # stable within the process
     assert identity != make().identity("203.0.113.7")  # a new key per limiter/process
     assert len(identity) == 32 and int(identity, 16) >= 0
     # All per-client state (the configured proxy list is not client data).
-    state = repr(limiter._entries) + repr(held)
+    state = repr(limiter.state._entries) + repr(held)  # type: ignore[attr-defined]
     for ip in raw:
         assert ip not in state
         assert ip not in identity and ip not in proxied
     for admission in held:
-        admission.release()
+        await admission.release()
 
 
 # -- bounded memory -------------------------------------------------------------
 
 
-def test_table_is_capped() -> None:
+async def test_table_is_capped() -> None:
     clock = Clock()
     limiter = make(clock, max_identities=100)
     for n in range(1000):
-        limiter.admit(limiter.identity(str(ipaddress.IPv4Address(0x0B000000 + n)))).release()
+        await use(limiter, limiter.identity(str(ipaddress.IPv4Address(0x0B000000 + n))))
         clock.advance(0.01)
     assert len(limiter) == 100
 
 
-def test_cap_never_drops_an_identity_with_a_stream_in_flight() -> None:
+async def test_cap_never_drops_an_identity_with_a_stream_in_flight() -> None:
     limiter = make(max_identities=10, concurrent_streams=1)
     busy = limiter.identity("203.0.113.7")
-    held = limiter.admit(busy)
+    held = await limiter.admit(busy)
     for n in range(50):
-        limiter.admit(limiter.identity(f"11.0.0.{n}")).release()
+        await use(limiter, limiter.identity(f"11.0.0.{n}"))
     assert len(limiter) == 10
-    refused(limiter, busy)  # still known, still counted
-    held.release()
+    await refused(limiter, busy)  # still known, still counted
+    await held.release()
 
 
-def test_idle_identities_expire_after_a_day() -> None:
+async def test_idle_identities_expire_after_a_day() -> None:
     clock = Clock()
     limiter = make(clock)
     for n in range(50):
-        limiter.admit(limiter.identity(f"11.0.0.{n}")).release(5)
+        await use(limiter, limiter.identity(f"11.0.0.{n}"), 5)
     assert len(limiter) == 50
     clock.advance(DAY)
-    limiter.admit(limiter.identity("203.0.113.7")).release()
+    await use(limiter, limiter.identity("203.0.113.7"))
     assert len(limiter) == 1
 
 
@@ -313,7 +319,7 @@ async def burst(limiter: WebChatLimiter, identity: str, n: int) -> list[object]:
     async def one() -> object:
         await start.wait()  # all 50 are parked here, then race at once
         try:
-            return limiter.admit(identity)
+            return await limiter.admit(identity)
         except RateLimited as error:
             return error
 
@@ -341,7 +347,7 @@ async def test_burst_of_50_admits_exactly_concurrent_streams_while_held() -> Non
     # Slots stay taken until released, then exactly that many more get in.
     assert len([r for r in await burst(limiter, me, 50)
                 if not isinstance(r, RateLimited)]) == 0
-    admitted[0].release(1)  # type: ignore[union-attr]
+    await admitted[0].release(1)  # type: ignore[union-attr]
     again = [r for r in await burst(limiter, me, 50) if not isinstance(r, RateLimited)]
     assert len(again) == 1
 
@@ -352,23 +358,23 @@ async def test_streams_released_in_finally_on_cancellation() -> None:
     streaming = asyncio.Event()
 
     async def handler() -> None:
-        admission = limiter.admit(me)
+        admission = await limiter.admit(me)
         try:
             streaming.set()
             await asyncio.sleep(3600)  # a long answer...
         finally:
-            admission.release(7)
+            await admission.release(7)
 
     task = asyncio.create_task(handler())
     await streaming.wait()
-    refused(limiter, me)
+    await refused(limiter, me)
     task.cancel()  # ...cut off by a client disconnect
     with pytest.raises(asyncio.CancelledError):
         await task
-    limiter.admit(me).release()
+    await use(limiter, me)
 
 
-def test_reconfigure_applies_new_limits_and_keeps_usage() -> None:
+async def test_reconfigure_applies_new_limits_and_keeps_usage() -> None:
     from privatai.config import WebChatConfig
     from privatai.errors import RateLimited
     from privatai.limits.webchat import WebChatLimiter
@@ -376,11 +382,11 @@ def test_reconfigure_applies_new_limits_and_keeps_usage() -> None:
     now = [1000.0]
     limiter = WebChatLimiter(WebChatConfig(requests_per_minute=1, concurrent_streams=5), clock=lambda: now[0])
     client = limiter.identity("203.0.113.9")
-    limiter.admit(client).release(10)
+    await use(limiter, client, 10)
     with pytest.raises(RateLimited):
-        limiter.admit(client)
+        await limiter.admit(client)
     limiter.reconfigure(WebChatConfig(requests_per_minute=3, concurrent_streams=5))
-    limiter.admit(client).release(10)
-    limiter.admit(client).release(10)
+    await use(limiter, client, 10)
+    await use(limiter, client, 10)
     with pytest.raises(RateLimited):
-        limiter.admit(client)  # the first request still counts in this minute
+        await limiter.admit(client)  # the first request still counts in this minute

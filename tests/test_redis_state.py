@@ -11,7 +11,7 @@ from typing import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from privatai.errors import ServiceUnavailable
+from privatai.errors import LimitsUnavailable
 from privatai.limits.redis_link import AUTH_CHANNEL, RedisLink
 from privatai.limits.redis_state import FallbackLimitState, RedisLimitState
 from privatai.limits.shared import LimitRules
@@ -129,10 +129,10 @@ async def test_redis_down_web_chat_closed_api_per_instance_then_shared_again(
 
         own_redis.stop()
         for _ in range(5):
-            with pytest.raises(ServiceUnavailable) as refused:
+            with pytest.raises(LimitsUnavailable) as refused:
                 await shared.admit(who, rules, time.time())
         assert refused.value.status == 503
-        assert refused.value.to_dict()["error"]["code"] == "shared_state_unavailable"
+        assert refused.value.to_dict()["error"]["code"] == "limits_unavailable"
         assert "Redis unreachable" in (await shared.problem() or "")
         # The API's limits go on per instance, with their own fresh counters.
         local = [await api.admit(who, rules, time.time()) for _ in range(3)]

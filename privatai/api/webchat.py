@@ -176,7 +176,7 @@ def register(app: Sanic) -> None:
         forwarded = ",".join(request.headers.getall("x-forwarded-for", []))
         identity = limiter.identity(request.ip, forwarded or None)
         # Before any backend work: a refused request costs nothing upstream.
-        admission = limiter.admit(identity, chat.model, chat.max_output_tokens)
+        admission = await limiter.admit(identity, chat.model, chat.max_output_tokens)
         try:
             # max_completion_tokens wins over max_tokens downstream, so it is
             # cleared, or it would slip past the cap.
@@ -187,7 +187,7 @@ def register(app: Sanic) -> None:
             # However the answer ended (also when the visitor left), its
             # usage is settled by now; None when nothing is billed.
             usage = request.ctx.usage
-            admission.release(usage.total_tokens if usage is not None else 0)
+            await admission.release(usage.total_tokens if usage is not None else 0)
 
     if not state.config.portal.enabled:
         # Otherwise the portal's landing page is at / (privatai/portal).

@@ -20,7 +20,7 @@ an identity that goes quiet leaves nothing behind:
 The ``{id}`` hash tag keeps an identity's keys in one Redis Cluster slot.
 
 When Redis cannot be asked, :class:`RedisLimitState` raises
-:class:`~privatai.errors.ServiceUnavailable` (the web chat fails closed: a
+:class:`~privatai.errors.LimitsUnavailable` (the web chat fails closed: a
 public, keyless page must not become unlimited), and
 :class:`FallbackLimitState` answers from per-instance counters instead (for
 limits on paying API keys, which must keep working).
@@ -32,7 +32,7 @@ from collections import Counter
 
 from redis.exceptions import RedisError
 
-from privatai.errors import ServiceUnavailable
+from privatai.errors import LimitsUnavailable
 from privatai.limits.redis_link import RedisLink
 from privatai.limits.shared import (CONCURRENCY_RETRY_AFTER, DAY, MINUTE, LimitRules, LimitState,
                                     MemoryLimitState, Verdict)
@@ -101,7 +101,7 @@ UNAVAILABLE = ("The web chat is unavailable right now: its shared limits cannot 
 
 
 class RedisLimitState:
-    """Exact limits across instances; raises ServiceUnavailable while Redis is down."""
+    """Exact limits across instances; raises LimitsUnavailable while Redis is down."""
 
     def __init__(self, link: RedisLink, *, slot_ttl: int = DEFAULT_SLOT_TTL) -> None:
         self._link = link
@@ -115,7 +115,7 @@ class RedisLimitState:
 
     async def admit(self, identity: str, rules: LimitRules, now: float) -> Verdict:
         if not self._link.available():
-            raise ServiceUnavailable(UNAVAILABLE, code="shared_state_unavailable")
+            raise LimitsUnavailable(UNAVAILABLE)
         minute_log, day, active = self._keys(identity)
         try:
             reply = await self._admit(
@@ -124,7 +124,7 @@ class RedisLimitState:
                       self._slot_ttl, MINUTE, DAY, CONCURRENCY_RETRY_AFTER])
         except (RedisError, OSError) as exc:
             self._link.failed(exc)
-            raise ServiceUnavailable(UNAVAILABLE, code="shared_state_unavailable") from None
+            raise LimitsUnavailable(UNAVAILABLE) from None
         admitted, rule, retry_after, remaining, reset = reply
         return Verdict(bool(admitted), rule.decode() or None, max(0.0, float(retry_after)), rules.rpm,
                        max(0, int(remaining)), max(0.0, float(reset)))
@@ -158,7 +158,7 @@ class FallbackLimitState:
     async def admit(self, identity: str, rules: LimitRules, now: float) -> Verdict:
         try:
             return await self._shared.admit(identity, rules, now)
-        except ServiceUnavailable:
+        except LimitsUnavailable:
             verdict = await self._local.admit(identity, rules, now)
             if verdict.admitted:
                 self._local_active[identity] += 1

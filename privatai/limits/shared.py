@@ -83,7 +83,7 @@ def refused(rule: str, retry_after: float, rules: LimitRules, remaining: int,
 
 
 @dataclass(slots=True)
-class _Entry:
+class Counters:
     """One identity: the start times of its last ``rpm`` requests, its day
     window, the tokens used in it and its streams in flight."""
 
@@ -92,6 +92,42 @@ class _Entry:
     day_used: int = 0
     active: int = 0
     last_seen: float = 0.0
+
+
+def decide(counters: Counters, rules: LimitRules, now: float) -> Verdict:
+    """Check every rule and, when all pass, take a request and a slot in
+    ``counters``: the one decision every LimitState makes, under its own lock."""
+    starts = counters.starts
+    while starts and now - starts[0] >= MINUTE:
+        starts.popleft()
+    while len(starts) > rules.rpm:
+        starts.popleft()  # a reload lowered the limit: only the newest starts matter now
+    counters.last_seen = now
+    reset = starts[0] + MINUTE - now if starts else 0.0
+    remaining = rules.rpm - len(starts)
+    if counters.active >= rules.concurrent_streams:
+        return refused(CONCURRENT_STREAMS, CONCURRENCY_RETRY_AFTER, rules, remaining, reset)
+    if remaining <= 0:
+        return refused(RPM, reset, rules, 0, reset)
+    _roll_day(counters, now)
+    if counters.day_used >= rules.tokens_per_day:
+        return refused(TOKENS_PER_DAY, counters.day_start + DAY - now, rules, remaining, reset)
+    starts.append(now)
+    counters.active += 1
+    return Verdict(True, None, 0.0, rules.rpm, remaining - 1, starts[0] + MINUTE - now)
+
+
+def charge(counters: Counters, tokens: int, now: float) -> None:
+    """Give a slot back and add ``tokens`` to the day's budget."""
+    counters.active = max(0, counters.active - 1)
+    _roll_day(counters, now)
+    counters.day_used += max(0, int(tokens))
+    counters.last_seen = now
+
+
+def _roll_day(counters: Counters, now: float) -> None:
+    if now - counters.day_start >= DAY:
+        counters.day_start, counters.day_used = now, 0
 
 
 class MemoryLimitState:
@@ -107,7 +143,89 @@ class MemoryLimitState:
 
     def __init__(self, max_identities: int = DEFAULT_MAX_IDENTITIES) -> None:
         self._max_identities = max(1, max_identities)
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._entries: OrderedDict[str, Counters] = OrderedDict()
+
+    async def admit(self, identity: str, rules: LimitRules, now: float) -> Verdict:
+        """Check every rule and, if all pass, take one request and one stream slot."""
+        ...
+
+    async def release(self, identity: str, tokens: int, now: float) -> None:
+        """Give the stream slot back and charge ``tokens`` to today's budget."""
+        ...
+
+    async def problem(self) -> str | None:
+        """None when healthy, else a short content-free reason for /readyz."""
+        ...
+
+
+def refused(rule: str, retry_after: float, rules: LimitRules, remaining: int,
+            reset_seconds: float) -> Verdict:
+    return Verdict(False, rule, max(0.0, retry_after), rules.rpm, max(0, remaining),
+                   max(0.0, reset_seconds))
+
+
+@dataclass(slots=True)
+class Counters:
+    """One identity: the start times of its last ``rpm`` requests, its day
+    window, the tokens used in it and its streams in flight."""
+
+    starts: deque[float]
+    day_start: float
+    day_used: int = 0
+    active: int = 0
+    last_seen: float = 0.0
+
+
+def decide(counters: Counters, rules: LimitRules, now: float) -> Verdict:
+    """Check every rule and, when all pass, take a request and a slot in
+    ``counters``: the one decision every LimitState makes, under its own lock."""
+    starts = counters.starts
+    while starts and now - starts[0] >= MINUTE:
+        starts.popleft()
+    while len(starts) > rules.rpm:
+        starts.popleft()  # a reload lowered the limit: only the newest starts matter now
+    counters.last_seen = now
+    reset = starts[0] + MINUTE - now if starts else 0.0
+    remaining = rules.rpm - len(starts)
+    if counters.active >= rules.concurrent_streams:
+        return refused(CONCURRENT_STREAMS, CONCURRENCY_RETRY_AFTER, rules, remaining, reset)
+    if remaining <= 0:
+        return refused(RPM, reset, rules, 0, reset)
+    _roll_day(counters, now)
+    if counters.day_used >= rules.tokens_per_day:
+        return refused(TOKENS_PER_DAY, counters.day_start + DAY - now, rules, remaining, reset)
+    starts.append(now)
+    counters.active += 1
+    return Verdict(True, None, 0.0, rules.rpm, remaining - 1, starts[0] + MINUTE - now)
+
+
+def charge(counters: Counters, tokens: int, now: float) -> None:
+    """Give a slot back and add ``tokens`` to the day's budget."""
+    counters.active = max(0, counters.active - 1)
+    _roll_day(counters, now)
+    counters.day_used += max(0, int(tokens))
+    counters.last_seen = now
+
+
+def _roll_day(counters: Counters, now: float) -> None:
+    if now - counters.day_start >= DAY:
+        counters.day_start, counters.day_used = now, 0
+
+
+class MemoryLimitState:
+    """Counters in this process: exact for one worker, where one event loop
+    sees every request and ``admit`` has no ``await`` between check and take.
+
+    Memory is bounded: identities idle for a day carry nothing worth keeping
+    and are pruned in amortized O(1) (the table is in least-recently-used
+    order), and at most ``max_identities`` are kept (the least recently used
+    one without a stream in flight goes first; forgetting early only ever lets
+    a client in sooner, never refuses anybody wrongly).
+    """
+
+    def __init__(self, max_identities: int = DEFAULT_MAX_IDENTITIES) -> None:
+        self._max_identities = max(1, max_identities)
+        self._entries: OrderedDict[str, Counters] = OrderedDict()
 
     async def admit(self, identity: str, rules: LimitRules, now: float) -> Verdict:
         return self.admit_now(identity, rules, now)
@@ -115,53 +233,111 @@ class MemoryLimitState:
     def admit_now(self, identity: str, rules: LimitRules, now: float) -> Verdict:
         """:meth:`admit` without the coroutine, for callers on the event loop."""
         self._prune(now)
-        entry = self._entry(identity, rules, now)
-        starts = entry.starts
-        while starts and now - starts[0] >= MINUTE:
-            starts.popleft()
-        reset = starts[0] + MINUTE - now if starts else 0.0
-        remaining = rules.rpm - len(starts)
-        if entry.active >= rules.concurrent_streams:
-            return refused(CONCURRENT_STREAMS, CONCURRENCY_RETRY_AFTER, rules, remaining, reset)
-        if remaining <= 0:
-            return refused(RPM, reset, rules, 0, reset)
-        if now - entry.day_start >= DAY:
-            entry.day_start, entry.day_used = now, 0
-        if entry.day_used >= rules.tokens_per_day:
-            return refused(TOKENS_PER_DAY, entry.day_start + DAY - now, rules, remaining, reset)
-        starts.append(now)
-        entry.active += 1
-        return Verdict(True, None, 0.0, rules.rpm, remaining - 1, starts[0] + MINUTE - now)
+        return decide(self._counters(identity, now), rules, now)
 
     async def release(self, identity: str, tokens: int, now: float) -> None:
-        self.release_now(identity, tokens, now)
+        counters = self._entries.get(identity)
+        if counters is not None:  # else never admitted here: nothing to give back
+            charge(counters, tokens, now)
 
-    def release_now(self, identity: str, tokens: int, now: float) -> None:
-        entry = self._entries.get(identity)
-        if entry is None:
-            return  # never admitted here: nothing to give back
-        entry.active = max(0, entry.active - 1)
-        if now - entry.day_start >= DAY:
-            entry.day_start, entry.day_used = now, 0
-        entry.day_used += max(0, int(tokens))
-        entry.last_seen = now
+    async def problem(self) -> str | None:
+        """None when healthy, else a short content-free reason for /readyz."""
+        ...
+
+
+def refused(rule: str, retry_after: float, rules: LimitRules, remaining: int,
+            reset_seconds: float) -> Verdict:
+    return Verdict(False, rule, max(0.0, retry_after), rules.rpm, max(0, remaining),
+                   max(0.0, reset_seconds))
+
+
+@dataclass(slots=True)
+class Counters:
+    """One identity: the start times of its last ``rpm`` requests, its day
+    window, the tokens used in it and its streams in flight."""
+
+    starts: deque[float]
+    day_start: float
+    day_used: int = 0
+    active: int = 0
+    last_seen: float = 0.0
+
+
+def decide(counters: Counters, rules: LimitRules, now: float) -> Verdict:
+    """Check every rule and, when all pass, take a request and a slot in
+    ``counters``: the one decision every LimitState makes, under its own lock."""
+    starts = counters.starts
+    while starts and now - starts[0] >= MINUTE:
+        starts.popleft()
+    while len(starts) > rules.rpm:
+        starts.popleft()  # a reload lowered the limit: only the newest starts matter now
+    counters.last_seen = now
+    reset = starts[0] + MINUTE - now if starts else 0.0
+    remaining = rules.rpm - len(starts)
+    if counters.active >= rules.concurrent_streams:
+        return refused(CONCURRENT_STREAMS, CONCURRENCY_RETRY_AFTER, rules, remaining, reset)
+    if remaining <= 0:
+        return refused(RPM, reset, rules, 0, reset)
+    _roll_day(counters, now)
+    if counters.day_used >= rules.tokens_per_day:
+        return refused(TOKENS_PER_DAY, counters.day_start + DAY - now, rules, remaining, reset)
+    starts.append(now)
+    counters.active += 1
+    return Verdict(True, None, 0.0, rules.rpm, remaining - 1, starts[0] + MINUTE - now)
+
+
+def charge(counters: Counters, tokens: int, now: float) -> None:
+    """Give a slot back and add ``tokens`` to the day's budget."""
+    counters.active = max(0, counters.active - 1)
+    _roll_day(counters, now)
+    counters.day_used += max(0, int(tokens))
+    counters.last_seen = now
+
+
+def _roll_day(counters: Counters, now: float) -> None:
+    if now - counters.day_start >= DAY:
+        counters.day_start, counters.day_used = now, 0
+
+
+class MemoryLimitState:
+    """Counters in this process: exact for one worker, where one event loop
+    sees every request and ``admit`` has no ``await`` between check and take.
+
+    Memory is bounded: identities idle for a day carry nothing worth keeping
+    and are pruned in amortized O(1) (the table is in least-recently-used
+    order), and at most ``max_identities`` are kept (the least recently used
+    one without a stream in flight goes first; forgetting early only ever lets
+    a client in sooner, never refuses anybody wrongly).
+    """
+
+    def __init__(self, max_identities: int = DEFAULT_MAX_IDENTITIES) -> None:
+        self._max_identities = max(1, max_identities)
+        self._entries: OrderedDict[str, Counters] = OrderedDict()
+
+    async def admit(self, identity: str, rules: LimitRules, now: float) -> Verdict:
+        return self.admit_now(identity, rules, now)
+
+    def admit_now(self, identity: str, rules: LimitRules, now: float) -> Verdict:
+        """:meth:`admit` without the coroutine, for callers on the event loop."""
+        self._prune(now)
+        return decide(self._counters(identity, now), rules, now)
+
+    async def release(self, identity: str, tokens: int, now: float) -> None:
+        counters = self._entries.get(identity)
+        if counters is not None:  # else never admitted here: nothing to give back
+            charge(counters, tokens, now)
 
     async def problem(self) -> str | None:
         return None
 
-    def _entry(self, identity: str, rules: LimitRules, now: float) -> _Entry:
-        entry = self._entries.get(identity)
-        if entry is None:
+    def _counters(self, identity: str, now: float) -> Counters:
+        counters = self._entries.get(identity)
+        if counters is None:
             self._make_room()
-            entry = _Entry(deque(), day_start=now)
-            self._entries[identity] = entry
+            counters = self._entries[identity] = Counters(deque(), day_start=now)
         else:
             self._entries.move_to_end(identity)
-        if len(entry.starts) > rules.rpm:
-            # A reload lowered the limit: only the newest starts matter now.
-            entry.starts = deque(list(entry.starts)[-rules.rpm:])
-        entry.last_seen = now
-        return entry
+        return counters
 
     def _prune(self, now: float) -> None:
         """Drop identities idle for a day: their minute log and their day

@@ -1,35 +1,24 @@
 """Fair-use limits for the public web chat (API-key traffic is never limited here).
 
-Per client identity the web chat allows
+Per client identity the web chat allows ``requests_per_minute``,
+``tokens_per_day`` and ``concurrent_streams`` (their exact meaning is in
+:mod:`privatai.limits.shared`), plus a model allowlist and a ``max_tokens``
+cap that clamps each request.
 
-* ``requests_per_minute``: at most N admitted requests in any 60 s window
-  (a sliding-window log, see :class:`_Entry`);
-* ``tokens_per_day``: a per-identity 24 h budget, charged after each response
-  with its real usage; a request is refused once the budget is spent;
-* ``concurrent_streams``: responses in flight at once; a slot is taken by
-  :meth:`WebChatLimiter.admit` and given back by :meth:`Admission.release`;
-
-plus a model allowlist and a ``max_tokens`` cap that clamps each request.
-
-Why in-memory state is correct: the gateway runs exactly one worker process
-(``server.workers`` only accepts ``1``, see :mod:`privatai.config`), so one
-event loop sees every web-chat request. All admission checks and the
-reservation happen in one synchronous call with no ``await`` in between, so
-concurrent requests on that loop cannot interleave between "check" and
-"reserve": a burst of 50 parallel requests admits exactly the configured
-number. The limiter is confined to the event loop's thread; it is not meant
-to be called from worker threads.
+The counters live in a :class:`~privatai.limits.shared.LimitState`: in this
+process when the gateway runs one worker (:class:`MemoryLimitState`), in a
+file the workers of one machine share when it runs several
+(:mod:`privatai.limits.sqlite_state`). Either way one ``admit`` call checks
+every rule and takes the request and the stream slot atomically, so a burst
+of 50 parallel requests admits exactly the configured number, however the
+workers split it.
 
 Privacy: a client is known only by a keyed hash (HMAC-SHA256 under a random
-key drawn per process from :mod:`secrets`), so the table never holds an IP
-address, the hashes cannot be reversed by trying all IPv4 addresses without
-the key, and they become meaningless when the process exits. Nothing here is
-written to disk or logged.
-
-Memory is bounded: entries idle for a day carry no state worth keeping and are
-pruned in amortized O(1) on each call (the table is kept in least-recently-used
-order), and the table never holds more than ``max_identities`` entries (the
-least recently used idle identity is dropped first).
+key drawn from :mod:`secrets` when the app is built, in the main process, so
+every forked worker has the same key and none is written anywhere). The
+counters never hold an IP address, the hashes cannot be reversed by trying
+all IPv4 addresses without the key, and they become meaningless when the
+server exits. Nothing here is logged.
 
 The token budget is charged when a response ends, so responses already in
 flight when it runs out still finish: the overspend is bounded by
@@ -41,11 +30,11 @@ use ``remote_addr``, which applies Sanic's own proxy settings)::
 
     forwarded = ",".join(request.headers.getall("x-forwarded-for", []))
     identity = limiter.identity(request.ip, forwarded or None)
-    admission = limiter.admit(identity, chat.model, chat.max_output_tokens)
+    admission = await limiter.admit(identity, chat.model, chat.max_output_tokens)
     try:
         ...  # call the backend with admission.model / admission.max_tokens
     finally:
-        admission.release(tokens_used)   # also on error or client disconnect
+        await admission.release(tokens_used)   # also on error or client disconnect
 
 (:mod:`privatai.api.webchat` does exactly this, with the usage the request
 settled in ``request.ctx.usage``.)
@@ -55,20 +44,21 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import logging
+import math
 import secrets
 import time
-from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from privatai.config import WebChatConfig
-from privatai.errors import InvalidRequest, ModelNotFound, RateLimited
+from privatai.errors import InvalidRequest, LimitsUnavailable, ModelNotFound, RateLimited
+from privatai.limits.shared import (CONCURRENT_STREAMS, DEFAULT_MAX_IDENTITIES, TOKENS_PER_DAY, LimitRules,
+                                    LimitState, MemoryLimitState, Verdict)
+from privatai.ops.logs import describe_error
 
-MINUTE = 60.0
-DAY = 86400.0
-# No way to know when another stream ends; this is a polite "try again soon".
-CONCURRENCY_RETRY_AFTER = 5.0
-DEFAULT_MAX_IDENTITIES = 100_000
+log = logging.getLogger("privatai.limits")
+
 # IPv6 clients usually get a whole /64 each, so limiting single addresses would
 # let one client rotate through billions of identities.
 IPV6_PREFIX = 64
@@ -126,27 +116,6 @@ def _is_trusted(address: Address, trusted: tuple[Network, ...]) -> bool:
     return any(address.version == net.version and address in net for net in trusted)
 
 
-@dataclass(slots=True)
-class _Entry:
-    """One identity's state.
-
-    ``starts`` is a sliding-window log of admission times, at most
-    ``requests_per_minute`` long: exact ("never more than N in any 60 s"),
-    gives an exact Retry-After (the oldest start plus 60 s), and costs only N
-    floats with the small N a web chat uses. A token bucket/GCRA would use one
-    float but lets up to about 2N through in some 60 s windows.
-
-    The token budget is a fixed 24 h window that starts with the identity's
-    first request, so not every client's budget resets at the same midnight.
-    """
-
-    starts: deque[float]
-    day_start: float
-    day_used: int = 0
-    active: int = 0
-    last_seen: float = 0.0
-
-
 @dataclass(slots=True, eq=False)
 class Admission:
     """A granted web-chat request. Call :meth:`release` exactly once when the
@@ -158,18 +127,22 @@ class Admission:
     model: str | None
     # The clamped output limit to send upstream.
     max_tokens: int
+    verdict: Verdict
     _limiter: WebChatLimiter = field(repr=False)
-    _entry: _Entry = field(repr=False)
     released: bool = False
 
-    def release(self, tokens_used: int = 0) -> None:
+    async def release(self, tokens_used: int = 0) -> None:
         """Free the concurrency slot and charge ``tokens_used`` (prompt plus
         completion) to today's budget. Further calls do nothing, so a
         ``finally`` that runs after an earlier release cannot double-free."""
         if self.released:
             return
         self.released = True
-        self._limiter._release(self._entry, max(0, int(tokens_used)))
+        limiter = self._limiter
+        try:
+            await limiter.state.release(self.identity, max(0, int(tokens_used)), limiter.clock())
+        except Exception as exc:  # the answer is over; only the counters are behind
+            log.error("web-chat limits: a release was lost: %s", describe_error(exc))
 
 
 class WebChatLimiter:
@@ -179,23 +152,24 @@ class WebChatLimiter:
         self,
         config: WebChatConfig,
         *,
+        state: LimitState | None = None,
         clock: Callable[[], float] = time.monotonic,
         max_identities: int = DEFAULT_MAX_IDENTITIES,
     ) -> None:
         self.config = config
-        self._clock = clock
-        self._max_identities = max(1, max_identities)
+        # time.monotonic is one clock for every process of the machine, so
+        # workers sharing a state agree on what "60 s ago" means.
+        self.clock = clock
+        self.state: LimitState = state if state is not None else MemoryLimitState(max_identities)
+        self._rules = _rules(config)
         self._trusted = parse_networks(config.trusted_proxies)
         self._key = secrets.token_bytes(32)
-        # Least recently used first, so pruning looks only at the front.
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
 
     def reconfigure(self, config: WebChatConfig) -> None:
         """New limits from a reload; clients keep what they have used so far."""
         self.config = config
+        self._rules = _rules(config)
         self._trusted = parse_networks(config.trusted_proxies)
-        for entry in self._entries.values():
-            entry.starts = deque(entry.starts, maxlen=config.requests_per_minute)
 
     # -- identity -------------------------------------------------------
 
@@ -241,103 +215,50 @@ class WebChatLimiter:
 
     # -- admission --------------------------------------------------------
 
-    def admit(self, identity: str, requested_model: str | None = None,
-              max_tokens: int | None = None) -> Admission:
-        """Check every limit and reserve a request and a stream slot, or raise.
-
-        Deliberately synchronous: with no ``await`` between the checks and the
-        reservation, concurrent requests on the event loop cannot both pass a
-        check that only one of them should pass.
-        """
+    async def admit(self, identity: str, requested_model: str | None = None,
+                    max_tokens: int | None = None) -> Admission:
+        """Check every limit and reserve a request and a stream slot, or raise
+        RateLimited (429 with Retry-After and the x-ratelimit-*-requests headers).
+        A request refused for its model or max_tokens uses up nothing."""
         model = self.check_model(requested_model)
         clamped = self.clamp_max_tokens(max_tokens)
-        now = self._clock()
-        self._prune(now)
-        entry = self._entry(identity, now)
+        try:
+            verdict = await self.state.admit(identity, self._rules, self.clock())
+        except LimitsUnavailable:
+            raise  # the state said so itself, and logged it once per outage
+        except Exception as exc:
+            log.error("web-chat limits unavailable, refusing: %s", describe_error(exc))
+            raise LimitsUnavailable("The web chat is unavailable right now; try again shortly.") from None
+        if not verdict.admitted:
+            raise self._refusal(verdict)
+        return Admission(identity, model, clamped, verdict, self)
+
+    def _refusal(self, verdict: Verdict) -> RateLimited:
         config = self.config
-
-        if entry.active >= config.concurrent_streams:
-            raise RateLimited(
-                f"Only {config.concurrent_streams} answer(s) at a time in the web chat; "
-                "wait for the current one to finish.",
-                retry_after=CONCURRENCY_RETRY_AFTER, code="concurrent_streams_exceeded")
-
-        starts = entry.starts
-        while starts and now - starts[0] >= MINUTE:
-            starts.popleft()
-        if len(starts) >= config.requests_per_minute:
-            raise RateLimited(
-                f"The web chat allows {config.requests_per_minute} requests per minute.",
-                retry_after=starts[0] + MINUTE - now, code="requests_per_minute_exceeded")
-
-        self._roll_day(entry, now)
-        if entry.day_used >= config.tokens_per_day:
-            raise RateLimited(
-                f"The web chat allows {config.tokens_per_day} tokens per day.",
-                retry_after=entry.day_start + DAY - now, code="tokens_per_day_exceeded")
-
-        starts.append(now)
-        entry.active += 1
-        return Admission(identity, model, clamped, self, entry)
-
-    def _release(self, entry: _Entry, tokens_used: int) -> None:
-        now = self._clock()
-        entry.active = max(0, entry.active - 1)
-        self._roll_day(entry, now)
-        entry.day_used += tokens_used
-        entry.last_seen = now
-
-    # -- table upkeep -------------------------------------------------------
-
-    def _entry(self, identity: str, now: float) -> _Entry:
-        entry = self._entries.get(identity)
-        if entry is None:
-            self._make_room()
-            entry = _Entry(deque(maxlen=self.config.requests_per_minute), day_start=now)
-            self._entries[identity] = entry
+        if verdict.rule == CONCURRENT_STREAMS:
+            message = (f"Only {config.concurrent_streams} answer(s) at a time in the web chat; "
+                       "wait for the current one to finish.")
+        elif verdict.rule == TOKENS_PER_DAY:
+            message = f"The web chat allows {config.tokens_per_day} tokens per day."
         else:
-            self._entries.move_to_end(identity)
-        entry.last_seen = now
-        return entry
-
-    @staticmethod
-    def _roll_day(entry: _Entry, now: float) -> None:
-        if now - entry.day_start >= DAY:
-            entry.day_start = now
-            entry.day_used = 0
-
-    def _prune(self, now: float) -> None:
-        """Drop identities idle for a day: their minute log and their day window
-        have both run out, so forgetting them changes no decision. Each entry is
-        dropped at most once, so the cost is amortized O(1) per call."""
-        entries = self._entries
-        while entries:
-            identity, entry = next(iter(entries.items()))
-            if now - entry.last_seen < DAY:
-                break
-            if entry.active:
-                # A stream still holds a slot (or was never released): keep it.
-                entries.move_to_end(identity)
-                entry.last_seen = now
-                continue
-            del entries[identity]
-
-    def _make_room(self) -> None:
-        """Keep the table at most ``max_identities`` long by dropping the least
-        recently used identity without a stream in flight. Forgetting an
-        identity early is the price of bounded memory: it only ever lets that
-        client in sooner, never refuses anybody wrongly."""
-        entries = self._entries
-        skipped = 0
-        while len(entries) >= self._max_identities and skipped < len(entries):
-            identity, entry = next(iter(entries.items()))
-            if entry.active:
-                entries.move_to_end(identity)
-                skipped += 1
-                continue
-            del entries[identity]
-        # If every entry has a stream in flight the table grows by one; the
-        # number of streams in flight is itself bounded by backend capacity.
+            message = f"The web chat allows {config.requests_per_minute} requests per minute."
+        error = RateLimited(message, retry_after=verdict.retry_after, code=f"{verdict.rule}_exceeded")
+        error.headers.update(rate_limit_headers(verdict))
+        return error
 
     def __len__(self) -> int:
-        return len(self._entries)
+        """Identities known to an in-memory state (0 for a shared one)."""
+        return len(self.state) if isinstance(self.state, MemoryLimitState) else 0
+
+
+def rate_limit_headers(verdict: Verdict) -> dict[str, str]:
+    """OpenAI's request-limit headers for the minute window of a Verdict."""
+    return {
+        "x-ratelimit-limit-requests": str(verdict.limit),
+        "x-ratelimit-remaining-requests": str(verdict.remaining),
+        "x-ratelimit-reset-requests": f"{math.ceil(verdict.reset_seconds)}s",
+    }
+
+
+def _rules(config: WebChatConfig) -> LimitRules:
+    return LimitRules(config.requests_per_minute, config.tokens_per_day, config.concurrent_streams)

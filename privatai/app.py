@@ -14,6 +14,7 @@ from privatai.api.context import GatewayRequest
 from privatai.api.errors import OpenAIErrorHandler
 from privatai.api.health import first_probe
 from privatai.config import Config
+from privatai.limits.instances import redis_link
 from privatai.ops.startup import close_parts, open_parts
 from privatai.core.routing import Router
 from privatai.ops.logs import loop_exception_handler
@@ -31,7 +32,7 @@ def create_app(config: Config, *, name: str = "privatai") -> Sanic:
     app.config.NOISY_EXCEPTIONS = False
     app.config.FALLBACK_ERROR_FORMAT = "json"
     app.config.AUTO_EXTEND = False
-    app.ctx.state = AppState(config=config, router=Router(config))
+    app.ctx.state = AppState(config=config, router=Router(config), redis=redis_link(config))
 
     routes.register(app, config)
     cors.register(app, config.server.cors_origins,

@@ -66,10 +66,18 @@ class PostgreSQL:
         self._run(str(self.bin_dir / "initdb"), "-D", str(self.data), "-U", USER, "--auth=scram-sha-256",
                   f"--pwfile={password_file}", "--encoding=UTF8", "--locale=C.UTF-8")
         password_file.unlink()
+        self.resume()
+
+    def resume(self) -> None:
+        """Start the server (again, after :meth:`pause`), on the same port with the same data."""
         options = (f"-p {self.port} -k {self.sockets} -c listen_addresses=127.0.0.1 -c fsync=off "
                    "-c synchronous_commit=off -c full_page_writes=off")
         self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-o", options, "-w", "-t", "60",
                   "-l", str(self.root / "server.log"), "start")
+
+    def pause(self) -> None:
+        """Stop the server, keeping its data: an outage a test can end with :meth:`resume`."""
+        self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
 
     def stop(self) -> None:
         try:
@@ -106,9 +114,8 @@ class PostgreSQL:
         self.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-@pytest.fixture(scope="session")
-def postgresql() -> Iterator[PostgreSQL]:
-    """A throwaway PostgreSQL for the session, its password in ``PASSWORD_ENV``."""
+def started_postgresql() -> PostgreSQL:
+    """A new throwaway PostgreSQL (skips the test without the package)."""
     bin_dir = _bin_dir()
     if bin_dir is None:
         pytest.skip("needs Debian's postgresql package (make test installs it)")
@@ -118,6 +125,13 @@ def postgresql() -> Iterator[PostgreSQL]:
     except BaseException:
         server.stop()
         raise
+    return server
+
+
+@pytest.fixture(scope="session")
+def postgresql() -> Iterator[PostgreSQL]:
+    """A throwaway PostgreSQL for the session, its password in ``PASSWORD_ENV``."""
+    server = started_postgresql()
     os.environ[PASSWORD_ENV] = server.password
     try:
         yield server

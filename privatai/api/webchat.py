@@ -39,6 +39,7 @@ from privatai.api.models import model_object
 from privatai.config import Config, WebChatConfig, default_model
 from privatai.core.protocol import parse_chat_request
 from privatai.errors import InvalidRequest, NotFound, PermissionDenied
+from privatai.limits.instances import web_chat_state
 from privatai.limits.webchat import WebChatLimiter
 from privatai.state import AppState
 
@@ -133,7 +134,8 @@ def serve_static(request: Request, file: StaticFile) -> HTTPResponse:
 def register(app: Sanic) -> None:
     """Add the web chat's routes and its limiter (``app.ctx.webchat_limiter``)."""
     state: AppState = app.ctx.state
-    limiter = WebChatLimiter(effective_config(state.config))
+    limiter = WebChatLimiter(effective_config(state.config), state=web_chat_state(state.redis),
+                             identity_key=state.config.state.identity_key() if state.redis else None)
     app.ctx.webchat_limiter = limiter
     state.on_reload = lambda config: limiter.reconfigure(effective_config(config))
     files = load_static()

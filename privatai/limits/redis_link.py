@@ -151,3 +151,16 @@ class RedisLink:
                     pass
             while not self._up:
                 await asyncio.sleep(self._ping_interval / 4)
+
+
+async def announce_auth_change(config: StateConfig) -> bool:
+    """Tell every instance to drop its cached authentication outcomes (a key
+    was revoked, an account suspended): one content-free notice. False if
+    Redis could not be reached (the instances' polling still catches up)."""
+    if not config.shared:
+        return True
+    link = RedisLink(config)
+    try:
+        return await link.publish(AUTH_CHANNEL, "changed")
+    finally:
+        await link.client.aclose()

@@ -5,12 +5,15 @@ gets the same rule (:mod:`privatai.store.names`).
 """
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import datetime, timezone
 from typing import Any, Literal
 
 import sqlalchemy.exc
 from sqlalchemy import bindparam, func, insert, select, update
 
+from privatai.errors import ServiceUnavailable
 from privatai.store.auth_cache import AuthCache, Outcome, key_digest
 from privatai.store.connection import Database, Queries
 from privatai.store.keys import DISPLAY_LENGTH, KEY_PREFIX, display_prefix, generate_key, hash_key, is_well_formed
@@ -22,6 +25,8 @@ _ACCOUNT = select(accounts.c.id, accounts.c.name, accounts.c.plan, accounts.c.st
 _KEY = select(api_keys.c.id, api_keys.c.account_id, accounts.c.name, api_keys.c.label, api_keys.c.prefix,
               api_keys.c.created, api_keys.c.last_used, api_keys.c.revoked_at,
               api_keys.c.expires_at).join_from(api_keys, accounts)
+# Seconds after a failed lookup during which the cache answers alone.
+RETRY_DATABASE_AFTER = 1.0
 # Built once: the lookup of a cache miss is on the request path.
 _AUTH = (select(api_keys.c.id, api_keys.c.prefix, api_keys.c.revoked_at, api_keys.c.expires_at, accounts.c.id,
                 accounts.c.name, accounts.c.plan, accounts.c.status)
@@ -36,21 +41,43 @@ def _named(name: str) -> Any:
 class Accounts(Queries):
     """Accounts and keys of the store; see :class:`privatai.store.database.Store`."""
 
-    def __init__(self, db: Database, *, cache_ttl: float, cache_size: int) -> None:
+    def __init__(self, db: Database, *, cache_ttl: float, cache_size: int, grace: float = 0.0) -> None:
         super().__init__(db)
-        self._auth = AuthCache(cache_ttl, cache_size)
+        self._auth = AuthCache(cache_ttl, cache_size, grace)
+        # Until when lookups skip the database after it failed: during an
+        # outage each request must not wait for a connect timeout again.
+        self._down_until = 0.0
 
     # ------------------------------------------------------------------ authentication
+
+    def forget_cached_auth(self) -> None:
+        """Drop every cached outcome: another process changed a key or an account."""
+        self._auth.clear()
 
     async def authenticate(self, raw_key: str | None) -> Principal:
         """The principal of a key, or AuthenticationFailed (401) / PermissionDenied (403)."""
         digest = key_digest(raw_key)
         outcome = self._auth.get(digest)
         if outcome is None:
-            rows = await self._rows(_AUTH, {"digest": digest})
-            outcome = Outcome.of(tuple(rows[0]) if rows else None)
-            self._auth.put(digest, outcome)
+            outcome = await self._look_up(digest)
         return outcome.principal_now()
+
+    async def _look_up(self, digest: str) -> Outcome:
+        """The database's outcome; while it cannot answer, the cached one within its grace, else a 503."""
+        if time.monotonic() >= self._down_until:
+            try:
+                rows = await self._rows(_AUTH, {"digest": digest})
+            except (sqlalchemy.exc.SQLAlchemyError, OSError, asyncio.TimeoutError):
+                self._down_until = time.monotonic() + RETRY_DATABASE_AFTER
+            else:
+                outcome = Outcome.of(tuple(rows[0]) if rows else None)
+                self._auth.put(digest, outcome)
+                return outcome
+        stale = self._auth.known.stale(digest)
+        if stale is None:
+            raise ServiceUnavailable("API keys cannot be checked right now; please try again shortly.",
+                                     code="store_unavailable")
+        return stale
 
     # ------------------------------------------------------------------ accounts
 

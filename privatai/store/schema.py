@@ -62,3 +62,13 @@ usage_daily = Table(
     sqlite_with_rowid=False,
 )
 Index("usage_daily_day", usage_daily.c.day)
+
+# The recorder's batches already added to usage_daily, written in the same
+# transaction: a batch retried after a failure whose outcome was unknown (the
+# connection dropped during COMMIT) is recognised and not counted twice.
+usage_batches = Table(
+    "usage_batches", metadata,
+    Column("id", Text, primary_key=True),
+    Column("written", Text, nullable=False),
+)
+Index("usage_batches_written", usage_batches.c.written)

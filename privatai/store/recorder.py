@@ -126,8 +126,9 @@ class UsageRecorder:
         key = (key_id, now.date().isoformat(), model)
         counts = self._pending.counts.get(key)
         if counts is None:
-            held = len(self._pending.counts) + (len(self._in_doubt.counts) if self._in_doubt else 0)
-            if held >= self._max_rows:
+            in_doubt = self._in_doubt.counts if self._in_doubt is not None else {}
+            # A row also held in doubt adds no new (key, day, model) to what is held.
+            if key not in in_doubt and len(self._pending.counts) + len(in_doubt) >= self._max_rows:
                 # Bounded memory while the database is down: the price is this request's count.
                 if not self._dropped:
                     log.error("usage held in memory is full (%d rows): new rows are dropped until "

@@ -42,6 +42,7 @@ MODEL = "chat-model"
 KEYS = 20
 REQUESTS = 600
 WEB_CHAT_RPM = 10
+CANARY = "canary-webchat-5e1f0c"
 
 
 def _block(text: str, opening: str) -> str:
@@ -284,7 +285,7 @@ async def test_usage_over_20_keys_equals_what_clients_were_told(cluster: Cluster
 
 async def _web_chat(client: httpx.AsyncClient, cluster: Cluster) -> httpx.Response:
     return await client.post(f"{cluster.nginx.url}/webchat/api/chat/completions",
-                             json={"stream": True, "messages": [{"role": "user", "content": "hi"}]})
+                             json={"stream": True, "messages": [{"role": "user", "content": CANARY}]})
 
 
 async def test_web_chat_rpm_is_exact_across_instances(cluster: Cluster) -> None:
@@ -296,6 +297,28 @@ async def test_web_chat_rpm_is_exact_across_instances(cluster: Cluster) -> None:
     assert len({a.headers["x-upstream"] for a in answers if a.status_code == 200}) > 1
     refused = next(a for a in answers if a.status_code == 429)
     assert refused.json()["error"]["code"] == "requests_per_minute_exceeded"
+    # Redis holds keyed hashes and counters: no address, no content.
+    dump = _redis_dump(cluster)
+    assert dump and "127.0.0.1" not in dump and CANARY not in dump
+    assert re.fullmatch(r"(privatai:lim:\{[0-9a-f]{32}\}:[mda]\n)+", "".join(sorted(
+        line + "\n" for line in _redis_cli(cluster, "--scan").splitlines()))), dump
+
+
+def _redis_cli(cluster: Cluster, *args: str) -> str:
+    return subprocess.run(["redis-cli", "-p", str(cluster.redis.port), "--no-auth-warning", *args],
+                          capture_output=True, text=True, timeout=30, check=True,
+                          env={**os.environ, "REDISCLI_AUTH": cluster.redis.password}).stdout
+
+
+def _redis_dump(cluster: Cluster) -> str:
+    """Every key and everything stored under it, as text."""
+    out = []
+    for key in _redis_cli(cluster, "--scan").split():
+        kind = _redis_cli(cluster, "type", key).strip()
+        command = {"zset": ["zrange", key, "0", "-1", "withscores"], "hash": ["hgetall", key],
+                   "string": ["get", key]}[kind]
+        out.append(key + " " + _redis_cli(cluster, *command))
+    return "\n".join(out)
 
 
 async def test_a_key_revoked_by_the_cli_is_refused_by_every_instance_within_a_second(cluster: Cluster) -> None:

@@ -2,6 +2,7 @@
 
     python -m bench.run            # the full run (about two minutes)
     python -m bench.run --quick    # a few seconds of tiny loads (CI smoke run)
+    python -m bench.run --workers-only   # 1 and 2 gateway workers side by side (bench/workers.py)
 
 It starts three kinds of process on 127.0.0.1, each in its own process so
 they compete for the CPU as a real deployment would, not inside one event
@@ -766,6 +767,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="gateway log level; WARNING leaves out the one-line access log (default)")
     parser.add_argument("--no-wrk", action="store_true", help="use bench/loadgen.py even if wrk is installed")
     parser.add_argument("--streams", type=int, help="concurrent long streams (default 1000)")
+    parser.add_argument("--workers-only", action="store_true",
+                        help="only the workers scenario: 1 and 2 gateway workers side by side (bench/workers.py)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the work directory (config, database, process logs) after a successful run")
     args = parser.parse_args(argv)
@@ -777,6 +780,8 @@ def main(argv: list[str] | None = None) -> int:
     if plan.use_wrk and not shutil.which("wrk"):
         print("bench: wrk is not installed (apt-get install wrk); using bench/loadgen.py for plain POSTs",
               file=sys.stderr)
+    if args.workers_only:
+        return run_workers(args, plan)
     bench = Bench(args, plan)
     document = bench.run()
     out = Path(args.out)
@@ -798,6 +803,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"work directory: {bench.workdir}")
     else:
         shutil.rmtree(bench.workdir, ignore_errors=True)
+    # The full run ends with the workers scenario; the CI smoke run leaves it out.
+    return 0 if args.quick else run_workers(args, plan)
+
+
+def run_workers(args: argparse.Namespace, plan: Plan) -> int:
+    """``--workers-only``: the scenario of bench/workers.py, its table and JSON."""
+    from bench import workers
+
+    workdir = Path(tempfile.mkdtemp(prefix="privatai-bench-workers-"))
+    started = time.time()
+    machine_info = machine()
+    results = workers.run(workdir, Path(args.src).resolve(), plan, args.log_level,
+                          lambda text: print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr,
+                                             flush=True))
+    document = {"schema": 1, "scenario": "workers", "quick": args.quick, "machine": machine_info,
+                "git": git_info(Path(args.src).resolve()), "plan": asdict(plan),
+                "seconds": round(time.time() - started, 1), "results": results,
+                "table": workers.table(results, plan)}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"bench-workers-{time.strftime('%Y%m%d-%H%M%S')}{'-quick' if args.quick else ''}.json"
+    path.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
+    print(f"\nPrivatAI workers benchmark, commit {document['git']['commit'][:10]}, {machine_info['nproc']} CPUs, "
+          f"load average at start {machine_info['load_average_at_start']}\n")
+    print(document["table"])
+    print(f"\nresults: {path}")
+    if not args.keep:
+        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 

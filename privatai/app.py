@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 import time
 
 from sanic import Sanic
@@ -15,15 +16,21 @@ from privatai.api.errors import OpenAIErrorHandler
 from privatai.api.health import first_probe
 from privatai.config import Config
 from privatai.limits.instances import redis_link
-from privatai.ops.startup import close_parts, open_parts
+from privatai.limits.sqlite_state import SqliteLimitState
+from privatai.ops.metrics import Metrics
+from privatai.ops.runtime import RuntimeDir
+from privatai.ops.startup import StartupFailed, close_parts, open_parts
 from privatai.core.routing import Router
 from privatai.ops.logs import loop_exception_handler
 from privatai.state import AppState
+from privatai.store.changes import ChangeWatcher
 
 log = logging.getLogger("privatai.app")
+GAUGE_REFRESH = 0.5  # seconds between a worker's updates of the shared gauges
 
 
-def create_app(config: Config, *, name: str = "privatai") -> Sanic:
+def create_app(config: Config, *, name: str = "privatai", runtime: RuntimeDir | None = None) -> Sanic:
+    """The app; ``runtime`` is the directory its workers share when there are several."""
     app = Sanic(name, configure_logging=False, error_handler=OpenAIErrorHandler(), request_class=GatewayRequest)
     app.config.REQUEST_MAX_SIZE = config.server.max_body_bytes
     app.config.RESPONSE_TIMEOUT = config.server.response_timeout
@@ -32,7 +39,7 @@ def create_app(config: Config, *, name: str = "privatai") -> Sanic:
     app.config.NOISY_EXCEPTIONS = False
     app.config.FALLBACK_ERROR_FORMAT = "json"
     app.config.AUTO_EXTEND = False
-    app.ctx.state = AppState(config=config, router=Router(config), redis=redis_link(config))
+    app.ctx.state = AppState(config=config, router=Router(config), runtime=runtime, redis=redis_link(config))
 
     routes.register(app, config)
     cors.register(app, config.server.cors_origins,
@@ -55,11 +62,29 @@ def create_app(config: Config, *, name: str = "privatai") -> Sanic:
         # asyncio's default handler logs reprs that can quote a prompt.
         asyncio.get_running_loop().set_exception_handler(loop_exception_handler)
         state: AppState = app.ctx.state
-        await open_parts(state)
+        # A reload asked for while the parts open is not for a half-started
+        # server (and a worker must not run the main process's handler).
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        try:
+            await open_parts(state)
+        except StartupFailed as exc:
+            if state.runtime is not None:
+                # A worker: `privatai serve` in the main process never sees the exception.
+                print(f"privatai: start-up failed: {exc}", file=sys.stderr, flush=True)
+            raise
         # SIGHUP re-reads backends.yaml; open streams keep running.
         asyncio.get_running_loop().add_signal_handler(
             signal.SIGHUP, lambda: state.spawn(state.reload()))
         app.add_task(first_probe(state), name="privatai-first-probe")
+        assert state.store is not None
+        # Keys revoked and accounts suspended by another process (the CLI,
+        # another worker or instance) are refused here within a second.
+        watcher = ChangeWatcher(state.store.database, state.store.forget_authentications)
+        # Our own tasks rather than Sanic's, which warns when it cancels one.
+        loops = [asyncio.create_task(watcher.run(), name="privatai-auth-changes")]
+        if state.metrics is not None and state.metrics.shared_gauges is not None:
+            loops.append(asyncio.create_task(refresh_gauges(state.metrics), name="privatai-metrics-gauges"))
+        app.ctx.background = loops
 
     @app.before_server_stop
     async def draining(app: Sanic) -> None:
@@ -76,6 +101,22 @@ def create_app(config: Config, *, name: str = "privatai") -> Sanic:
     async def close_resources(app: Sanic) -> None:
         # Sanic has let open streams finish (GRACEFUL_SHUTDOWN_TIMEOUT) by now,
         # so their usage is recorded: flush it and close the database last.
-        await close_parts(app.ctx.state)
+        state: AppState = app.ctx.state
+        for task in getattr(app.ctx, "background", ()):
+            task.cancel()
+            await asyncio.wait([task])
+        await close_parts(state)
+        limits = getattr(app.ctx, "webchat_limiter", None)
+        if limits is not None and isinstance(limits.state, SqliteLimitState):
+            limits.state.close()
+        if state.metrics is not None:
+            state.metrics.worker_stopped()
 
     return app
+
+
+async def refresh_gauges(metrics: Metrics) -> None:
+    """Keep this worker's share of the multiprocess gauges current."""
+    while True:
+        metrics.refresh()
+        await asyncio.sleep(GAUGE_REFRESH)

@@ -67,6 +67,9 @@ class StoreConfig(_Section):
     # At most a century: the cut-off date must stay a valid date.
     usage_retention_days: Annotated[int, msgspec.Meta(ge=1, le=36500)] = 400
     flush_interval: Positive = 1.0
+    # Seconds a key's authentication stays cached. Changes are seen within
+    # 0.5 s anyway (privatai.store.changes); this bounds it if that poll fails.
+    auth_cache_ttl: Positive = 2.0
 
     @property
     def location(self) -> str:
@@ -357,10 +360,6 @@ def _check_store(source: str, store: StoreConfig) -> None:
 def _check(config: Config) -> None:
     _check_store(config.source, config.store)
     check_state(config.source, config.state)
-    if config.server.workers != 1:
-        raise ConfigError(config.source, "server.workers",
-                          "must be 1: the web-chat limits and the usage batches live in this one "
-                          "process's memory; run several gateways behind a proxy instead")
     names: set[str] = set()
     for i, backend in enumerate(config.backends):
         where = f"backends[{i}]"

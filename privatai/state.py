@@ -15,6 +15,7 @@ from privatai.ops.metrics import Metrics
 
 if TYPE_CHECKING:
     from privatai.limits.redis_link import RedisLink
+    from privatai.ops.runtime import RuntimeDir
     from privatai.store.database import Principal, Store
     from privatai.store.recorder import UsageRecorder
 
@@ -34,12 +35,15 @@ class AppState:
     backends_checked: bool = False
     # Called with the new config after a reload (the web-chat limits use it).
     on_reload: Callable[[Config], None] | None = None
+    # The directory the workers share when server.workers > 1 (privatai.ops.runtime).
+    runtime: RuntimeDir | None = None
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         if self.metrics is None and self.config.metrics.enabled:
             # A getter, not the router: a reload may replace state.router.
-            self.metrics = Metrics(lambda: self.router)
+            multiprocess = str(self.runtime.metrics_dir) if self.runtime is not None else None
+            self.metrics = Metrics(lambda: self.router, multiprocess_dir=multiprocess)
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         """Run a background task, holding a reference until it ends."""
@@ -65,7 +69,8 @@ class AppState:
         except Exception as exc:  # noqa: BLE001 - a backend that cannot start
             log.error("reload refused, keeping the running configuration: %s", describe_error(exc))
             return False
-        config.server.host, config.server.port = self.config.server.host, self.config.server.port
+        server = self.config.server  # the socket and the worker processes are made once, at start
+        config.server.host, config.server.port, config.server.workers = server.host, server.port, server.workers
         config.store = self.config.store  # the database and its settings are opened once, at start
         self.config = config
         if self.on_reload is not None:

@@ -45,8 +45,8 @@ def test_shipped_file_is_valid_and_defaults_to_embedded() -> None:
     ("backends:\n  - name: a\n    kind: embedded\n    models: [m]\ndefault_model: x\n",
      "default_model", "not served"),
     ("backends: [\n", "line 2, column 1", "not valid YAML"),
-    ("backends:\n  - name: a\n    kind: embedded\n    models: [m]\nserver:\n  workers: 4\n",
-     "server.workers", "must be 1: the web-chat limits and the usage batches live in this one process"),
+    ("backends:\n  - name: a\n    kind: embedded\n    models: [m]\nserver:\n  workers: 0\n",
+     "server.workers", ">= 1"),
     # Settings that used to fail only when applied (at start or on reload).
     (EMBEDDED + "web_chat:\n  trusted_proxies: [10.0.0.1, proxy.example]\n",
      "web_chat.trusted_proxies[1]", "'proxy.example' is not an IP address or network"),

@@ -14,6 +14,7 @@ address when ``logging.hashed_client_ip`` is on).
 """
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -63,6 +64,8 @@ def write(request: GatewayRequest, status: int, nbytes: int | None) -> None:
         fields["tokens_out"] = ctx.usage.completion_tokens
     if ctx.error is not None:
         fields["error"] = ctx.error
+    if state.runtime is not None:
+        fields["worker"] = os.getpid()  # which of several workers answered
     access_log.info("request", extra={"fields": fields})
     if state.metrics is not None:
         state.metrics.observe(fields["route"], status, ctx.model, backend, duration, ctx.usage, ctx.ttft)

@@ -58,6 +58,7 @@ def metrics_endpoint(config: MetricsConfig) -> Callable[[Request], Awaitable[HTT
         assert state.metrics is not None  # the route exists only when metrics are enabled
         # generate_latest writes the classic text format (version 0.0.4);
         # prometheus-client's own servers pair it with this content type.
-        return raw(generate_latest(state.metrics.registry), content_type=CONTENT_TYPE_PLAIN_0_0_4)
+        state.metrics.refresh()
+        return raw(generate_latest(state.metrics.exposed), content_type=CONTENT_TYPE_PLAIN_0_0_4)
 
     return metrics

@@ -11,8 +11,13 @@ import signal
 import sys
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from privatai.config import Config, load_config
 from privatai.errors import ConfigError
+
+if TYPE_CHECKING:
+    from privatai.ops.runtime import RuntimeDir
 
 
 LISTEN_BACKLOG = 4096
@@ -77,13 +82,9 @@ def _not_reported_here(record: logging.LogRecord) -> bool:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    from sanic.server.socket import bind_socket
-
-    from privatai.api.http_limits import GatewayProtocol
-    from privatai.app import create_app
     from privatai.ops.hardening import disable_core_dumps
-    from privatai.ops.logs import describe_error, setup_logging
-    from privatai.ops.startup import StartupFailed
+    from privatai.ops.logs import setup_logging
+    from privatai.ops.runtime import RuntimeDir
 
     config.server.host, config.server.port = _address(config, args)
     setup_logging(config.logging.level, config.logging.format, config.logging.third_party_level)
@@ -91,8 +92,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     problem = _store_problem(config)
     if problem:
         return _fail(problem)
+    workers = config.server.workers
+    # Before the app: its metrics must know they are shared.
+    runtime = RuntimeDir.create() if workers > 1 else None
     try:
-        app = create_app(config)
+        return _serve(config, runtime)
+    finally:
+        if runtime is not None:
+            runtime.remove()
+
+
+def _serve(config: Config, runtime: RuntimeDir | None) -> int:
+    from sanic.server.socket import bind_socket
+
+    from privatai.api.http_limits import GatewayProtocol
+    from privatai.app import create_app
+    from privatai.ops import workers
+    from privatai.ops.logs import describe_error
+    from privatai.ops.startup import StartupFailed
+
+    try:
+        app = create_app(config, runtime=runtime)
     except ConfigError as exc:
         # A setting only the environment can satisfy (a backend's api_key_env).
         raise _config_error(exc) from None
@@ -108,17 +128,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _fail(f"cannot listen on {host}:{port}: {(exc.strerror or describe_error(exc)).lower()}")
     port = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
+    announcer = workers.Announcer(config.server.workers,
+                                  f"PrivatAI listening on http://{shown}:{port}/api/v1 (and /v1)")
 
     @app.after_server_start
     async def _started(app: object) -> None:
         settle_gc()
         # Only now: the store, the tokenizer and every backend have started.
-        print(f"PrivatAI listening on http://{shown}:{port}/api/v1 (and /v1)", flush=True)
+        announcer.worker_started()
 
     logging.getLogger("sanic.error").addFilter(_not_reported_here)
+    options = dict(protocol=GatewayProtocol, access_log=False, debug=False, motd=False, auto_reload=False,
+                   backlog=LISTEN_BACKLOG)
     try:
-        app.run(sock=sock, protocol=GatewayProtocol, single_process=True, access_log=False,
-                debug=False, motd=False, auto_reload=False, backlog=LISTEN_BACKLOG)
+        if runtime is None:
+            app.run(sock=sock, single_process=True, **options)
+        else:
+            workers.serve(app, sock, config.server.workers, **options)
     except StartupFailed as exc:
         return _fail(f"start-up failed: {exc}")
     return 0
@@ -166,7 +192,9 @@ Or with the OpenAI SDK: OpenAI(base_url="http://{host}:{port}/api/v1", api_key="
 
 
 def _serving_pids(config_path: Path) -> list[int]:
-    """PIDs of `privatai serve` processes started with this configuration file."""
+    """PIDs of `privatai serve` processes started with this configuration file:
+    main processes only, since one with workers passes the signal on to them
+    (its forked workers and helpers have the same command line)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -182,7 +210,15 @@ def _serving_pids(config_path: Path) -> list[int]:
         configured = words[words.index("--config") + 1] if "--config" in words[:-1] else "backends.yaml"
         if (cwd / configured).resolve() == config_path:
             pids.append(int(entry.name))
-    return pids
+    return [pid for pid in pids if _parent(pid) not in pids]
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        # The command name in field 2 may hold spaces and parentheses; it ends at the last ")".
+        return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def cmd_reload(args: argparse.Namespace) -> int:

@@ -5,14 +5,22 @@ code, a model name the router resolved, a backend name or a fixed word. Nothing
 from a request body, header, query string or client address can become a label,
 so cardinality is bounded by the configuration.
 
-The gateway runs one worker process (``server.workers`` accepts only ``1``),
-so plain in-process metrics are exact; no multiprocess mode is needed.
+With one worker, plain in-process metrics are exact and the router's gauges
+are read at scrape time. With several (``server.workers``), every worker
+writes its counters and histograms to prometheus-client's multiprocess files
+in the server's private runtime directory (:mod:`privatai.ops.runtime`), a
+scrape answered by any worker sums them all, and the router's gauges become
+multiprocess gauges that each worker refreshes every half second: summed
+over live workers (streams, queue, in flight), and the minimum for
+``privatai_backend_up`` (0 as soon as any worker finds the backend down).
 """
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, values
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
@@ -73,6 +81,31 @@ class RouterCollector(Collector):
         )
 
 
+class SharedGauges:
+    """The router's gauges as multiprocess gauges, set by each worker from its router."""
+
+    def __init__(self, router: Callable[[], Router], registry: CollectorRegistry) -> None:
+        self._router = router
+        self.streams = Gauge("privatai_streams_in_flight", "Generations running on backends now "
+                             "(streamed or not).", registry=registry, multiprocess_mode="livesum")
+        self.queue = Gauge("privatai_queue_depth", "Requests waiting for a free backend slot.",
+                           registry=registry, multiprocess_mode="livesum")
+        self.up = Gauge("privatai_backend_up", "1 when the backend's last request or probe succeeded, "
+                        "else 0.", ("backend",), registry=registry, multiprocess_mode="livemin")
+        self.in_flight = Gauge("privatai_backend_in_flight", "Generations running on this backend now.",
+                               ("backend",), registry=registry, multiprocess_mode="livesum")
+
+    def refresh(self) -> None:
+        router = self._router()
+        total = 0
+        for name, backend in router.backends.items():
+            total += backend.in_flight
+            self.up.labels(name).set(1.0 if router.health(backend) == "up" else 0.0)
+            self.in_flight.labels(name).set(backend.in_flight)
+        self.streams.set(total)
+        self.queue.set(router.queue_depth)
+
+
 class _Children:
     """The labelled children one (route, status, model, backend) combination uses.
 
@@ -93,8 +126,14 @@ class Metrics:
     """The gateway's metrics in a registry of their own, so that several apps in
     one process (tests) do not collide in prometheus-client's global one."""
 
-    def __init__(self, router: Callable[[], Router]) -> None:
+    def __init__(self, router: Callable[[], Router], *, multiprocess_dir: str | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self.multiprocess_dir = multiprocess_dir
+        self.shared_gauges: SharedGauges | None = None
+        if multiprocess_dir is not None:
+            # Values made from now on live in files (the environment variable
+            # that chooses this is read by prometheus-client at import time).
+            values.ValueClass = values.MultiProcessValue()
         self.requests = Counter(
             "privatai_requests", "Requests answered, by route pattern, status, model and backend.",
             ("route", "status", "model", "backend"), registry=self.registry)
@@ -108,7 +147,14 @@ class Metrics:
             "privatai_time_to_first_token_seconds",
             "Time from request to the first content event sent on a stream.",
             ("model", "backend"), buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.registry.register(RouterCollector(router))
+        if multiprocess_dir is None:
+            self.registry.register(RouterCollector(router))
+            self.exposed = self.registry
+        else:
+            self.shared_gauges = SharedGauges(router, self.registry)
+            # What a scrape shows: the files of every worker, summed.
+            self.exposed = CollectorRegistry()
+            MultiProcessCollector(self.exposed, multiprocess_dir)
         # labels() costs a lock, a tuple of str() calls and a dict lookup per
         # metric; one lookup here replaces five of them on the request path.
         # Bounded: every key part comes from the configuration or a status code.
@@ -138,3 +184,13 @@ class Metrics:
     def _labelled(self, route: str, status: int, model: str, backend: str) -> _Children:
         return _Children(self.requests.labels(route, str(status), model, backend),
                          self.duration.labels(route, model))
+
+    def refresh(self) -> None:
+        """Bring this worker's gauges up to date (a scrape, and every half second)."""
+        if self.shared_gauges is not None:
+            self.shared_gauges.refresh()
+
+    def worker_stopped(self) -> None:
+        """Drop this worker's live gauges from the shared files (its counters stay)."""
+        if self.multiprocess_dir is not None:
+            mark_process_dead(os.getpid(), self.multiprocess_dir)

@@ -53,7 +53,7 @@ async def open_parts(state: AppState) -> None:
         state.recorder.start()
         if state.redis is not None:
             # Not required: while Redis is down the API serves on (per-instance limits).
-            await state.redis.start(on_message=state.store.forget_cached_auth)
+            await state.redis.start(on_message=state.store.forget_authentications)
         try:
             # Now rather than on the first request that needs it.
             await asyncio.to_thread(tokens.encoding)

@@ -14,6 +14,7 @@ import sqlalchemy.exc
 from sqlalchemy import bindparam, func, insert, select, update
 
 from privatai.errors import ServiceUnavailable
+from privatai.store import changes
 from privatai.store.auth_cache import AuthCache, Outcome, key_digest
 from privatai.store.connection import Database, Queries
 from privatai.store.keys import DISPLAY_LENGTH, KEY_PREFIX, display_prefix, generate_key, hash_key, is_well_formed
@@ -50,10 +51,6 @@ class Accounts(Queries):
 
     # ------------------------------------------------------------------ authentication
 
-    def forget_cached_auth(self) -> None:
-        """Drop every cached outcome: another process changed a key or an account."""
-        self._auth.clear()
-
     async def authenticate(self, raw_key: str | None) -> Principal:
         """The principal of a key, or AuthenticationFailed (401) / PermissionDenied (403)."""
         digest = key_digest(raw_key)
@@ -61,6 +58,10 @@ class Accounts(Queries):
         if outcome is None:
             outcome = await self._look_up(digest)
         return outcome.principal_now()
+
+    def forget_authentications(self) -> None:
+        """Clear the authentication cache (a key or account changed elsewhere)."""
+        self._auth.clear()
 
     async def _look_up(self, digest: str) -> Outcome:
         """The database's outcome; while it cannot answer, the cached one within its grace, else a 503."""
@@ -104,6 +105,7 @@ class Accounts(Queries):
         account = await self.get_account(name)
         async with self._db.write() as conn:
             await conn.execute(update(accounts).where(accounts.c.id == account.id).values(status=status))
+            await changes.bump(conn)
         self._auth.clear()
         return await self.get_account(name)
 
@@ -128,6 +130,8 @@ class Accounts(Queries):
                 insert(api_keys).values(account_id=account.id, label=label, prefix=display_prefix(key),
                                         sha256=hash_key(key), created=now.isoformat(), expires_at=expires)
                 .returning(api_keys.c.id))).scalar_one()
+            # Other processes may have cached this key as unknown.
+            await changes.bump(conn)
         return NewKey(key, await self._key_by_id(key_id))
 
     async def _key_by_id(self, key_id: int) -> ApiKey:
@@ -174,5 +178,6 @@ class Accounts(Queries):
         async with self._db.write() as conn:
             await conn.execute(update(api_keys).where(api_keys.c.id == key.id)
                                .values(revoked_at=utc_now().isoformat()))
+            await changes.bump(conn)
         self._auth.clear()
         return await self._key_by_id(key.id)

@@ -60,9 +60,14 @@ class Store(Accounts, UsageQueries):
                 raise StoreUnavailable(f"cannot open the database {describe(location)}: the environment "
                                        f"variable {config.password_env} (store.password_env) is not set")
         try:
-            return await cls.open(location, password=password, grace=grace)
+            return await cls.open(location, password=password, cache_ttl=config.auth_cache_ttl, grace=grace)
         except (sqlalchemy.exc.SQLAlchemyError, OSError, asyncio.TimeoutError) as exc:
             raise StoreUnavailable(f"cannot open the database {describe(location)}: {reason(exc)}") from None
+
+    @property
+    def database(self) -> Database:
+        """The connection, for watchers that share it (:mod:`privatai.store.changes`)."""
+        return self._db
 
     @property
     def kind(self) -> str:

@@ -63,6 +63,16 @@ usage_daily = Table(
 )
 Index("usage_daily_day", usage_daily.c.day)
 
+# One row (id 1): a number every change to a key or an account adds one to,
+# in the same transaction. Every server process polls it and clears its
+# authentication cache when it moves, so a revocation reaches every worker
+# and every instance within the poll interval (privatai.store.changes).
+auth_changes = Table(
+    "auth_changes", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("counter", Count, nullable=False, server_default=text("0")),
+)
+
 # The recorder's batches already added to usage_daily, written in the same
 # transaction: a batch retried after a failure whose outcome was unknown (the
 # connection dropped during COMMIT) is recognised and not counted twice.

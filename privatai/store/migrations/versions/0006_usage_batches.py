@@ -1,7 +1,7 @@
 """Batches of usage already written, so that a retried batch is not counted twice.
 
 Revision ID: 0006_usage_batches
-Revises: 0001
+Revises: 0004
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006_usage_batches"
-down_revision = "0001"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 

@@ -22,12 +22,14 @@ install-test: $(VENV)/bin/python
 	$(VENV)/bin/pip install -e '.[embedded,test]'
 
 # The browser tests drive Debian's chromium, the unit-file test uses
-# systemd-analyze, the store tests start a throwaway PostgreSQL server; none
-# can be fetched by pip.
+# systemd-analyze, the store tests start a throwaway PostgreSQL server, the
+# shared-state and multi-instance tests a throwaway redis-server and nginx;
+# none can be fetched by pip.
 system-test-deps:
 	@if [ ! -x /usr/bin/chromium ] || ! command -v systemd-analyze >/dev/null \
-			|| ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
-		$(SUDO) apt-get update && $(SUDO) apt-get install -y chromium systemd postgresql; fi
+			|| ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+			|| ! command -v redis-server >/dev/null || [ ! -x /usr/sbin/nginx ]; then \
+		$(SUDO) apt-get update && $(SUDO) apt-get install -y chromium systemd postgresql redis-server nginx; fi
 
 serve: install
 	$(VENV)/bin/privatai quickstart --config $(CONFIG) --host $(HOST) --port $(PORT)

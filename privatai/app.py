@@ -16,6 +16,7 @@ from privatai.api.context import GatewayRequest
 from privatai.api.errors import OpenAIErrorHandler
 from privatai.api.health import first_probe
 from privatai.config import Config
+from privatai.limits.instances import redis_link
 from privatai.limits.sqlite_state import SqliteLimitState
 from privatai.ops.metrics import Metrics
 from privatai.ops.runtime import RuntimeDir
@@ -39,7 +40,7 @@ def create_app(config: Config, *, name: str = "privatai", runtime: RuntimeDir | 
     app.config.NOISY_EXCEPTIONS = False
     app.config.FALLBACK_ERROR_FORMAT = "json"
     app.config.AUTO_EXTEND = False
-    app.ctx.state = AppState(config=config, router=Router(config), runtime=runtime)
+    app.ctx.state = AppState(config=config, router=Router(config), runtime=runtime, redis=redis_link(config))
 
     routes.register(app, config)
     cors.register(app, config.server.cors_origins,

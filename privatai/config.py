@@ -19,6 +19,7 @@ import yaml
 from privatai.errors import ConfigError
 from privatai.plans.settings import ReservedFor, check_plans
 from privatai.portal.settings import AccountsConfig
+from privatai.limits.state_config import StateConfig, check_state
 
 # Finite: YAML's .inf passes ``gt=0``, and would make a shutdown wait forever
 # or a weighted choice fail on every request.
@@ -237,6 +238,7 @@ class Config(_Section):
     web_chat: WebChatConfig = msgspec.field(default_factory=WebChatConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     portal: PortalConfig = msgspec.field(default_factory=PortalConfig)
+    state: StateConfig = msgspec.field(default_factory=StateConfig)
     plans: list[PlanConfig] = msgspec.field(default_factory=default_plans)
     accounts: AccountsConfig = msgspec.field(default_factory=AccountsConfig)
     # Where the file was read from, for messages and relative paths.
@@ -375,6 +377,7 @@ def _check_store(source: str, store: StoreConfig) -> None:
 
 def _check(config: Config) -> None:
     _check_store(config.source, config.store)
+    check_state(config.source, config.state)
     names: set[str] = set()
     for i, backend in enumerate(config.backends):
         where = f"backends[{i}]"

@@ -107,6 +107,17 @@ class LimitsUnavailable(PrivatAIError):
     code = "limits_unavailable"
 
 
+class ServiceUnavailable(PrivatAIError):
+    """The database cannot be reached and the request cannot be served
+    without it; it changed nothing and may be retried."""
+
+    status = 503
+    code = "service_unavailable"
+
+    def __init__(self, message: str, *, code: str | None = None, retry_after: int = 30) -> None:
+        super().__init__(message, code=code, headers={"Retry-After": str(retry_after)})
+
+
 class BackendError(PrivatAIError):
     """The backend failed. ``retryable`` errors may be tried on another backend
     as long as nothing has been sent to the client yet."""

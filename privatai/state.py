@@ -14,6 +14,7 @@ from privatai.ops.logs import describe_error
 from privatai.ops.metrics import Metrics
 
 if TYPE_CHECKING:
+    from privatai.limits.redis_link import RedisLink
     from privatai.ops.runtime import RuntimeDir
     from privatai.plans.gate import PlanGate
     from privatai.store.database import Principal, Store
@@ -29,6 +30,7 @@ class AppState:
     store: Store | None = None            # once opened, in before_server_start
     recorder: UsageRecorder | None = None  # likewise
     plans: PlanGate | None = None          # likewise (its quotas start from the store)
+    redis: RedisLink | None = None  # with state.redis_url: shared limits and auth notices
     started_wall: float = field(default_factory=time.time)
     metrics: Metrics | None = None  # made in __post_init__ unless metrics are disabled
     # Set once every backend has been probed after start: until then /readyz says "starting".

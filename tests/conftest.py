@@ -11,7 +11,7 @@ from privatai.core.routing import Router
 from tests.adapter_helpers import API_KEY, API_KEY_ENV, backend_config, started_adapter
 from tests.fakes import FAKES, FakeBackend
 from tests.gateway import Gateway, embedded_backend
-from tests.services import postgresql, target  # noqa: F401 - fixtures for the store tests
+from tests.services import postgresql, redis_server, target  # noqa: F401 - fixtures for the store and state tests
 from tests.scripted import ScriptedBackends
 
 KINDS = ["ollama", "llamacpp", "vllm", "openai"]

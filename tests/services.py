@@ -1,11 +1,13 @@
-"""Throwaway services for tests: a PostgreSQL server from Debian's packages.
+"""Throwaway services for tests: PostgreSQL and Redis servers from Debian's packages.
 
 One server per test session, in a temporary directory, on a free loopback
 port, with password authentication (so the store's ``password_env`` path is
 the one tested). PostgreSQL refuses to run as root, so as root it runs as the
 ``postgres`` system user the Debian package creates. Each test gets its own
 database, dropped afterwards. Without the package the tests that need it are
-skipped; ``make test`` installs it (``postgresql``).
+skipped; ``make test`` installs it (``postgresql``). Redis (``redis-server``)
+runs the same way: on a free loopback port, in a temporary directory, with a
+password, persisting nothing; a test may stop and start it on the same port.
 """
 from __future__ import annotations
 
@@ -13,8 +15,10 @@ import glob
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -62,10 +66,20 @@ class PostgreSQL:
         self._run(str(self.bin_dir / "initdb"), "-D", str(self.data), "-U", USER, "--auth=scram-sha-256",
                   f"--pwfile={password_file}", "--encoding=UTF8", "--locale=C.UTF-8")
         password_file.unlink()
+        self.resume()
+
+    def resume(self) -> None:
+        """Start the server (again, after :meth:`pause`), on the same port with the same data."""
         options = (f"-p {self.port} -k {self.sockets} -c listen_addresses=127.0.0.1 -c fsync=off "
                    "-c synchronous_commit=off -c full_page_writes=off")
         self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-o", options, "-w", "-t", "60",
                   "-l", str(self.root / "server.log"), "start")
+
+    def pause(self) -> None:
+        """Stop the server, keeping its data: an outage a test can end with :meth:`resume`.
+        A fast (clean) stop: with this server's asynchronous commits an
+        immediate one would lose the last committed transactions."""
+        self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def stop(self) -> None:
         try:
@@ -102,9 +116,8 @@ class PostgreSQL:
         self.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-@pytest.fixture(scope="session")
-def postgresql() -> Iterator[PostgreSQL]:
-    """A throwaway PostgreSQL for the session, its password in ``PASSWORD_ENV``."""
+def started_postgresql() -> PostgreSQL:
+    """A new throwaway PostgreSQL (skips the test without the package)."""
     bin_dir = _bin_dir()
     if bin_dir is None:
         pytest.skip("needs Debian's postgresql package (make test installs it)")
@@ -114,6 +127,13 @@ def postgresql() -> Iterator[PostgreSQL]:
     except BaseException:
         server.stop()
         raise
+    return server
+
+
+@pytest.fixture(scope="session")
+def postgresql() -> Iterator[PostgreSQL]:
+    """A throwaway PostgreSQL for the session, its password in ``PASSWORD_ENV``."""
+    server = started_postgresql()
     os.environ[PASSWORD_ENV] = server.password
     try:
         yield server
@@ -156,3 +176,71 @@ def new_target(kind: str, request: pytest.FixtureRequest, directory: Path) -> It
 def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
     """Each store test runs on both databases."""
     yield from new_target(request.param, request, tmp_path)
+
+
+REDIS_PASSWORD_ENV = "PRIVATAI_TEST_REDIS_PASSWORD"
+
+
+class RedisServer:
+    """A throwaway ``redis-server``: :meth:`stop` and :meth:`start` keep its port."""
+
+    def __init__(self, binary: str) -> None:
+        self.binary = binary
+        self.port = free_port()
+        self.password = secrets.token_urlsafe(16)
+        self.root = Path(tempfile.mkdtemp(prefix="privatai-redis-"))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The ``state.redis_url``: no password in it."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        conf = self.root / "redis.conf"
+        # The password goes in a file, not the command line other users can read.
+        conf.write_text(f"port {self.port}\nbind 127.0.0.1\ndir {self.root}\nsave \"\"\nappendonly no\n"
+                        f"requirepass {self.password}\nlogfile {self.root / 'redis.log'}\n")
+        conf.chmod(0o600)
+        self.proc = subprocess.Popen([self.binary, str(conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+                time.sleep(0.02)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A throwaway Redis for the session, its password in ``REDIS_PASSWORD_ENV``."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("needs Debian's redis-server package (make test installs it)")
+    server = RedisServer(binary)
+    try:
+        server.start()
+    except BaseException:
+        server.close()
+        raise
+    os.environ[REDIS_PASSWORD_ENV] = server.password
+    try:
+        yield server
+    finally:
+        os.environ.pop(REDIS_PASSWORD_ENV, None)
+        server.close()

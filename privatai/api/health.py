@@ -16,7 +16,9 @@ async def healthz(request: Request) -> HTTPResponse:
 
 
 async def readyz(request: Request) -> HTTPResponse:
-    """Ready when a healthy backend serves the default model.
+    """Ready when a healthy backend serves the default model; "degraded"
+    (still 200) when the database or Redis is unreachable and the instance
+    serves on without it, naming what is missing.
 
     "starting" until the router has started (adapters opened, the embedded
     model loaded) and every backend has answered or failed one probe: a
@@ -30,7 +32,30 @@ async def readyz(request: Request) -> HTTPResponse:
         status = "starting"
     else:
         status = "ready" if router.ready() else "unavailable"
-    return json({"status": status, "backends": backends}, status=200 if status == "ready" else 503)
+    body: dict[str, object] = {"status": status, "backends": backends}
+    degraded = await degradation(state)
+    if degraded:
+        body["degraded"] = degraded
+        if status == "ready":
+            # Still serving: a load balancer must not drop every instance
+            # because the database or Redis they share is away.
+            body["status"] = "degraded"
+    return json(body, status=200 if status == "ready" else 503)
+
+
+async def degradation(state: AppState) -> dict[str, str]:
+    """What this instance serves without, and how: empty when nothing is missing."""
+    degraded: dict[str, str] = {}
+    if state.store is not None and not await state.store.reachable():
+        degraded["store"] = (f"database unreachable: known keys work from the cache for up to "
+                             f"{state.config.state.store_grace_seconds:g} s, usage is held in memory")
+    elif state.recorder is not None and state.recorder.failing:
+        degraded["store"] = "usage writes failing: usage is held in memory and retried"
+    if state.redis is not None:
+        problem = state.redis.problem()
+        if problem is not None:
+            degraded["shared_state"] = problem
+    return degraded
 
 
 async def first_probe(state: AppState) -> None:

@@ -126,9 +126,11 @@ class Liveness(msgspec.Struct):
     status: Literal["ok"]
 
 
-class Readiness(msgspec.Struct):
-    status: Literal["starting", "ready", "unavailable"]
+class Readiness(msgspec.Struct, omit_defaults=True):
+    status: Literal["starting", "ready", "degraded", "unavailable"]
     backends: dict[str, Literal["unknown", "up", "failing", "down"]]
+    # Only when degraded: what is missing ("store", "shared_state") and why.
+    degraded: dict[str, str] = {}
 
 
 # --------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from privatai.api.models import model_object
 from privatai.config import Config, WebChatConfig, default_model
 from privatai.core.protocol import parse_chat_request
 from privatai.errors import InvalidRequest, NotFound, PermissionDenied
+from privatai.limits.instances import web_chat_state
 from privatai.limits.sqlite_state import SqliteLimitState
 from privatai.limits.webchat import WebChatLimiter
 from privatai.state import AppState
@@ -135,9 +136,13 @@ def register(app: Sanic) -> None:
     """Add the web chat's routes and its limiter (``app.ctx.webchat_limiter``)."""
     state: AppState = app.ctx.state
     # Made here, in the main process, so every forked worker has the same
-    # identity key; the counters are shared through the runtime directory.
-    shared = SqliteLimitState(state.runtime.limits_file) if state.runtime is not None else None
-    limiter = WebChatLimiter(effective_config(state.config), state=shared)
+    # identity key. The counters: Redis when instances share it (with the
+    # identity key they share), else the workers' runtime directory, else memory.
+    shared = web_chat_state(state.redis)
+    if shared is None and state.runtime is not None:
+        shared = SqliteLimitState(state.runtime.limits_file)
+    limiter = WebChatLimiter(effective_config(state.config), state=shared,
+                             identity_key=state.config.state.identity_key() if state.redis else None)
     app.ctx.webchat_limiter = limiter
     state.on_reload = lambda config: limiter.reconfigure(effective_config(config))
     files = load_static()

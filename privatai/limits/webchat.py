@@ -155,6 +155,7 @@ class WebChatLimiter:
         state: LimitState | None = None,
         clock: Callable[[], float] = time.monotonic,
         max_identities: int = DEFAULT_MAX_IDENTITIES,
+        identity_key: bytes | None = None,
     ) -> None:
         self.config = config
         # time.monotonic is one clock for every process of the machine, so
@@ -163,7 +164,9 @@ class WebChatLimiter:
         self.state: LimitState = state if state is not None else MemoryLimitState(max_identities)
         self._rules = _rules(config)
         self._trusted = parse_networks(config.trusted_proxies)
-        self._key = secrets.token_bytes(32)
+        # Instances sharing Redis must hash a client alike: their key is
+        # given (state.identity_key_env); alone, any secret key will do.
+        self._key = identity_key if identity_key is not None else secrets.token_bytes(32)
 
     def reconfigure(self, config: WebChatConfig) -> None:
         """New limits from a reload; clients keep what they have used so far."""
@@ -224,6 +227,8 @@ class WebChatLimiter:
         clamped = self.clamp_max_tokens(max_tokens)
         try:
             verdict = await self.state.admit(identity, self._rules, self.clock())
+        except LimitsUnavailable:
+            raise  # the state said so itself, and logged it once per outage
         except Exception as exc:
             log.error("web-chat limits unavailable, refusing: %s", describe_error(exc))
             raise LimitsUnavailable("The web chat is unavailable right now; try again shortly.") from None

@@ -120,6 +120,20 @@ def _run(handler: Handler, args: argparse.Namespace) -> int:
         return 1
 
 
+async def _announce(args: argparse.Namespace) -> None:
+    """After a key or account change: running instances hear of it through Redis at once."""
+    if args.db:
+        return
+    state = load_config(args.config).state
+    if not state.shared:
+        return
+    from privatai.limits.redis_link import announce_auth_change  # redis-py only when configured
+    if await announce_auth_change(state):
+        return
+    print("privatai: warning: Redis (state.redis_url) is unreachable: running servers notice the "
+          "change when their authentication cache refreshes, not at once.", file=sys.stderr)
+
+
 async def _with_store(handler: Handler, args: argparse.Namespace) -> int:
     store = await Store.from_config(StoreConfig(path=args.db) if args.db else load_config(args.config).store)
     try:
@@ -170,12 +184,14 @@ async def _accounts_list(args: argparse.Namespace, store: Store) -> int:
 
 async def _accounts_suspend(args: argparse.Namespace, store: Store) -> int:
     account = await store.set_account_status(args.name, "suspended")
+    await _announce(args)
     print(f"Suspended account {quoted(account.name)}: its keys now get 403.")
     return 0
 
 
 async def _accounts_activate(args: argparse.Namespace, store: Store) -> int:
     account = await store.set_account_status(args.name, "active")
+    await _announce(args)
     print(f"Activated account {quoted(account.name)}.")
     return 0
 
@@ -275,6 +291,7 @@ async def _keys_list(args: argparse.Namespace, store: Store) -> int:
 
 async def _keys_revoke(args: argparse.Namespace, store: Store) -> int:
     key = await store.revoke_key(args.key)
+    await _announce(args)
     print(f"Revoked key {key.prefix}… (id {key.id}) of account {quoted(key.account_name)}; "
           "a running server refuses it within seconds.")
     return 0

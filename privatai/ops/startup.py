@@ -47,13 +47,16 @@ async def open_parts(state: AppState) -> None:
     config = state.config
     try:
         try:
-            state.store = await Store.from_config(config.store)
+            state.store = await Store.from_config(config.store, grace=config.state.store_grace_seconds)
         except Exception as exc:
             raise StartupFailed(f"store {config.store.location}", _reason(exc)) from exc
-        state.recorder = UsageRecorder.from_config(state.store, config.store)
+        state.recorder = UsageRecorder.from_config(state.store, config.store, max_rows=config.state.held_usage_rows)
         state.recorder.start()
         state.plans = PlanGate(config, month_loader(state.store, state.recorder))
         state.store.dashboard = state.plans.dashboard
+        if state.redis is not None:
+            # Not required: while Redis is down the API serves on (per-instance limits).
+            await state.redis.start(on_message=state.store.forget_authentications)
         try:
             # Now rather than on the first request that needs it.
             await asyncio.to_thread(tokens.encoding)
@@ -73,6 +76,8 @@ async def close_parts(state: AppState) -> None:
     """Close backends, then flush usage and close the store (which may never have opened)."""
     try:
         await state.router.close()
+        if state.redis is not None:
+            await state.redis.close()
     finally:
         try:
             if state.recorder is not None:

@@ -5,12 +5,15 @@ gets the same rule (:mod:`privatai.store.names`).
 """
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import datetime, timezone
 from typing import Any
 
 import sqlalchemy.exc
 from sqlalchemy import bindparam, delete, func, insert, select, update
 
+from privatai.errors import ServiceUnavailable
 from privatai.store import changes
 from privatai.plans.status import STATUSES, Status
 from privatai.store.auth_cache import AuthCache, Outcome, key_digest
@@ -24,6 +27,8 @@ _ACCOUNT = select(accounts.c.id, accounts.c.name, accounts.c.plan, accounts.c.st
 _KEY = select(api_keys.c.id, api_keys.c.account_id, accounts.c.name, api_keys.c.label, api_keys.c.prefix,
               api_keys.c.created, api_keys.c.last_used, api_keys.c.revoked_at,
               api_keys.c.expires_at).join_from(api_keys, accounts)
+# Seconds after a failed lookup during which the cache answers alone.
+RETRY_DATABASE_AFTER = 1.0
 # Built once: the lookup of a cache miss is on the request path.
 _AUTH = (select(api_keys.c.id, api_keys.c.prefix, api_keys.c.revoked_at, api_keys.c.expires_at, accounts.c.id,
                 accounts.c.name, accounts.c.plan, accounts.c.status)
@@ -38,11 +43,14 @@ def _named(name: str) -> Any:
 class Accounts(Queries):
     """Accounts and keys of the store; see :class:`privatai.store.database.Store`."""
 
-    def __init__(self, db: Database, *, cache_ttl: float, cache_size: int) -> None:
+    def __init__(self, db: Database, *, cache_ttl: float, cache_size: int, grace: float = 0.0) -> None:
         super().__init__(db)
-        self._auth = AuthCache(cache_ttl, cache_size)
+        self._auth = AuthCache(cache_ttl, cache_size, grace)
         # Where a refused account's owner can act (portal.public_url + /dashboard), for its 403s.
         self.dashboard: str | None = None
+        # Until when lookups skip the database after it failed: during an
+        # outage each request must not wait for a connect timeout again.
+        self._down_until = 0.0
 
     # ------------------------------------------------------------------ authentication
 
@@ -51,14 +59,29 @@ class Accounts(Queries):
         digest = key_digest(raw_key)
         outcome = self._auth.get(digest)
         if outcome is None:
-            rows = await self._rows(_AUTH, {"digest": digest})
-            outcome = Outcome.of(tuple(rows[0]) if rows else None, self.dashboard)
-            self._auth.put(digest, outcome)
+            outcome = await self._look_up(digest)
         return outcome.principal_now()
 
     def forget_authentications(self) -> None:
         """Clear the authentication cache (a key or account changed elsewhere)."""
         self._auth.clear()
+
+    async def _look_up(self, digest: str) -> Outcome:
+        """The database's outcome; while it cannot answer, the cached one within its grace, else a 503."""
+        if time.monotonic() >= self._down_until:
+            try:
+                rows = await self._rows(_AUTH, {"digest": digest})
+            except (sqlalchemy.exc.SQLAlchemyError, OSError, asyncio.TimeoutError):
+                self._down_until = time.monotonic() + RETRY_DATABASE_AFTER
+            else:
+                outcome = Outcome.of(tuple(rows[0]) if rows else None, self.dashboard)
+                self._auth.put(digest, outcome)
+                return outcome
+        stale = self._auth.known.stale(digest)
+        if stale is None:
+            raise ServiceUnavailable("API keys cannot be checked right now; please try again shortly.",
+                                     code="store_unavailable")
+        return stale
 
     # ------------------------------------------------------------------ accounts
 

@@ -5,7 +5,8 @@ outcome of a lookup (a principal, or the error to raise) is kept for ``ttl``
 seconds: changes made through this process clear the cache at once, and the
 TTL bounds how long the server keeps honouring a key another process (the
 admin CLI) has just revoked. Known and unknown keys are cached apart, so a
-flood of random keys cannot evict the real ones.
+flood of random keys cannot evict the real ones. While the database cannot
+be reached, a known key's last outcome stands for a bounded ``grace``.
 """
 from __future__ import annotations
 
@@ -76,10 +77,12 @@ def _epoch(timestamp: str) -> float:
 
 
 class _TTLCache:
-    """A small LRU whose entries expire ``ttl`` seconds after they were stored."""
+    """A small LRU whose entries expire ``ttl`` seconds after they were stored,
+    and are kept ``grace`` seconds longer for :meth:`stale` (the database is down)."""
 
-    def __init__(self, ttl: float, max_size: int) -> None:
+    def __init__(self, ttl: float, max_size: int, grace: float = 0.0) -> None:
         self._ttl = ttl
+        self._grace = grace
         self._max_size = max_size
         self._entries: OrderedDict[str, tuple[float, Outcome]] = OrderedDict()
 
@@ -87,10 +90,19 @@ class _TTLCache:
         entry = self._entries.get(key)
         if entry is None:
             return None
-        if entry[0] <= time.monotonic():
-            del self._entries[key]
+        now = time.monotonic()
+        if entry[0] <= now:
+            if entry[0] + self._grace <= now:
+                del self._entries[key]
             return None
         self._entries.move_to_end(key)
+        return entry[1]
+
+    def stale(self, key: str) -> Outcome | None:
+        """An outcome up to ``grace`` seconds past its TTL, for when the database cannot answer."""
+        entry = self._entries.get(key)
+        if entry is None or entry[0] + self._grace <= time.monotonic():
+            return None
         return entry[1]
 
     def put(self, key: str, outcome: Outcome) -> None:
@@ -106,8 +118,9 @@ class _TTLCache:
 class AuthCache:
     """Outcomes by key digest, known and unknown keys apart."""
 
-    def __init__(self, ttl: float, max_size: int) -> None:
-        self.known = _TTLCache(ttl, max_size)
+    def __init__(self, ttl: float, max_size: int, grace: float = 0.0) -> None:
+        # Only known keys outlive their TTL: an unknown key gets no grace.
+        self.known = _TTLCache(ttl, max_size, grace)
         self.unknown = _TTLCache(ttl, max_size)
 
     def get(self, digest: str) -> Outcome | None:

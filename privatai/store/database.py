@@ -29,18 +29,19 @@ from privatai.store.usage import UsageQueries
 class Store(Accounts, UsageQueries):
     """The database of one process. Open with :meth:`open`, close with :meth:`close`."""
 
-    def __init__(self, db: Database, *, cache_ttl: float, cache_size: int) -> None:
-        super().__init__(db, cache_ttl=cache_ttl, cache_size=cache_size)
+    def __init__(self, db: Database, *, cache_ttl: float, cache_size: int, grace: float = 0.0) -> None:
+        super().__init__(db, cache_ttl=cache_ttl, cache_size=cache_size, grace=grace)
         self.migration: Migration | None = None
 
     @classmethod
     async def open(cls, location: str, *, password: str | None = None, busy_timeout: float = 5.0,
-                   cache_ttl: float = 2.0, cache_size: int = 10_000) -> Store:
+                   cache_ttl: float = 2.0, cache_size: int = 10_000, grace: float = 0.0) -> Store:
         """Open and migrate the database at ``location``: a SQLite file path
-        (created owner-only if new) or a ``postgresql://`` URL without password."""
+        (created owner-only if new) or a ``postgresql://`` URL without password.
+        ``grace``: seconds a known key keeps working from the cache while the database is down."""
         db = await Database.connect(location, password=password, timeout=busy_timeout)
         try:
-            store = cls(db, cache_ttl=cache_ttl, cache_size=cache_size)
+            store = cls(db, cache_ttl=cache_ttl, cache_size=cache_size, grace=grace)
             store.migration = await migrate(db)
         except BaseException:
             await db.close()
@@ -48,7 +49,7 @@ class Store(Accounts, UsageQueries):
         return store
 
     @classmethod
-    async def from_config(cls, config: StoreConfig) -> Store:
+    async def from_config(cls, config: StoreConfig, *, grace: float = 0.0) -> Store:
         """The store ``config`` names; a PostgreSQL password comes from ``config.password_env``.
         StoreUnavailable (one line: where and why) if it cannot be opened."""
         location = config.location
@@ -59,7 +60,7 @@ class Store(Accounts, UsageQueries):
                 raise StoreUnavailable(f"cannot open the database {describe(location)}: the environment "
                                        f"variable {config.password_env} (store.password_env) is not set")
         try:
-            return await cls.open(location, password=password, cache_ttl=config.auth_cache_ttl)
+            return await cls.open(location, password=password, cache_ttl=config.auth_cache_ttl, grace=grace)
         except (sqlalchemy.exc.SQLAlchemyError, OSError, asyncio.TimeoutError) as exc:
             raise StoreUnavailable(f"cannot open the database {describe(location)}: {reason(exc)}") from None
 
@@ -72,6 +73,16 @@ class Store(Accounts, UsageQueries):
     def kind(self) -> str:
         """``sqlite`` or ``postgresql``."""
         return self._db.kind
+
+    async def reachable(self, timeout: float = 1.0) -> bool:
+        """Whether the database answers a trivial query within ``timeout`` (for /readyz)."""
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._db.read() as conn:
+                    await conn.exec_driver_sql("SELECT 1")
+        except (sqlalchemy.exc.SQLAlchemyError, OSError, asyncio.TimeoutError):
+            return False
+        return True
 
     async def schema_revision(self) -> str | None:
         return await current_revision(self._db)

@@ -4,9 +4,15 @@
 (key, UTC day, model); a background task hands the aggregate to a
 :class:`UsageSink` (the store) every ``flush_interval`` seconds, to be written
 in one transaction. The recorder knows the sink only by that narrow interface,
-so the store does not depend on it and can be used without it (the CLI). Counts taken out for a write go
-back into the aggregate if the write fails, and writes run as tasks that a
-cancelled caller cannot interrupt, so a count is never lost or written twice.
+so the store does not depend on it and can be used without it (the CLI).
+
+A batch taken out for a write carries a random id that the sink stores in the
+same transaction. If the write fails, the batch is kept as it is and retried,
+with the same id, before anything newer is taken: a failure that did commit
+(the connection lost during COMMIT) is then recognised by its id, and one
+that did not is written now. So while the database is down, usage is held in
+memory (at most one batch in doubt plus the aggregate still growing, bounded
+by ``max_rows``) and written when it is back: nothing lost, nothing twice.
 Only numbers are kept: no prompt, no client address, no per-request rows.
 
 Counts are clamped to ``0..MAX_TOKENS`` on the way in: a backend that reports
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -30,6 +37,7 @@ UsageKey = tuple[int, str, str]  # key_id, UTC day (YYYY-MM-DD), model
 # Far above any real request (a million-token context is 2**20), far below
 # 2**63: even 2**31 requests a day at this size cannot overflow a day's sum.
 MAX_TOKENS = 2**31 - 1
+DEFAULT_MAX_ROWS = 100_000
 
 
 def clamp_tokens(value: int) -> int:
@@ -60,6 +68,9 @@ class Batch:
 
     counts: dict[UsageKey, Counts] = field(default_factory=dict)
     last_used: dict[int, str] = field(default_factory=dict)
+    # Given by the recorder when it takes the batch; "" writes without the
+    # written-before check (the CLI, tests that write directly).
+    id: str = ""
 
     def __bool__(self) -> bool:
         return bool(self.counts or self.last_used)
@@ -80,19 +91,31 @@ class UsageRecorder:
     """Aggregates usage in memory and flushes it to a :class:`UsageSink`."""
 
     def __init__(self, sink: UsageSink, *, flush_interval: float = 1.0,
-                 retention_days: int | None = None) -> None:
+                 retention_days: int | None = None, max_rows: int = DEFAULT_MAX_ROWS) -> None:
         self._sink = sink
         self._flush_interval = flush_interval
         self._retention_days = retention_days
+        self._max_rows = max_rows
         self._pending = Batch()
-        self._writes: set[asyncio.Task[None]] = set()
+        # The batch whose write failed: retried as it is before a new one is taken.
+        self._in_doubt: Batch | None = None
+        self._lock = asyncio.Lock()
+        self._failing = False
+        self._dropped = 0
         self._stopping: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._pruned_day: str | None = None
 
     @classmethod
-    def from_config(cls, sink: UsageSink, config: StoreConfig) -> UsageRecorder:
-        return cls(sink, flush_interval=config.flush_interval, retention_days=config.usage_retention_days)
+    def from_config(cls, sink: UsageSink, config: StoreConfig, *, max_rows: int = DEFAULT_MAX_ROWS
+                    ) -> UsageRecorder:
+        return cls(sink, flush_interval=config.flush_interval, retention_days=config.usage_retention_days,
+                   max_rows=max_rows)
+
+    @property
+    def failing(self) -> bool:
+        """Whether the last write failed: usage is being held in memory."""
+        return self._failing
 
     def record(self, key_id: int, model: str, prompt_tokens: int, completion_tokens: int) -> None:
         """Count one finished request of key ``key_id``. Synchronous and cheap: no I/O."""
@@ -103,6 +126,15 @@ class UsageRecorder:
         key = (key_id, now.date().isoformat(), model)
         counts = self._pending.counts.get(key)
         if counts is None:
+            in_doubt = self._in_doubt.counts if self._in_doubt is not None else {}
+            # A row also held in doubt adds no new (key, day, model) to what is held.
+            if key not in in_doubt and len(self._pending.counts) + len(in_doubt) >= self._max_rows:
+                # Bounded memory while the database is down: the price is this request's count.
+                if not self._dropped:
+                    log.error("usage held in memory is full (%d rows): new rows are dropped until "
+                              "the database is back", self._max_rows)
+                self._dropped += 1
+                return
             counts = self._pending.counts[key] = Counts()
         counts.requests += 1
         counts.prompt_tokens += prompt
@@ -112,45 +144,53 @@ class UsageRecorder:
     @property
     def pending_counts(self) -> dict[UsageKey, Counts]:
         """A copy of what has not been written yet (for tests and shutdown checks)."""
-        return {key: Counts(c.requests, c.prompt_tokens, c.completion_tokens)
-                for key, c in self._pending.counts.items()}
+        held: dict[UsageKey, Counts] = {}
+        for batch in (self._in_doubt, self._pending):
+            for key, c in (batch.counts.items() if batch is not None else ()):
+                held.setdefault(key, Counts()).add(c)
+        return held
 
     async def flush(self) -> None:
-        """Write everything pending, and wait for writes already under way.
+        """Write everything pending, after a batch still in doubt.
 
-        Raises the database error if this call's own write failed; its counts
-        are then pending again for the next flush.
+        Raises the database error if a write failed; what it held is kept for
+        the next flush. Shielded: a cancelled caller cannot cut a write off
+        (and a write cut off anyway is retried under its id).
         """
-        batch, self._pending = self._pending, Batch()
-        own: asyncio.Task[None] | None = None
-        if batch:
-            own = asyncio.get_running_loop().create_task(self._write(batch))
-            self._writes.add(own)
-            own.add_done_callback(self._writes.discard)
-        if self._writes:
-            # Shielded: a cancelled caller must not cut a write off between
-            # COMMIT and the bookkeeping, which could count twice.
-            await asyncio.shield(asyncio.gather(*self._writes, return_exceptions=True))
-        if own is not None and own.exception() is not None:
-            raise own.exception()  # type: ignore[misc]
+        task = asyncio.ensure_future(self._flush())
+        # Retrieved even when nobody awaits it any more (the caller was cancelled).
+        task.add_done_callback(lambda done: done.cancelled() or done.exception())
+        await asyncio.shield(task)
+
+    async def _flush(self) -> None:
+        async with self._lock:
+            if self._in_doubt is not None:
+                await self._write(self._in_doubt)
+            batch, self._pending = self._pending, Batch()
+            if not batch:
+                return
+            batch.id = uuid.uuid4().hex
+            self._in_doubt = batch
+            await self._write(batch)
 
     async def _write(self, batch: Batch) -> None:
         try:
             refused = await self._sink.write_usage(batch)
-        except BaseException:
-            self._restore(batch)
+        except BaseException as exc:
+            if not self._failing:
+                self._failing = True
+                log.warning("usage cannot be written (%s): held in memory and retried", type(exc).__name__)
             raise
+        self._in_doubt = None
+        if self._failing:
+            self._failing = False
+            log.info("usage written again after a database outage (%d request(s) dropped as over the "
+                     "memory bound)", self._dropped)
+            self._dropped = 0
         for key_id, _day, _model in refused:
             # Retrying cannot help a row the database refuses for its values;
             # keeping it would fail every later flush.
             log.error("usage row refused by the database and dropped (key id %d)", key_id)
-
-    def _restore(self, batch: Batch) -> None:
-        for key, counts in batch.counts.items():
-            self._pending.counts.setdefault(key, Counts()).add(counts)
-        for key_id, when in batch.last_used.items():
-            if when > self._pending.last_used.get(key_id, ""):
-                self._pending.last_used[key_id] = when
 
     def start(self) -> None:
         """Start the periodic flush (and daily pruning, if retention is set)."""
@@ -167,7 +207,13 @@ class UsageRecorder:
             # cancelled the task, and the last flush must happen regardless.
             await asyncio.wait([self._task])
             self._task = None
-        await self.flush()
+        try:
+            await self.flush()
+        except Exception:
+            held = sum(c.requests for c in self.pending_counts.values())
+            log.error("usage of %d request(s) could not be written before stopping: the database "
+                      "is unreachable", held)
+            raise
 
     async def _run(self) -> None:
         # Batches are taken every flush_interval, measured from one take to the
@@ -185,8 +231,8 @@ class UsageRecorder:
             due = loop.time() + self._flush_interval
             try:
                 await self.flush()
-            except Exception as exc:  # kept pending; the next round retries
-                log.warning("usage flush failed, will retry: %s", type(exc).__name__)
+            except Exception:  # kept, and logged once per outage by _write; the next round retries
+                pass
 
     async def _prune_daily(self) -> None:
         if self._retention_days is None:

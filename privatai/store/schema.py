@@ -156,3 +156,13 @@ audit_log = Table(
     Column("target", Text, nullable=False),
 )
 Index("audit_log_created", audit_log.c.created)
+
+# The recorder's batches already added to usage_daily, written in the same
+# transaction: a batch retried after a failure whose outcome was unknown (the
+# connection dropped during COMMIT) is recognised and not counted twice.
+usage_batches = Table(
+    "usage_batches", metadata,
+    Column("id", Text, primary_key=True),
+    Column("written", Text, nullable=False),
+)
+Index("usage_batches_written", usage_batches.c.written)

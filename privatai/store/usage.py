@@ -3,7 +3,9 @@
 Usage is kept only as sums per key, UTC day and model. A batch is added with
 one upsert per row (``ON CONFLICT ... DO UPDATE SET x = x + excluded.x``, the
 same statement on SQLite and PostgreSQL) in one transaction, so writes from
-any number of processes add up exactly.
+any number of processes add up exactly. The batch's id goes into
+``usage_batches`` in that transaction: a batch retried after a failure that
+may have committed (the connection dropped during COMMIT) adds nothing twice.
 """
 from __future__ import annotations
 
@@ -15,9 +17,10 @@ from sqlalchemy import BigInteger, ColumnElement, bindparam, cast, delete, func,
 from privatai.store.connection import Database, Queries, refused_for_values
 from privatai.store.records import UsageRow, utc_now
 from privatai.store.recorder import Batch, UsageKey
-from privatai.store.schema import accounts, api_keys, usage_daily
+from privatai.store.schema import accounts, api_keys, usage_batches, usage_daily
 
 _COUNTS = ("requests", "prompt_tokens", "completion_tokens")
+BATCH_ID_DAYS = 7
 _SET_LAST_USED = (update(api_keys)
                   .where(api_keys.c.id == bindparam("key"),
                          or_(api_keys.c.last_used.is_(None), api_keys.c.last_used < bindparam("when")))
@@ -38,6 +41,8 @@ class UsageQueries(Queries):
         self._add_usage = upsert.on_conflict_do_update(
             index_elements=[usage_daily.c.key_id, usage_daily.c.day, usage_daily.c.model],
             set_={name: usage_daily.c[name] + upsert.excluded[name] for name in _COUNTS})
+        self._claim_batch = (db.insert(usage_batches).on_conflict_do_nothing(index_elements=[usage_batches.c.id])
+                             .returning(usage_batches.c.id))
 
     async def write_usage(self, batch: Batch) -> list[UsageKey]:
         """Add a recorder batch to the aggregates in one transaction.
@@ -46,6 +51,7 @@ class UsageQueries(Queries):
         of range, a key that no longer exists): the others are written all the
         same, so one bad row never blocks everybody's usage. Any other error
         (the database is locked or down, the disk full) raises and writes nothing.
+        A batch whose id was written before is not added again.
         """
         rows = [(key, {"key_id": key[0], "day": key[1], "model": key[2], "requests": c.requests,
                        "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens})
@@ -53,6 +59,8 @@ class UsageQueries(Queries):
         last_used = [{"key": key_id, "when": when} for key_id, when in batch.last_used.items()]
         try:
             async with self._db.write() as conn:
+                if not await self._claimed(conn, batch):
+                    return []
                 if rows:
                     await conn.execute(self._add_usage, [values for _, values in rows])
                 if last_used:
@@ -63,6 +71,8 @@ class UsageQueries(Queries):
                 raise
         refused = []
         async with self._db.write() as conn:
+            if not await self._claimed(conn, batch):
+                return []
             for key, values in rows:
                 await conn.exec_driver_sql("SAVEPOINT usage_row")
                 try:
@@ -77,10 +87,20 @@ class UsageQueries(Queries):
                 await conn.execute(_SET_LAST_USED, last_used)
         return refused
 
+    async def _claimed(self, conn: Any, batch: Batch) -> bool:
+        """Note the batch as written, in the caller's transaction; False if it was before."""
+        if not batch.id:
+            return True
+        claimed = await conn.execute(self._claim_batch, {"id": batch.id, "written": utc_now().isoformat()})
+        return claimed.first() is not None
+
     async def prune_usage(self, retention_days: int) -> int:
-        """Delete usage of UTC days older than ``retention_days``; returns rows deleted."""
+        """Delete usage of UTC days older than ``retention_days``; returns rows deleted.
+        Batch ids go after a week: a retry comes within a process's lifetime."""
         cutoff = (utc_now().date() - timedelta(days=retention_days)).isoformat()
         async with self._db.write() as conn:
+            await conn.execute(delete(usage_batches).where(
+                usage_batches.c.written < (utc_now() - timedelta(days=BATCH_ID_DAYS)).isoformat()))
             return (await conn.execute(delete(usage_daily).where(usage_daily.c.day < cutoff))).rowcount
 
     async def usage_for_key(self, key_id: int, since: date | None = None, until: date | None = None,

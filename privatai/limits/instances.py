@@ -1,0 +1,32 @@
+"""Putting the shared state together for an app: Redis when ``state.redis_url`` is set.
+
+Kept apart from :mod:`privatai.limits.redis_link` so that an app without
+Redis never imports redis-py.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from privatai.config import Config
+from privatai.limits.state_config import require_secrets
+
+if TYPE_CHECKING:
+    from privatai.limits.redis_link import RedisLink
+    from privatai.limits.shared import LimitState
+
+
+def redis_link(config: Config) -> RedisLink | None:
+    """The app's Redis link (not yet connected), or None; a ConfigError if a secret is missing."""
+    if not config.state.shared:
+        return None
+    require_secrets(config.source, config.state)
+    from privatai.limits.redis_link import RedisLink
+    return RedisLink(config.state)
+
+
+def web_chat_state(link: RedisLink | None) -> LimitState | None:
+    """Where the web chat counts: Redis (failing closed without it), or None for the default."""
+    if link is None:
+        return None
+    from privatai.limits.redis_state import RedisLimitState
+    return RedisLimitState(link)

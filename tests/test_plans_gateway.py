@@ -16,10 +16,11 @@ from typing import Any, AsyncIterator
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from privatai.core.events import TextDelta
 from tests.fakes.server import Sleep
-from tests.gateway import LocalGateway
+from tests.gateway import LocalGateway, eventually
 from tests.scripted import ScriptedBackend, ScriptedBackends
 
 DASHBOARD = "https://api.example.de/dashboard"
@@ -29,7 +30,7 @@ PLANS: list[dict[str, Any]] = [
     {"name": "tokens", "price": "9 €", "tokens_per_minute": 100},
     {"name": "enterprise", "price": "Individuell", "seats": 10},
 ]
-HI = [{"role": "user", "content": "Hi"}]
+HI: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hi"}]
 
 
 @pytest.fixture
@@ -71,7 +72,7 @@ async def account_key(gateway: LocalGateway, account: str, *, plan: str | None =
 
 
 async def chat(client: openai.AsyncOpenAI, model: str = "m-small", **extra: Any) -> Any:
-    return await client.chat.completions.create(model=model, messages=HI, **extra)  # type: ignore[arg-type]
+    return await client.chat.completions.create(model=model, messages=HI, **extra)
 
 
 @pytest.mark.parametrize("status, code", [("inactive", "subscription_inactive"),
@@ -137,7 +138,7 @@ async def test_a_plan_the_configuration_does_not_offer_is_refused(gateway: Local
 async def test_requests_per_minute_answer_with_openais_headers_then_429(gateway: LocalGateway) -> None:
     client = sdk(gateway, await account_key(gateway, "small", plan="basic"))
     for remaining in ("2", "1", "0"):
-        raw = await client.chat.completions.with_raw_response.create(model="m-small", messages=HI)  # type: ignore[arg-type]
+        raw = await client.chat.completions.with_raw_response.create(model="m-small", messages=HI)
         assert raw.status_code == 200 and raw.parse().choices[0].message.content
         assert raw.headers["x-ratelimit-limit-requests"] == "3"
         assert raw.headers["x-ratelimit-remaining-requests"] == remaining
@@ -158,7 +159,7 @@ async def test_requests_per_minute_answer_with_openais_headers_then_429(gateway:
 async def test_tokens_per_minute_count_what_requests_used(gateway: LocalGateway, shared: ScriptedBackend) -> None:
     client = sdk(gateway, await account_key(gateway, "tok", plan="tokens"))
     shared.reply(TextDelta("x"), usage=(10, 85))
-    raw = await client.chat.completions.with_raw_response.create(model="m-small", messages=HI, max_tokens=50)  # type: ignore[arg-type]
+    raw = await client.chat.completions.with_raw_response.create(model="m-small", messages=HI, max_tokens=50)
     assert raw.headers["x-ratelimit-limit-tokens"] == "100"
     # At admission the estimate (the prompt, counted here, and max_tokens) was taken.
     assert int(raw.headers["x-ratelimit-remaining-tokens"]) < 50
@@ -177,9 +178,13 @@ async def test_the_gateways_own_capacity_429_carries_the_keys_rate_headers(
               "routing": {"queue_timeout": 0.3}}
     async with LocalGateway(tmp_path, config) as gateway:
         client = sdk(gateway, await account_key(gateway, "small", plan="basic"))
-        shared.reply(Sleep(2), TextDelta("slow"))
+        shared.reply(Sleep(3), TextDelta("slow"))
         slow = asyncio.create_task(chat(client))
-        await asyncio.sleep(0.3)
+
+        async def busy() -> bool:
+            return shared.in_flight == 1
+
+        await eventually(busy, 10, "the first request on the backend")
         async with httpx.AsyncClient(timeout=10) as http:
             response = await http.post(f"{gateway.base_url}/chat/completions",
                                        headers={"Authorization": f"Bearer {client.api_key}"},

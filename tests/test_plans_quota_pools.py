@@ -9,12 +9,13 @@ from typing import Any, AsyncIterator
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from privatai.core.events import TextDelta
 from tests.gateway import LocalGateway
 from tests.scripted import ScriptedBackend, ScriptedBackends
 
-HI = [{"role": "user", "content": "Hi"}]
+HI: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hi"}]
 QUOTA = 1000
 # The scripted backend's default answer: prompt 10 (per message), one token of completion.
 PER_REQUEST = 11
@@ -56,7 +57,7 @@ async def test_200_parallel_requests_stay_within_the_quota_and_usage_is_what_cli
 
     async def one(i: int) -> int | None:
         try:
-            answer = await clients[i % 2].chat.completions.create(model="m", messages=HI, max_tokens=5)  # type: ignore[arg-type]
+            answer = await clients[i % 2].chat.completions.create(model="m", messages=HI, max_tokens=5)
         except openai.PermissionDeniedError as exc:
             assert exc.code == "quota_exceeded", exc.code
             return None
@@ -72,7 +73,7 @@ async def test_200_parallel_requests_stay_within_the_quota_and_usage_is_what_cli
     # Once the burst settled, the rest of the quota is served one by one, then refused.
     while True:
         try:
-            answer = await clients[0].chat.completions.create(model="m", messages=HI, max_tokens=5)  # type: ignore[arg-type]
+            answer = await clients[0].chat.completions.create(model="m", messages=HI, max_tokens=5)
         except openai.PermissionDeniedError as exc:
             assert exc.code == "quota_exceeded" and "1,000 tokens" in exc.message
             break
@@ -93,14 +94,14 @@ async def test_a_quota_starts_from_the_months_stored_usage(tmp_path: Path, scrip
     async with LocalGateway(workdir, config) as gateway:
         key = await on_plan(gateway, "acme", "metered")
         for _ in range(2):
-            await sdk(gateway, key).chat.completions.create(model="m", messages=HI)  # type: ignore[arg-type]
+            await sdk(gateway, key).chat.completions.create(model="m", messages=HI)
     # A restarted gateway knows the 22 tokens of this month from the store.
     async with LocalGateway(workdir, config) as gateway:
         client = sdk(gateway, key)
         backend.reply(TextDelta("x"), usage=(10, 5))
-        await client.chat.completions.create(model="m", messages=HI)  # type: ignore[arg-type]
+        await client.chat.completions.create(model="m", messages=HI)
         with pytest.raises(openai.PermissionDeniedError) as denied:
-            await client.chat.completions.create(model="m", messages=HI)  # type: ignore[arg-type]
+            await client.chat.completions.create(model="m", messages=HI)
         assert denied.value.code == "quota_exceeded"
         assert (await account_usage(gateway, key))["tokens_used"] == 37
 
@@ -132,22 +133,22 @@ async def test_reserved_backends_serve_only_their_accounts_and_fail_over_within_
         pooled: LocalGateway, pools: dict[str, ScriptedBackend]) -> None:
     other = sdk(pooled, await pooled.key("other"))
     for _ in range(6):
-        await other.chat.completions.create(model="m", messages=HI)  # type: ignore[arg-type]
+        await other.chat.completions.create(model="m", messages=HI)
     assert served_by(pools) == {"shared": 6}
     acme = sdk(pooled, await pooled.key("acme"))
     for _ in range(6):
-        await acme.chat.completions.create(model="m", messages=HI)  # type: ignore[arg-type]
+        await acme.chat.completions.create(model="m", messages=HI)
     assert served_by(pools)["shared"] == 6
     assert served_by(pools).get("acme-a", 0) + served_by(pools).get("acme-b", 0) == 6
     # One of the pool is down: the other serves.
     pools["acme-a"].down = True
     for _ in range(3):
-        await acme.chat.completions.create(model="m", messages=HI)  # type: ignore[arg-type]
+        await acme.chat.completions.create(model="m", messages=HI)
     assert served_by(pools)["acme-b"] >= 3
     # Both are down: the account's requests never go to the shared backend.
     pools["acme-b"].down = True
     with pytest.raises(openai.InternalServerError) as failed:
-        await acme.chat.completions.create(model="m", messages=HI)  # type: ignore[arg-type]
+        await acme.chat.completions.create(model="m", messages=HI)
     assert failed.value.status_code == 503
     assert served_by(pools)["shared"] == 6 and "ent" not in served_by(pools)
 
@@ -157,10 +158,10 @@ async def test_a_plans_pool_spills_over_to_the_shared_backends_when_allowed(
     done = await pooled.cli("accounts", "create", "bigco", "--plan", "enterprise")
     assert done.returncode == 0, done.stderr
     big = sdk(pooled, await pooled.key("bigco"))
-    await big.chat.completions.create(model="m", messages=HI)  # type: ignore[arg-type]
+    await big.chat.completions.create(model="m", messages=HI)
     assert served_by(pools) == {"ent": 1}
     pools["ent"].fail(503, "down")
-    answer = await big.chat.completions.create(model="m", messages=HI)  # type: ignore[arg-type]
+    answer = await big.chat.completions.create(model="m", messages=HI)
     assert answer.choices[0].message.content
     assert served_by(pools) == {"ent": 2, "shared": 1}
 

@@ -186,10 +186,10 @@ OPERATIONS: tuple[Operation, ...] = (
 API_ERRORS = {
     "400": "Invalid request; `param` names the field",
     "401": "Missing or unknown API key",
-    "403": "Account suspended",
+    "403": "The account or its plan refuses the request; `code` says why (docs/plans.md)",
     "404": "Unknown model or route",
     "413": "Body larger than the server accepts",
-    "429": "At capacity (with Retry-After)",
+    "429": "At capacity or over the key's rate (with Retry-After; x-ratelimit-* where the plan sets rates)",
     "502": "The backend failed",
     "503": "No backend available",
 }

@@ -26,7 +26,7 @@ from privatai.store.audit_log import AuditLog
 from privatai.store.connection import reason
 from privatai.store.people import People, User
 from privatai.store.database import Store
-from privatai.store.names import LABEL_MAX, AdminError, printable, quoted
+from privatai.store.names import LABEL_MAX, PLAN_MAX, AdminError, checked, printable, quoted
 from privatai.store.records import DEFAULT_PLAN, UsageRow
 
 Handler = Callable[[argparse.Namespace, Store], Awaitable[int]]
@@ -156,6 +156,7 @@ def _date(value: str | None, option: str) -> date | None:
 def _offered_plan(args: argparse.Namespace, plan: str) -> str:
     """``plan`` if the configuration offers it (the built-in plans when only
     --db names the database and there is no configuration file)."""
+    plan = checked(plan, "plan", PLAN_MAX)  # the store's rule first: its message is the clearer one
     config = Path(args.config)
     plans = load_config(config).plans if not args.db or config.exists() else default_plans()
     names = [p.name for p in plans]

@@ -45,6 +45,10 @@ class AccountsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # Links in mails: confirmation and reset expire sooner than invitations.
     link_lifetime: Seconds = 86400.0
     invite_lifetime: Seconds = 7 * 86400.0
+    # A sign-up never confirmed is erased (with its account) after this many days.
+    unconfirmed_days: Annotated[int, msgspec.Meta(ge=1, le=3650)] = 7
+    # Rows of the audit log (who did what to which account, when) are kept this long.
+    audit_retention_days: Annotated[int, msgspec.Meta(ge=1, le=36500)] = 730
     # Login, sign-up and reset attempts per e-mail address and per client
     # (both known only as keyed hashes in memory) in any window.
     attempts_per_address: Count = 10

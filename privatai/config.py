@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import msgspec
 import yaml
 
+from privatai.billing.config import BillingConfig, check_billing
 from privatai.errors import ConfigError
 
 # Finite: YAML's .inf passes ``gt=0``, and would make a shutdown wait forever
@@ -221,6 +222,7 @@ class Config(_Section):
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     portal: PortalConfig = msgspec.field(default_factory=PortalConfig)
     plans: list[PlanConfig] = msgspec.field(default_factory=default_plans)
+    billing: BillingConfig = msgspec.field(default_factory=BillingConfig)
     # Where the file was read from, for messages and relative paths.
     source: str = "<memory>"
 
@@ -396,6 +398,7 @@ def _check(config: Config) -> None:
         if plan.name in plans:
             raise ConfigError(config.source, f"plans[{i}].name", f"duplicate plan name {plan.name!r}")
         plans.add(plan.name)
+    check_billing(config.source, config.billing, plans, portal.public_url)
     for i, entry in enumerate(config.web_chat.trusted_proxies):
         try:
             # As the web-chat limiter and the connection bounds read it.

@@ -84,6 +84,12 @@ class PermissionDenied(PrivatAIError):
     code = "account_suspended"
 
 
+class SubscriptionInactive(PermissionDenied):
+    """The key's account has no subscription that pays for it (any longer)."""
+
+    code = "subscription_inactive"
+
+
 class RateLimited(PrivatAIError):
     status = 429
     type = "rate_limit_error"

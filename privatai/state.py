@@ -14,6 +14,7 @@ from privatai.ops.logs import describe_error
 from privatai.ops.metrics import Metrics
 
 if TYPE_CHECKING:
+    from privatai.billing.service import Billing
     from privatai.store.database import Principal, Store
     from privatai.store.recorder import UsageRecorder
 
@@ -26,6 +27,7 @@ class AppState:
     router: Router
     store: Store | None = None            # once opened, in before_server_start
     recorder: UsageRecorder | None = None  # likewise
+    billing: Billing | None = None         # likewise, with billing.mode stripe
     started_wall: float = field(default_factory=time.time)
     metrics: Metrics | None = None  # made in __post_init__ unless metrics are disabled
     # Set once every backend has been probed after start: until then /readyz says "starting".

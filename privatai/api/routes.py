@@ -14,6 +14,7 @@ from sanic import Sanic
 
 from privatai import portal
 from privatai.api import webchat
+from privatai.billing import routes as billing_routes
 from privatai.api.chat import chat_completions
 from privatai.api.health import healthz, readyz
 from privatai.api.metrics import metrics_endpoint
@@ -59,5 +60,7 @@ def register(app: Sanic, config: Config) -> None:
         app.add_route(metrics_endpoint(config.metrics), "/metrics", methods=["GET"], name="metrics")
     if config.web_chat.enabled:
         webchat.register(app)
+    if config.billing.mode == "stripe":
+        billing_routes.register(app)
     # The public website; its registration decides whether it takes "/".
     portal.register(app)

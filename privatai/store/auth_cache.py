@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from privatai.errors import AuthenticationFailed, PermissionDenied
+from privatai.errors import AuthenticationFailed, PermissionDenied, SubscriptionInactive
 from privatai.store.keys import hash_key, is_well_formed
 from privatai.store.records import Principal
 
@@ -24,6 +24,10 @@ INVALID = "Invalid API key."
 REVOKED = "This API key has been revoked."
 EXPIRED = "This API key has expired."
 SUSPENDED = "The account of this API key is suspended. Contact support to reactivate it."
+INACTIVE = ("The account of this API key has no active subscription. "
+            "Choose a plan or update the payment method on your dashboard.")
+# Served: a subscription that is paid, or whose failed payment is within its grace period.
+SERVED = frozenset({"active", "past_due"})
 
 
 def key_digest(raw_key: str | None) -> str:
@@ -53,8 +57,10 @@ class Outcome:
         if revoked_at is not None:
             return cls(None, AuthenticationFailed(REVOKED), None, known=True)
         expires = _epoch(expires_at) if expires_at is not None else None
-        if status != "active":
+        if status == "suspended":
             return cls(None, PermissionDenied(SUSPENDED), expires, known=True)
+        if status not in SERVED:
+            return cls(None, SubscriptionInactive(INACTIVE), expires, known=True)
         return cls(Principal(key_id, prefix, account_id, account_name, plan), None, expires, known=True)
 
     def principal_now(self) -> Principal:

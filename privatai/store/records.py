@@ -29,7 +29,7 @@ class Account:
     id: int
     name: str
     plan: str
-    status: Literal["active", "suspended"]
+    status: Literal["active", "past_due", "pending", "inactive", "suspended"]
     created: str
 
 

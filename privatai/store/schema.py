@@ -23,6 +23,12 @@ Count = BigInteger().with_variant(Integer(), "sqlite")
 # NOCASE collation, in PostgreSQL by a unique index on lower(name).
 Name = Text().with_variant(Text(collation="NOCASE"), "sqlite")
 
+# The account statuses: active and past_due (a failed payment, within its
+# grace period) are served; pending (signed up, not yet paid) and inactive (no
+# subscription) are not; suspended is the operator's, and billing never lifts it.
+ACCOUNT_STATUSES = ("active", "past_due", "pending", "inactive", "suspended")
+ACCOUNT_STATUS_CHECK = "status IN ({})".format(", ".join(f"'{s}'" for s in ACCOUNT_STATUSES))
+
 accounts = Table(
     "accounts", metadata,
     Column("id", Integer, primary_key=True),
@@ -30,7 +36,7 @@ accounts = Table(
     Column("plan", Text, nullable=False),
     Column("status", Text, nullable=False, server_default="active"),
     Column("created", Text, nullable=False),
-    CheckConstraint("status IN ('active', 'suspended')", name="accounts_status"),
+    CheckConstraint(ACCOUNT_STATUS_CHECK, name="accounts_status"),
     UniqueConstraint("name").ddl_if(dialect="sqlite"),
 )
 Index("accounts_name_lower", func.lower(accounts.c.name), unique=True).ddl_if(dialect="postgresql")
@@ -62,3 +68,33 @@ usage_daily = Table(
     sqlite_with_rowid=False,
 )
 Index("usage_daily_day", usage_daily.c.day)
+
+# Billing (Stripe): an account's customer and the subscription state the last
+# event left; the webhook events already applied, by id, so that a replay
+# changes nothing; and the daily token sums reported as meter events.
+billing_customers = Table(
+    "billing_customers", metadata,
+    Column("account_id", Integer, ForeignKey("accounts.id"), primary_key=True),
+    Column("customer_id", Text, nullable=False, unique=True),
+    Column("subscription_id", Text),
+    Column("subscription_status", Text),
+    Column("grace_until", Text),
+    Column("metered_since", Text),
+    Column("updated", Text, nullable=False),
+)
+
+billing_events = Table(
+    "billing_events", metadata,
+    Column("event_id", Text, primary_key=True),
+    Column("type", Text, nullable=False),
+    Column("received", Text, nullable=False),
+)
+
+billing_meter_reports = Table(
+    "billing_meter_reports", metadata,
+    Column("account_id", Integer, ForeignKey("accounts.id"), nullable=False),
+    Column("day", Text, nullable=False),
+    Column("tokens", Count, nullable=False),
+    Column("reported", Text, nullable=False),
+    PrimaryKeyConstraint("account_id", "day", name="billing_meter_reports_pkey"),
+)

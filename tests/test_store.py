@@ -49,7 +49,8 @@ async def test_a_new_sqlite_file_is_owner_only_in_wal_mode(db_path: str) -> None
         await store.close()
     with sqlite3.connect(db_path) as db:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert tables == {"accounts", "api_keys", "usage_daily", "alembic_version"}
+    assert tables == {"accounts", "api_keys", "usage_daily", "alembic_version",
+                      "billing_customers", "billing_events", "billing_meter_reports"}
     assert stat.S_IMODE(Path(db_path).stat().st_mode) == 0o600
 
 

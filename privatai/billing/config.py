@@ -43,7 +43,7 @@ class BillingConfig(_Section):
     # whether Checkout asks businesses for their VAT ID.
     automatic_tax: bool = False
     collect_tax_id: bool = True
-    # Only for tests: the Stripe API's address (a local fake). Unset: Stripe's.
+    # Another Stripe API address (stripe-mock, a test fake). Unset: Stripe's.
     api_base: str | None = None
 
     def plan_of_price(self, price: str | None) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from datetime import datetime
 from typing import Any
 
 import stripe
@@ -169,9 +170,10 @@ class Billing:
 
     # ------------------------------------------------------------------ sweep
 
-    async def sweep(self) -> None:
-        """End grace periods that ran out; report closed days of per-token plans."""
-        now = utc_now()
+    async def sweep(self, now: datetime | None = None) -> None:
+        """End grace periods that ran out; report closed days of per-token plans
+        (as of ``now``, UTC, naive as stored; the clock by default)."""
+        now = now or utc_now()
         ended = await self._store.expire_grace(now)
         if ended:
             log.info("grace period ended for %d account(s): inactive", ended)

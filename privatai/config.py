@@ -18,6 +18,7 @@ import yaml
 
 from privatai.billing.config import BillingConfig, check_billing
 from privatai.errors import ConfigError
+from privatai.portal.settings import AccountsConfig
 
 # Finite: YAML's .inf passes ``gt=0``, and would make a shutdown wait forever
 # or a weighted choice fail on every request.
@@ -163,6 +164,7 @@ class PlanConfig(_Section):
     features: list[Text] = []
     highlight: bool = False              # the plan the pricing page puts forward
     contact: bool = False                # "Kontakt aufnehmen" instead of "Registrieren"
+    seats: PositiveInt | None = None     # people per account (owner included); None: no limit
 
 
 def default_plans() -> list[PlanConfig]:
@@ -183,7 +185,7 @@ def default_plans() -> list[PlanConfig]:
                 {"de": "Keine Logs: Ihre Prompts werden nicht gespeichert",
                  "en": "No logs: your prompts are never stored"},
             ],
-            highlight=True),
+            highlight=True, seats=1),
         PlanConfig(
             name="enterprise", title="Enterprise", price={"de": "Individuell", "en": "Custom"},
             description={"de": "Maßgeschneiderte Lösungen für Ihr Unternehmen.",
@@ -223,6 +225,7 @@ class Config(_Section):
     portal: PortalConfig = msgspec.field(default_factory=PortalConfig)
     plans: list[PlanConfig] = msgspec.field(default_factory=default_plans)
     billing: BillingConfig = msgspec.field(default_factory=BillingConfig)
+    accounts: AccountsConfig = msgspec.field(default_factory=AccountsConfig)
     # Where the file was read from, for messages and relative paths.
     source: str = "<memory>"
 
@@ -390,6 +393,8 @@ def _check(config: Config) -> None:
                           "must be an origin like https://api.example.de (scheme and host, no path)")
     if portal.contact_email is not None and not _EMAIL.fullmatch(portal.contact_email):
         raise ConfigError(config.source, "portal.contact_email", "must be an e-mail address")
+    if config.accounts.smtp.password_env is not None and config.accounts.smtp.username is None:
+        raise ConfigError(config.source, "accounts.smtp.password_env", "needs accounts.smtp.username")
     plans: set[str] = set()
     for i, plan in enumerate(config.plans):
         if not _PLAN_NAME.fullmatch(plan.name):
@@ -399,6 +404,8 @@ def _check(config: Config) -> None:
             raise ConfigError(config.source, f"plans[{i}].name", f"duplicate plan name {plan.name!r}")
         plans.add(plan.name)
     check_billing(config.source, config.billing, plans, portal.public_url)
+    if config.accounts.enabled and config.plans and config.accounts.plan not in plans:
+        raise ConfigError(config.source, "accounts.plan", f"{config.accounts.plan!r} is not one of plans:")
     for i, entry in enumerate(config.web_chat.trusted_proxies):
         try:
             # As the web-chat limiter and the connection bounds read it.

@@ -84,6 +84,12 @@ class PermissionDenied(PrivatAIError):
     code = "account_suspended"
 
 
+class AccountPending(PermissionDenied):
+    """A new account an operator has not approved yet."""
+
+    code = "account_pending"
+
+
 class SubscriptionInactive(PermissionDenied):
     """The key's account has no subscription that pays for it (any longer)."""
 

@@ -60,17 +60,18 @@ def store_of(gateway: LocalGateway) -> Store:
     return gateway.app.ctx.state.store
 
 
-def _set_status(path: str, account: str, status: str) -> None:
-    db = sqlite3.connect(path)
+def set_status(gateway: LocalGateway, account: str, status: str) -> None:
+    """Set in the database, as the operator's pages and sign-up do."""
+    db = sqlite3.connect(gateway.config["store"]["path"])
     with db:
         db.execute("UPDATE accounts SET status = ? WHERE name = ?", (status, account))
     db.close()
 
 
 async def new_customer_account(gateway: LocalGateway, name: str) -> str:
-    """An account that has not paid yet (as sign-up leaves it) and a key of it."""
+    """An account that has not paid yet (as sign-up with billing leaves it) and a key of it."""
     key = await gateway.key(name)
-    await asyncio.to_thread(_set_status, gateway.config["store"]["path"], name, "pending")
+    await asyncio.to_thread(set_status, gateway, name, "inactive")
     return key
 
 

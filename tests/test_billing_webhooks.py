@@ -18,7 +18,7 @@ import pytest
 
 from privatai.core.events import TextDelta
 from tests.billing_helpers import (PRO_PRICE, billed_gateway, billing_of, chat, new_customer_account, refusal,
-                                   status_of, store_of, subscribe)
+                                   set_status, status_of, store_of, subscribe)
 from tests.fakes.stripe_api import FakeStripe, sign
 from tests.gateway import LocalGateway, eventually
 from tests.scripted import ScriptedBackend, ScriptedBackends
@@ -77,7 +77,7 @@ async def test_forged_stale_and_unsigned_webhooks_are_refused(billed: Billed) ->
         status, answer = await fake.post(body, signature=signature)
         assert status == 400, case
         assert answer["error"]["code"] == "invalid_signature", case
-    assert await status_of(gateway, "acme") == "pending"
+    assert await status_of(gateway, "acme") == "inactive"
     assert await refusal(gateway, key) == "subscription_inactive"
     # The genuine delivery still works afterwards.
     status, answer = await fake.post(paid)
@@ -175,7 +175,7 @@ async def test_grace_expiry_makes_the_account_inactive(
         assert await refusal(gateway, key) is None
 
 
-async def test_billing_never_lifts_a_suspension(billed: Billed) -> None:
+async def test_billing_never_lifts_a_suspension_or_a_pending_approval(billed: Billed) -> None:
     gateway, fake = billed
     key = await new_customer_account(gateway, "acme")
     sub = await subscribe(gateway, fake, "acme")
@@ -184,6 +184,12 @@ async def test_billing_never_lifts_a_suspension(billed: Billed) -> None:
     await fake.pay(sub)
     assert await status_of(gateway, "acme") == "suspended"
     assert await eventually(lambda: refusal(gateway, key), 5, "suspension applied") == "account_suspended"
+    # A sign-up awaiting approval stays so, paid or not, until the operator approves it.
+    waiting = await new_customer_account(gateway, "newco")
+    await asyncio.to_thread(set_status, gateway, "newco", "pending")
+    await subscribe(gateway, fake, "newco")
+    assert await status_of(gateway, "newco") == "pending"
+    assert await eventually(lambda: refusal(gateway, waiting), 5, "pending applied") == "account_pending"
 
 
 async def test_events_of_unknown_customers_and_other_types_are_acknowledged(billed: Billed) -> None:
@@ -206,7 +212,7 @@ async def test_stripe_down_during_a_webhook_asks_stripe_to_retry(billed: Billed)
     fake.fail("/v1/subscriptions")
     status, answer = await fake.post(fake.outbox[0])
     assert status == 503 and answer["error"]["code"] == "billing_unavailable"
-    assert await status_of(gateway, "acme") == "pending"
+    assert await status_of(gateway, "acme") == "inactive"
     # Stripe's retry of the same event is then applied.
     status, answer = await fake.post(fake.outbox[0])
     assert (status, answer["outcome"]) == (200, "applied")

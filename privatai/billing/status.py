@@ -18,13 +18,13 @@ from privatai.store.billing import BillingCustomer, Decision
 _STATUS = {
     "active": "active", "trialing": "active",
     "past_due": "past_due", "unpaid": "past_due",
-    "incomplete": "pending",
 }
-_RANK = {"active": 3, "past_due": 2, "pending": 1, "inactive": 0}
+_RANK = {"active": 2, "past_due": 1, "inactive": 0}
 
 
 def account_status(stripe_status: str | None) -> str:
-    """canceled, incomplete_expired, paused, or none at all: inactive."""
+    """incomplete (first payment not through), canceled, incomplete_expired,
+    paused, or none at all: inactive."""
     return _STATUS.get(stripe_status or "", "inactive")
 
 

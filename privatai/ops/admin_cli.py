@@ -1,4 +1,4 @@
-"""Admin commands: ``privatai accounts|keys|usage|migrate ...``.
+"""Admin commands: ``privatai accounts|keys|usage|admins|migrate ...``.
 
 :func:`register` adds the subcommands to the main CLI's subparsers; each
 parser sets ``func(args) -> int``. Errors the operator can fix (unknown
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import sys
 from datetime import date, datetime, timezone
 from typing import Any, Awaitable, Callable, Sequence
@@ -18,7 +19,10 @@ import sqlalchemy.exc
 
 from privatai.config import StoreConfig, load_config
 from privatai.errors import ConfigError
+from privatai.portal.passwords import hash_password, password_problem
+from privatai.store.audit_log import AuditLog
 from privatai.store.connection import reason
+from privatai.store.people import People, User
 from privatai.store.database import Store
 from privatai.store.names import LABEL_MAX, AdminError, printable, quoted
 from privatai.store.records import DEFAULT_PLAN, UsageRow
@@ -46,9 +50,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser = _command(accounts_sub, common, "suspend", "suspend an account: its keys get 403",
                       _accounts_suspend)
     parser.add_argument("name")
-    parser = _command(accounts_sub, common, "activate", "reactivate a suspended account",
+    parser = _command(accounts_sub, common, "activate", "reactivate a suspended account, or approve a pending one",
                       _accounts_activate)
     parser.add_argument("name")
+    parser = _command(accounts_sub, common, "delete", "erase an account at once with its keys, usage, members "
+                      "and invitations (DSGVO Art. 17)", _accounts_delete)
+    parser.add_argument("name")
+    parser.add_argument("--yes", action="store_true", help="really delete (there is no undo)")
+
+    admins = subparsers.add_parser("admins", help="people who may use the website's operator pages")
+    admins_sub = admins.add_subparsers(dest="action", required=True, metavar="ACTION")
+    parser = _command(admins_sub, common, "grant", "make a person an operator admin; a new address "
+                      "gets a confirmed login with the password read from stdin", _admins_grant)
+    parser.add_argument("email")
+    _command(admins_sub, common, "list", "list operator admins", _admins_list)
+    parser = _command(admins_sub, common, "revoke", "take the admin role away", _admins_revoke)
+    parser.add_argument("email")
 
     keys = subparsers.add_parser("keys", help="manage API keys")
     keys_sub = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -138,6 +155,61 @@ async def _accounts_suspend(args: argparse.Namespace, store: Store) -> int:
 async def _accounts_activate(args: argparse.Namespace, store: Store) -> int:
     account = await store.set_account_status(args.name, "active")
     print(f"Activated account {quoted(account.name)}.")
+    return 0
+
+
+async def _accounts_delete(args: argparse.Namespace, store: Store) -> int:
+    if not args.yes:
+        raise UsageError(f"this erases account {quoted(args.name)} with its keys and usage; "
+                         "add --yes to do it")
+    account = await store.delete_account(args.name)
+    await AuditLog(store._db).record("cli", "delete_account", f"account:{account.id}")
+    print(f"Deleted account {quoted(account.name)} (id {account.id}) with its keys, usage and members. "
+          "Running servers refuse its keys within their auth cache's lifetime.")
+    return 0
+
+
+# ---------------------------------------------------------------------- admins
+
+async def _admin(store: Store, email: str) -> tuple[People, User]:
+    people = People(store._db)
+    user = await people.user_by_email(email)
+    if user is None:
+        raise AdminError(f"nobody is registered as {quoted(email)}")
+    return people, user
+
+
+async def _admins_grant(args: argparse.Namespace, store: Store) -> int:
+    people = People(store._db)
+    user = await people.user_by_email(args.email)
+    if user is None:
+        password = (getpass.getpass("Password for the new admin: ") if sys.stdin.isatty()
+                    else sys.stdin.readline().rstrip("\n"))
+        problem = password_problem(password, args.email)
+        if problem:
+            raise UsageError(f"password refused ({problem.replace('_', ' ')})")
+        user = await people.create_user(args.email, await hash_password(password), confirmed=True)
+    await people.set_admin(user.id, True)
+    await AuditLog(store._db).record("cli", "grant_admin", f"user:{user.id}")
+    print(f"{quoted(user.email)} (user {user.id}) is an operator admin: the website's /admin is theirs.")
+    return 0
+
+
+async def _admins_list(args: argparse.Namespace, store: Store) -> int:
+    admins = await People(store._db).admins()
+    if not admins:
+        print("No operator admins yet. Make one with: privatai admins grant EMAIL")
+        return 0
+    print(_table(["ID", "EMAIL", "CONFIRMED", "SECOND FACTOR"],
+                 [[str(u.id), u.email, u.confirmed_at or "no", "yes" if u.totp_secret else "no"] for u in admins]))
+    return 0
+
+
+async def _admins_revoke(args: argparse.Namespace, store: Store) -> int:
+    people, user = await _admin(store, args.email)
+    await people.set_admin(user.id, False)
+    await AuditLog(store._db).record("cli", "revoke_admin", f"user:{user.id}")
+    print(f"{quoted(user.email)} is no longer an operator admin.")
     return 0
 
 

@@ -17,6 +17,8 @@ class Page:
     name: str
     template: str
     paths: dict[Language, str]
+    # Served by the account pages (login, dashboard...), not from the template alone.
+    dynamic: bool = False
 
 
 PAGES: tuple[Page, ...] = (
@@ -25,9 +27,19 @@ PAGES: tuple[Page, ...] = (
     Page("docs", "docs.html", {"de": "/dokumentation", "en": "/en/docs"}),
     Page("imprint", "legal.html", {"de": "/impressum", "en": "/en/imprint"}),
     Page("privacy", "legal.html", {"de": "/datenschutz", "en": "/en/privacy"}),
-    # Accounts come in a later step; until then these say that sign-up opens soon.
-    Page("login", "soon.html", {"de": "/anmelden", "en": "/en/login"}),
-    Page("signup", "soon.html", {"de": "/registrieren", "en": "/en/signup"}),
+    # With accounts off (accounts.enabled: false) these two say that sign-up opens soon.
+    Page("login", "soon.html", {"de": "/anmelden", "en": "/en/login"}, dynamic=True),
+    Page("signup", "soon.html", {"de": "/registrieren", "en": "/en/signup"}, dynamic=True),
+    Page("logout", "", {"de": "/abmelden", "en": "/en/logout"}, dynamic=True),
+    Page("second_factor", "", {"de": "/anmelden/code", "en": "/en/login/code"}, dynamic=True),
+    Page("confirm", "", {"de": "/bestaetigen", "en": "/en/confirm"}, dynamic=True),
+    Page("forgot", "", {"de": "/passwort-vergessen", "en": "/en/forgot-password"}, dynamic=True),
+    Page("reset", "", {"de": "/passwort-neu", "en": "/en/new-password"}, dynamic=True),
+    Page("invitation", "", {"de": "/einladung", "en": "/en/invitation"}, dynamic=True),
+    Page("dashboard", "", {"de": "/konto", "en": "/en/account"}, dynamic=True),
+    Page("security", "", {"de": "/konto/sicherheit", "en": "/en/account/security"}, dynamic=True),
+    Page("my_data", "", {"de": "/konto/daten", "en": "/en/account/data"}, dynamic=True),
+    Page("admin", "", {"de": "/admin", "en": "/en/admin"}, dynamic=True),
 )
 BY_NAME = {page.name: page for page in PAGES}
 

@@ -2,7 +2,8 @@
 
 Pages are rendered on the server with Jinja2 (autoescape on, undefined names
 an error) and need no JavaScript. They carry the web chat's strict CSP and
-security headers, so they load nothing from elsewhere and nothing inline.
+security headers, so they load nothing from elsewhere and nothing inline;
+only ``form-action`` differs: the portal's forms post to its own origin.
 """
 from __future__ import annotations
 
@@ -16,12 +17,13 @@ from markupsafe import Markup, escape
 from sanic import Request, Sanic
 from sanic.response import HTTPResponse, html, redirect
 
-from privatai.api.webchat import PAGE_HEADERS, StaticFile, load_static, serve_static
+from privatai.api.webchat import CSP, SECURITY_HEADERS, StaticFile, load_static, serve_static
 from privatai.config import Language
 from privatai.errors import NotFound
 from privatai.portal.examples import Examples, load_examples
 from privatai.portal.i18n import DEFAULT, LANGUAGES, load_catalogs, negotiate
 from privatai.portal.pages import PAGES, Page, href
+from privatai.portal.account_routes import register_account_pages
 from privatai.portal.views import page_context
 from privatai.state import AppState
 
@@ -32,6 +34,9 @@ STATIC_PATH = "/static"
 CACHE_CONTROL = "no-cache"
 
 _CODE = re.compile(r"`([^`]+)`")
+
+PORTAL_CSP = CSP.replace("form-action 'none'", "form-action 'self'")
+PAGE_HEADERS = {"Content-Security-Policy": PORTAL_CSP, **SECURITY_HEADERS}
 
 Handler = Callable[[Request], Awaitable[HTTPResponse]]
 
@@ -62,16 +67,21 @@ class Site:
         self.static: dict[str, StaticFile] = load_static(PACKAGE_DIR / "static", page=None)
 
     def render(self, page: Page, lang: Language, request: Request) -> str:
+        return self.render_template(page.template, page.name, lang,
+                                    page_context(page.name, lang, request, self.state, self.examples))
+
+    def render_template(self, template: str, page: str, lang: Language, context: dict[str, Any]) -> str:
+        """A template with what every page has (language, texts, links) and ``context``."""
         other = next(language for language in LANGUAGES if language != lang)
         config = self.state.config
-        context: dict[str, Any] = {
-            "lang": lang, "other": other, "t": self.catalogs[lang], "page": page.name,
+        full: dict[str, Any] = {
+            "lang": lang, "other": other, "t": self.catalogs[lang], "page": page,
             "href": partial(_href, lang), "languages": LANGUAGES,
             "web_chat": config.web_chat.enabled, "contact_email": config.portal.contact_email,
-            "static": STATIC_PATH,
-            **page_context(page.name, lang, request, self.state, self.examples),
+            "static": STATIC_PATH, "accounts": config.accounts.enabled, "user": None,
+            **context,
         }
-        return self.templates.get_template(page.template).render(context)
+        return self.templates.get_template(template).render(full)
 
     def handler(self, page: Page, lang: Language) -> Handler:
         async def serve(request: Request) -> HTTPResponse:
@@ -107,9 +117,16 @@ def register(app: Sanic) -> None:
     if not state.config.portal.enabled:
         return
     site = Site(state)
+    accounts = state.config.accounts.enabled
     for page in PAGES:
+        if page.dynamic and accounts:
+            continue  # served by the account pages below
+        if page.dynamic and page.template != "soon.html":
+            continue
         for lang, path in page.paths.items():
             # Sanic matches with or without a trailing slash: /en/ is /en.
             app.add_route(site.handler(page, lang), path.rstrip("/") or "/", methods=["GET"],
                           name=f"portal_{page.name}_{lang}")
     app.add_route(site.stylesheet, f"{STATIC_PATH}/<name>", methods=["GET"], name="portal_static")
+    if accounts:
+        register_account_pages(app, site)

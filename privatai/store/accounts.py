@@ -9,14 +9,14 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 import sqlalchemy.exc
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 
 from privatai.store.auth_cache import AuthCache, Outcome, key_digest
 from privatai.store.connection import Database, Queries
 from privatai.store.keys import DISPLAY_LENGTH, KEY_PREFIX, display_prefix, generate_key, hash_key, is_well_formed
 from privatai.store.names import LABEL_MAX, NAME_MAX, PLAN_MAX, AdminError, checked, quoted
 from privatai.store.records import DEFAULT_PLAN, Account, ApiKey, NewKey, Principal, utc_now
-from privatai.store.schema import accounts, api_keys
+from privatai.store.schema import accounts, api_keys, invites, memberships, usage_daily
 
 _ACCOUNT = select(accounts.c.id, accounts.c.name, accounts.c.plan, accounts.c.status, accounts.c.created)
 _KEY = select(api_keys.c.id, api_keys.c.account_id, accounts.c.name, api_keys.c.label, api_keys.c.prefix,
@@ -73,12 +73,28 @@ class Accounts(Queries):
     async def list_accounts(self) -> list[Account]:
         return [Account(*row) for row in await self._rows(_ACCOUNT.order_by(accounts.c.name))]
 
-    async def set_account_status(self, name: str, status: Literal["active", "suspended"]) -> Account:
+    async def set_account_status(self, name: str,
+                                 status: Literal["active", "past_due", "inactive", "pending", "suspended"]
+                                 ) -> Account:
         account = await self.get_account(name)
         async with self._db.write() as conn:
             await conn.execute(update(accounts).where(accounts.c.id == account.id).values(status=status))
         self._auth.clear()
         return await self.get_account(name)
+
+    async def delete_account(self, name: str) -> Account:
+        """Erase an account at once with its keys, their usage, its members and
+        invitations (DSGVO Art. 17): its keys are unknown from now on."""
+        account = await self.get_account(name)
+        keys = select(api_keys.c.id).where(api_keys.c.account_id == account.id)
+        async with self._db.write() as conn:
+            await conn.execute(delete(usage_daily).where(usage_daily.c.key_id.in_(keys)))
+            await conn.execute(delete(api_keys).where(api_keys.c.account_id == account.id))
+            await conn.execute(delete(invites).where(invites.c.account_id == account.id))
+            await conn.execute(delete(memberships).where(memberships.c.account_id == account.id))
+            await conn.execute(delete(accounts).where(accounts.c.id == account.id))
+        self._auth.clear()
+        return account
 
     # ------------------------------------------------------------------ keys
 

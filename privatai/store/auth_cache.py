@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from privatai.errors import AuthenticationFailed, PermissionDenied, SubscriptionInactive
+from privatai.errors import AccountPending, AuthenticationFailed, PermissionDenied, SubscriptionInactive
 from privatai.store.keys import hash_key, is_well_formed
 from privatai.store.records import Principal
 
@@ -24,6 +24,7 @@ INVALID = "Invalid API key."
 REVOKED = "This API key has been revoked."
 EXPIRED = "This API key has expired."
 SUSPENDED = "The account of this API key is suspended. Contact support to reactivate it."
+PENDING = "The account of this API key awaits the operator's approval."
 INACTIVE = ("The account of this API key has no active subscription. "
             "Choose a plan or update the payment method on your dashboard.")
 # Served: a subscription that is paid, or whose failed payment is within its grace period.
@@ -59,6 +60,8 @@ class Outcome:
         expires = _epoch(expires_at) if expires_at is not None else None
         if status == "suspended":
             return cls(None, PermissionDenied(SUSPENDED), expires, known=True)
+        if status == "pending":
+            return cls(None, AccountPending(PENDING), expires, known=True)
         if status not in SERVED:
             return cls(None, SubscriptionInactive(INACTIVE), expires, known=True)
         return cls(Principal(key_id, prefix, account_id, account_name, plan), None, expires, known=True)

@@ -56,6 +56,9 @@ class MeterDay:
     tokens: int
 
 
+# Set and lifted by the operator only.
+OPERATOR_STATUSES = ("suspended", "pending")
+
 _CUSTOMER = select(billing_customers.c.account_id, billing_customers.c.customer_id,
                    billing_customers.c.subscription_id, billing_customers.c.subscription_status,
                    billing_customers.c.grace_until, billing_customers.c.metered_since)
@@ -103,7 +106,8 @@ class BillingQueries(Queries):
                                   decide: Callable[[BillingCustomer], Decision]) -> bool:
         """Apply an event to an account exactly once: ``decide`` sees the
         customer's row as it is inside the transaction. False for a replay.
-        A suspended account keeps its status whatever billing decides."""
+        The operator's statuses stand whatever billing decides: suspended, and
+        pending (a sign-up awaiting approval; approving it makes it active)."""
         try:
             async with self._db.write() as conn:
                 await conn.execute(insert(billing_events).values(
@@ -123,7 +127,8 @@ class BillingQueries(Queries):
                     changes["plan"] = decision.plan
                 if changes:
                     await conn.execute(update(accounts)
-                                       .where(accounts.c.id == account_id, accounts.c.status != "suspended")
+                                       .where(accounts.c.id == account_id,
+                                              accounts.c.status.not_in(OPERATOR_STATUSES))
                                        .values(**changes))
         except sqlalchemy.exc.IntegrityError:
             return False

@@ -29,7 +29,7 @@ class Account:
     id: int
     name: str
     plan: str
-    status: Literal["active", "past_due", "pending", "inactive", "suspended"]
+    status: Literal["active", "past_due", "inactive", "pending", "suspended"]
     created: str
 
 

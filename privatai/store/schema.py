@@ -2,7 +2,9 @@
 
 Data minimisation is part of the product: keys are stored only as SHA-256,
 usage only as per-key, per-UTC-day, per-model sums. There are no per-request
-rows, no client addresses and no content anywhere in the schema.
+rows, no client addresses and no content anywhere in the schema. The people
+who sign up on the website are an e-mail address and an Argon2id hash;
+their sessions and mailed links are kept only as SHA-256 of the token.
 
 Times are ISO-8601 text in UTC (``2025-06-01T12:00:00``) and days
 ``YYYY-MM-DD``, on both databases, so that comparisons and period filters are
@@ -17,17 +19,16 @@ from sqlalchemy import (BigInteger, CheckConstraint, Column, ForeignKey, Index, 
 
 metadata = MetaData()
 
+# Shared with billing: active | past_due (served, payment grace) | inactive (no
+# subscription) | pending (awaiting the operator) | suspended (by the operator).
+ACCOUNT_STATUSES = ("active", "past_due", "inactive", "pending", "suspended")
+ROLES = ("owner", "admin", "member")
+
 # Sums of tokens and requests: 64-bit on both (SQLite's INTEGER always is).
 Count = BigInteger().with_variant(Integer(), "sqlite")
 # Account names are unique whatever their case: in SQLite by the column's
 # NOCASE collation, in PostgreSQL by a unique index on lower(name).
 Name = Text().with_variant(Text(collation="NOCASE"), "sqlite")
-
-# The account statuses: active and past_due (a failed payment, within its
-# grace period) are served; pending (signed up, not yet paid) and inactive (no
-# subscription) are not; suspended is the operator's, and billing never lifts it.
-ACCOUNT_STATUSES = ("active", "past_due", "pending", "inactive", "suspended")
-ACCOUNT_STATUS_CHECK = "status IN ({})".format(", ".join(f"'{s}'" for s in ACCOUNT_STATUSES))
 
 accounts = Table(
     "accounts", metadata,
@@ -36,7 +37,7 @@ accounts = Table(
     Column("plan", Text, nullable=False),
     Column("status", Text, nullable=False, server_default="active"),
     Column("created", Text, nullable=False),
-    CheckConstraint(ACCOUNT_STATUS_CHECK, name="accounts_status"),
+    CheckConstraint(f"status IN ({', '.join(repr(s) for s in ACCOUNT_STATUSES)})", name="accounts_status"),
     UniqueConstraint("name").ddl_if(dialect="sqlite"),
 )
 Index("accounts_name_lower", func.lower(accounts.c.name), unique=True).ddl_if(dialect="postgresql")
@@ -68,6 +69,83 @@ usage_daily = Table(
     sqlite_with_rowid=False,
 )
 Index("usage_daily_day", usage_daily.c.day)
+
+# People: an e-mail address (stored lower case, unique) and an Argon2id hash.
+users = Table(
+    "users", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("email", Text, nullable=False, unique=True),
+    Column("password_hash", Text, nullable=False),
+    Column("created", Text, nullable=False),
+    Column("confirmed_at", Text),
+    # The TOTP secret while a second factor is on, and the last time step used
+    # (a code is accepted once).
+    Column("totp_secret", Text),
+    Column("totp_last_step", Count),
+    Column("is_admin", Integer, nullable=False, server_default=text("0")),
+    # Ids never come back after a deletion: the audit log names people by id.
+    sqlite_autoincrement=True,
+)
+
+memberships = Table(
+    "memberships", metadata,
+    Column("account_id", Integer, ForeignKey("accounts.id"), nullable=False),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False),
+    Column("role", Text, nullable=False),
+    Column("created", Text, nullable=False),
+    PrimaryKeyConstraint("account_id", "user_id", name="memberships_pkey"),
+    CheckConstraint(f"role IN ({', '.join(repr(r) for r in ROLES)})", name="memberships_role"),
+)
+Index("memberships_user", memberships.c.user_id)
+
+# A login: only the SHA-256 of the cookie's token is stored.
+sessions = Table(
+    "sessions", metadata,
+    Column("token_sha256", Text, primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False),
+    Column("created", Text, nullable=False),
+    Column("expires", Text, nullable=False),
+    Column("last_seen", Text, nullable=False),
+    # Password given, TOTP code still owed: the session opens nothing else.
+    Column("second_factor_pending", Integer, nullable=False, server_default=text("0")),
+)
+Index("sessions_user", sessions.c.user_id)
+
+# Links mailed to a person (confirm the address, reset the password).
+user_tokens = Table(
+    "user_tokens", metadata,
+    Column("token_sha256", Text, primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False),
+    Column("purpose", Text, nullable=False),
+    Column("expires", Text, nullable=False),
+    CheckConstraint("purpose IN ('confirm', 'reset')", name="user_tokens_purpose"),
+)
+Index("user_tokens_user", user_tokens.c.user_id)
+
+invites = Table(
+    "invites", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("account_id", Integer, ForeignKey("accounts.id"), nullable=False),
+    Column("email", Text, nullable=False),
+    Column("role", Text, nullable=False),
+    Column("token_sha256", Text, nullable=False, unique=True),
+    Column("created", Text, nullable=False),
+    Column("expires", Text, nullable=False),
+    CheckConstraint("role IN ('admin', 'member')", name="invites_role"),
+)
+Index("invites_account", invites.c.account_id)
+
+# What operators (and owners deleting accounts) did: who, what, to which
+# record, when. Never content, never an e-mail address: ids only.
+audit_log = Table(
+    "audit_log", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("created", Text, nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("action", Text, nullable=False),
+    Column("target", Text, nullable=False),
+)
+Index("audit_log_created", audit_log.c.created)
 
 # Billing (Stripe): an account's customer and the subscription state the last
 # event left; the webhook events already applied, by id, so that a replay

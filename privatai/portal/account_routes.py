@@ -1,0 +1,68 @@
+"""The account pages' routes, in both languages: each page's German and
+English address (:data:`privatai.portal.pages.PAGES`) and, under the
+dashboard's, the account actions."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+from sanic import Request, Sanic
+from sanic.response import HTTPResponse
+
+from privatai.config import Language
+from privatai.portal.admin_pages import AdminPages
+from privatai.portal.auth_pages import AuthPages
+from privatai.portal.dashboard import Dashboard
+from privatai.portal.pages import BY_NAME
+from privatai.portal.self_service import SelfService
+from privatai.portal.web import Web
+
+if TYPE_CHECKING:
+    from privatai.portal.routes import Site
+
+View = Callable[..., Awaitable[HTTPResponse]]
+
+
+def register_account_pages(app: Sanic, site: Site) -> None:
+    web = Web(site)
+    auth, dashboard, me, admin = AuthPages(web), Dashboard(web), SelfService(web), AdminPages(web)
+    both = ["GET", "POST"]
+    # (page, path under it, methods, view)
+    routes: list[tuple[str, str, list[str], View]] = [
+        ("signup", "", both, auth.signup),
+        ("login", "", both, auth.login),
+        ("second_factor", "", both, auth.second_factor),
+        ("logout", "", ["POST"], auth.logout),
+        ("confirm", "", both, auth.confirm),
+        ("forgot", "", both, auth.forgot),
+        ("reset", "", both, auth.reset),
+        ("invitation", "", both, dashboard.invitation),
+        ("dashboard", "", ["GET"], dashboard.index),
+        ("dashboard", "/<account_id:int>", ["GET"], dashboard.account),
+        ("dashboard", "/<account_id:int>/keys", ["POST"], dashboard.create_key),
+        ("dashboard", "/<account_id:int>/keys/<key_id:int>/revoke", ["POST"], dashboard.revoke_key),
+        ("dashboard", "/<account_id:int>/usage.csv", ["GET"], dashboard.usage_csv),
+        ("dashboard", "/<account_id:int>/invite", ["POST"], dashboard.invite),
+        ("dashboard", "/<account_id:int>/invites/<invite_id:int>/cancel", ["POST"], dashboard.cancel_invite),
+        ("dashboard", "/<account_id:int>/members/<user_id:int>/<action:remove|role>", ["POST"],
+         dashboard.member_action),
+        ("dashboard", "/<account_id:int>/delete", ["POST"], dashboard.delete_account),
+        ("security", "", ["GET"], me.security),
+        ("security", "/totp", ["POST"], me.totp_on),
+        ("security", "/totp/off", ["POST"], me.totp_off),
+        ("security", "/password", ["POST"], me.password),
+        ("my_data", "", ["GET"], me.my_data),
+        ("my_data", "/export.json", ["GET"], me.export),
+        ("my_data", "/delete", ["POST"], me.delete_me),
+        ("admin", "", ["GET"], admin.overview),
+        ("admin", "/accounts/<account_id:int>/<action:approve|suspend|activate|delete>", ["POST"], admin.act),
+    ]
+    for index, (page, suffix, methods, view) in enumerate(routes):
+        for lang, path in BY_NAME[page].paths.items():
+            app.add_route(_bound(view, lang), (path + suffix).rstrip("/") or "/", methods=methods,
+                          name=f"portal_account_{index}_{lang}")
+
+
+def _bound(view: View, lang: Language) -> Callable[..., Awaitable[HTTPResponse]]:
+    async def handler(request: Request, **params: Any) -> HTTPResponse:
+        return await view(request, lang, **params)
+    return handler

@@ -103,12 +103,12 @@ async def subscribe(gateway: LocalGateway, fake: FakeStripe, account: str, plan:
     """Checkout for ``plan`` and the customer paying on the hosted page; the subscription id."""
     import httpx
     billing = billing_of(gateway)
-    url = await billing.checkout_url(await store_of(gateway).get_account(account), plan)
+    url = await billing.checkout_url(await store_of(gateway).get_account(account), plan, "/konto/1")
     async with httpx.AsyncClient() as http:
         page = await http.get(url)
         assert page.status_code == 200 and "Pay and subscribe" in page.text
         paid = await http.post(url, data={"action": "pay"})
     assert paid.status_code == 303, paid.text
-    assert paid.headers["location"] == "https://api.example.de/dashboard?checkout=done"
+    assert paid.headers["location"] == "https://api.example.de/konto/1?done=checkout_done"
     session = fake.sessions[url.rsplit("/", 1)[-1]]
     return str(session["subscription"])

@@ -226,21 +226,21 @@ async def test_checkout_and_portal_links(billed: Billed) -> None:
     account = await store_of(gateway).get_account("acme")
     from privatai.errors import InvalidRequest
     with pytest.raises(InvalidRequest) as refused:
-        await billing.checkout_url(account, "enterprise")
+        await billing.checkout_url(account, "enterprise", "/konto/1")
     assert refused.value.code == "plan_not_available"
     with pytest.raises(InvalidRequest) as refused:
-        await billing.portal_url(account)
+        await billing.portal_url(account, "/konto/1")
     assert refused.value.code == "no_subscription"
     await subscribe(gateway, fake, "acme")
     with pytest.raises(InvalidRequest) as refused:
-        await billing.checkout_url(await store_of(gateway).get_account("acme"), "pro")
+        await billing.checkout_url(await store_of(gateway).get_account("acme"), "pro", "/konto/1")
     assert refused.value.code == "subscription_exists"
-    url = await billing.portal_url(account)
+    url = await billing.portal_url(account, "/konto/1")
     portal = fake.sessions[url.rsplit("/", 1)[-1]]
-    assert portal["return_url"] == "https://api.example.de/dashboard"
+    assert portal["return_url"] == "https://api.example.de/konto/1"
     # The hosted portal's cancellation reaches the account through the webhook.
     async with httpx.AsyncClient() as http:
         done = await http.post(url, data={"action": "cancel"})
-    assert done.status_code == 303 and done.headers["location"] == "https://api.example.de/dashboard"
+    assert done.status_code == 303 and done.headers["location"] == "https://api.example.de/konto/1"
     assert await status_of(gateway, "acme") == "inactive"
     assert len(fake.customers) == 1  # one customer per account, reused

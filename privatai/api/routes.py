@@ -61,6 +61,6 @@ def register(app: Sanic, config: Config) -> None:
     if config.web_chat.enabled:
         webchat.register(app)
     if config.billing.mode == "stripe":
-        billing_routes.register(app)
+        billing_routes.register(app, config.billing)
     # The public website; its registration decides whether it takes "/".
     portal.register(app)

@@ -34,8 +34,6 @@ HANDLED = frozenset({
     "customer.subscription.created", "customer.subscription.updated", "customer.subscription.deleted",
     "invoice.paid", "invoice.payment_failed",
 })
-# Where Stripe sends a customer back to: the portal's dashboard.
-RETURN_PATH = "/dashboard"
 # A subscription in one of these is the one to manage in the Billing Portal, not to buy again.
 _SUBSCRIBED = frozenset({"active", "trialing", "past_due", "unpaid", "incomplete"})
 
@@ -88,8 +86,9 @@ class Billing:
 
     # ------------------------------------------------------------------ links
 
-    async def checkout_url(self, account: Account, plan: str) -> str:
-        """Stripe Checkout for ``plan``, creating the account's Stripe customer on first use."""
+    async def checkout_url(self, account: Account, plan: str, return_path: str) -> str:
+        """Stripe Checkout for ``plan``, creating the account's Stripe customer on first use;
+        Stripe sends the customer back to ``return_path`` (the account's dashboard page)."""
         offer = self.config.plans.get(plan)
         if offer is None:
             raise InvalidRequest(f"The plan {plan!r} cannot be bought online.", code="plan_not_available")
@@ -106,13 +105,13 @@ class Billing:
             return await self._api.checkout_url(
                 customer=customer.customer_id, account_id=account.id, price=offer.price,
                 metered=offer.meter_event is not None,
-                success_url=f"{self._public_url}{RETURN_PATH}?checkout=done",
-                cancel_url=f"{self._public_url}{RETURN_PATH}?checkout=cancelled",
+                success_url=f"{self._public_url}{return_path}?done=checkout_done",
+                cancel_url=f"{self._public_url}{return_path}?done=checkout_cancelled",
                 automatic_tax=self.config.automatic_tax, collect_tax_id=self.config.collect_tax_id)
         except stripe.StripeError as exc:
             raise _unavailable("checkout", exc) from None
 
-    async def portal_url(self, account: Account) -> str:
+    async def portal_url(self, account: Account, return_path: str) -> str:
         """The Stripe Billing Portal for the account's customer (card, invoices, cancellation)."""
         customer = await self._store.billing_customer(account.id)
         if customer is None:
@@ -120,7 +119,7 @@ class Billing:
                                  code="no_subscription")
         try:
             return await self._api.portal_url(customer=customer.customer_id,
-                                              return_url=f"{self._public_url}{RETURN_PATH}")
+                                              return_url=f"{self._public_url}{return_path}")
         except stripe.StripeError as exc:
             raise _unavailable("billing portal", exc) from None
 

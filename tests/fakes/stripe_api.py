@@ -122,6 +122,7 @@ class FakeStripe(FakeBackend):
         self.deliver = True
         self.outbox: list[bytes] = []            # events not delivered (deliver False)
         self.deliveries: list[tuple[str, int]] = []  # (event type, webhook status) of delivered events
+        self.sent_at: list[float] = []                # when each delivery was sent (time.monotonic())
         self.customers: dict[str, dict[str, Any]] = {}
         self.sessions: dict[str, dict[str, Any]] = {}
         self.subscriptions: dict[str, FakeSubscription] = {}
@@ -165,6 +166,7 @@ class FakeStripe(FakeBackend):
         assert self.webhook_url is not None
         headers = {"Content-Type": "application/json; charset=utf-8",
                    "Stripe-Signature": signature if signature is not None else sign(payload, self.webhook_secret)}
+        self.sent_at.append(time.monotonic())
         async with aiohttp.ClientSession() as session:
             async with session.post(self.webhook_url, data=payload, headers=headers) as response:
                 body = await response.json(content_type=None)

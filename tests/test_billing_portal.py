@@ -1,11 +1,12 @@
-"""End to end in Chromium: sign up, choose Pro, pay on the (fake) Stripe
+"""The dashboard's payment buttons. End to end in Chromium: sign up, choose Pro, pay on the (fake) Stripe
 Checkout page, the webhook activates the account, the dashboard says so, a
 key works; cancelling in the (fake) Billing Portal refuses the key with 403
 subscription_inactive within a second.
 
 The gateway runs as its own process with billing.mode stripe; the fake Stripe
 API and the mailbox run on their own threads, the browser is Debian's
-Chromium driven by Playwright."""
+Chromium driven by Playwright. Over plain HTTP: what the payment actions
+refuse (no session, no CSRF token, a plan not for sale, Stripe down)."""
 from __future__ import annotations
 
 import re
@@ -16,6 +17,7 @@ from typing import Any, Iterator
 import openai
 import pytest
 
+from tests.account_helpers import Visitor, new_customer, notice
 from tests.billing_helpers import billing_section
 from tests.fakes import FAKES
 from tests.fakes.stripe_api import SECRET_KEY, WEBHOOK_SECRET, FakeStripe
@@ -101,3 +103,36 @@ def test_sign_up_pay_use_cancel(browser: Any, world: tuple[Gateway, FakeStripe, 
     assert isinstance(refused.value.body, dict) and refused.value.body["code"] == "subscription_inactive"
     assert page.get_attribute("[data-status]", "data-status") == "inactive"
     assert page.locator("button[data-billing=checkout][data-plan=pro]").count() == 1
+
+
+def test_payment_actions_need_the_session_its_token_and_a_sellable_plan(
+        world: tuple[Gateway, FakeStripe, Mailbox]) -> None:
+    gateway, stripe, mailbox = world
+    visitor = Visitor(gateway)
+    try:
+        account_id = new_customer(visitor, mailbox, "chef@example.de", account="Chef GmbH")
+        page = visitor.get(f"/konto/{account_id}")
+        policy = page.headers["content-security-policy"]
+        assert f"form-action 'self' https://checkout.stripe.com https://billing.stripe.com {stripe.root}" in policy
+        assert 'data-plan="pro"' in page.text and 'data-billing="portal"' not in page.text
+        assert "zzgl. 19 % Umsatzsteuer" in page.text
+        sessions = len(stripe.sessions)
+        checkout = f"/konto/{account_id}/billing/checkout"
+        # No CSRF token, or no session at all: refused, nothing asked of Stripe.
+        assert visitor.post(checkout, {"plan": "pro"}, csrf=False).status_code == 403
+        stranger = Visitor(gateway)
+        assert stranger.post(checkout, {"plan": "pro"}, csrf=False).status_code == 403
+        stranger.close()
+        # Never been to Stripe: nothing to manage there.
+        manage = visitor.post(f"/konto/{account_id}/billing/portal", {})
+        assert (manage.status_code, notice(manage)) == (400, "billing_refused")
+        refused = visitor.post(checkout, {"plan": "enterprise"})
+        assert (refused.status_code, notice(refused)) == (400, "billing_refused")
+        assert len(stripe.sessions) == sessions
+        stripe.fail("/v1/checkout/sessions")
+        down = visitor.post(checkout, {"plan": "pro"})
+        assert (down.status_code, notice(down)) == (503, "billing_unavailable")
+        sent = visitor.post(checkout, {"plan": "pro"})
+        assert sent.status_code == 303 and sent.headers["location"].startswith(f"{stripe.root}/checkout/cs_")
+    finally:
+        visitor.close()

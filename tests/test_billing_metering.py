@@ -73,3 +73,20 @@ async def test_closed_days_are_reported_exactly_once_with_a_retry(
                 f"privatai-{account.id}-{today.isoformat()}"]["created"], "livemode": False}]
         # One failed call and one that succeeded; none afterwards.
         assert len([r for r in fake.requests if r.path == METER_PATH]) == 2
+
+
+async def test_deleting_a_billed_account_removes_its_billing_rows(
+        tmp_path: Path, backend: ScriptedBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with billed_gateway(tmp_path, backend, monkeypatch) as (gateway, fake):
+        key = await new_customer_account(gateway, "goneco")
+        await subscribe(gateway, fake, "goneco", plan="tokens")
+        await told(gateway, key, backend, (3, 4))
+        assert gateway.app is not None
+        await gateway.app.ctx.state.recorder.flush()
+        store = store_of(gateway)
+        account = await store.get_account("goneco")
+        await billing_of(gateway).sweep(datetime.combine(utc_now().date() + timedelta(days=1), time(0, 10)))
+        assert await store.meter_reports(account.id) != []
+        await store.delete_account("goneco")
+        assert await store.billing_customer(account.id) is None
+        assert await store.meter_reports(account.id) == []

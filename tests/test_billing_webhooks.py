@@ -9,6 +9,8 @@ with the openai SDK, as a customer would.
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import time
 from pathlib import Path
 from typing import AsyncIterator
@@ -19,7 +21,7 @@ import pytest
 from privatai.core.events import TextDelta
 from tests.billing_helpers import (PRO_PRICE, billed_gateway, billing_of, chat, new_customer_account, refusal,
                                    set_status, status_of, store_of, subscribe)
-from tests.fakes.stripe_api import FakeStripe, sign
+from tests.fakes.stripe_api import SECRET_KEY, WEBHOOK_SECRET, FakeStripe, sign
 from tests.gateway import LocalGateway, eventually
 from tests.scripted import ScriptedBackend, ScriptedBackends
 
@@ -244,3 +246,22 @@ async def test_checkout_and_portal_links(billed: Billed) -> None:
     assert done.status_code == 303 and done.headers["location"] == "https://api.example.de/konto/1"
     assert await status_of(gateway, "acme") == "inactive"
     assert len(fake.customers) == 1  # one customer per account, reused
+
+
+async def test_no_secret_or_customer_detail_reaches_a_log(billed: Billed, caplog: pytest.LogCaptureFixture) -> None:
+    gateway, fake = billed
+    caplog.set_level(logging.DEBUG)
+    canary = "canary-4f1d@kunde.example"
+    await new_customer_account(gateway, "acme")
+    fake.deliver = False
+    await subscribe(gateway, fake, "acme")
+    completed = json.loads(fake.outbox[2])
+    completed["data"]["object"]["customer_details"] = {"email": canary, "name": canary}
+    payload = json.dumps(completed).encode()
+    assert (await fake.post(payload))[1]["outcome"] == "applied"
+    forged = payload.replace(b"acme", b"evil")
+    assert (await fake.post(forged, signature=sign(payload, "whsec_wrong")))[0] == 400
+    logged = caplog.text
+    for secret in (canary, SECRET_KEY, WEBHOOK_SECRET):
+        assert secret not in logged
+    assert "billing event checkout.session.completed applied" in logged

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import msgspec
 import yaml
 
+from privatai.billing.config import BillingConfig, check_billing
 from privatai.errors import ConfigError
 from privatai.plans.settings import ReservedFor, check_plans
 from privatai.portal.settings import AccountsConfig
@@ -240,6 +241,7 @@ class Config(_Section):
     portal: PortalConfig = msgspec.field(default_factory=PortalConfig)
     state: StateConfig = msgspec.field(default_factory=StateConfig)
     plans: list[PlanConfig] = msgspec.field(default_factory=default_plans)
+    billing: BillingConfig = msgspec.field(default_factory=BillingConfig)
     accounts: AccountsConfig = msgspec.field(default_factory=AccountsConfig)
     # Where the file was read from, for messages and relative paths.
     source: str = "<memory>"
@@ -419,6 +421,7 @@ def _check(config: Config) -> None:
             raise ConfigError(config.source, f"plans[{i}].name", f"duplicate plan name {plan.name!r}")
         plans.add(plan.name)
     check_plans(config)
+    check_billing(config.source, config.billing, plans, portal.public_url)
     if config.accounts.plan is not None and config.plans and config.accounts.plan not in plans:
         raise ConfigError(config.source, "accounts.plan", f"{config.accounts.plan!r} is not one of plans:")
     for i, entry in enumerate(config.web_chat.trusted_proxies):

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from privatai.limits.redis_link import RedisLink
     from privatai.ops.runtime import RuntimeDir
     from privatai.plans.gate import PlanGate
+    from privatai.billing.service import Billing
     from privatai.store.database import Principal, Store
     from privatai.store.recorder import UsageRecorder
 
@@ -31,6 +32,7 @@ class AppState:
     recorder: UsageRecorder | None = None  # likewise
     plans: PlanGate | None = None          # likewise (its quotas start from the store)
     redis: RedisLink | None = None  # with state.redis_url: shared limits and auth notices
+    billing: Billing | None = None         # likewise, with billing.mode stripe
     started_wall: float = field(default_factory=time.time)
     metrics: Metrics | None = None  # made in __post_init__ unless metrics are disabled
     # Set once every backend has been probed after start: until then /readyz says "starting".

@@ -19,6 +19,7 @@ from privatai.store.keys import generate_key
 from privatai.store.migrate import HEAD
 from privatai.store.names import AdminError
 from privatai.store.records import Principal
+from privatai.store.schema import metadata
 from tests.services import Target
 
 
@@ -49,7 +50,8 @@ async def test_a_new_sqlite_file_is_owner_only_in_wal_mode(db_path: str) -> None
         await store.close()
     with sqlite3.connect(db_path) as db:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert tables == {"accounts", "api_keys", "usage_daily", "auth_changes", "usage_batches", "alembic_version"}
+    # The schema's tables, Alembic's, and SQLite's counter behind AUTOINCREMENT (users).
+    assert tables == {*metadata.tables, "alembic_version", "sqlite_sequence"}
     assert stat.S_IMODE(Path(db_path).stat().st_mode) == 0o600
 
 

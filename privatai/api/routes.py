@@ -15,6 +15,7 @@ from sanic import Sanic
 
 from privatai import portal
 from privatai.api import webchat
+from privatai.billing import routes as billing_routes
 from privatai.api.chat import chat_completions
 from privatai.api.completions import completions
 from privatai.api.embeddings import embeddings
@@ -74,5 +75,7 @@ def register(app: Sanic, config: Config) -> None:
         app.add_route(metrics_endpoint(config.metrics), "/metrics", methods=["GET"], name="metrics")
     if config.web_chat.enabled:
         webchat.register(app)
+    if config.billing.mode == "stripe":
+        billing_routes.register(app, config.billing)
     # The public website; its registration decides whether it takes "/".
     portal.register(app)

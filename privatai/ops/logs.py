@@ -38,7 +38,7 @@ NOISY_LOGGERS = ("httpx", "httpcore", "openai", "ollama", "aiohttp", "aiohttp.cl
                  "aiohttp.access", "aiohttp.server", "aiosqlite", "urllib3", "asyncio",
                  "sanic.error", "sanic.server", "sanic.root", "sanic.access", "sanic.websockets",
                  "hpack", "h11", "h2", "llama_cpp", "llama-cpp-python", "uvicorn", "multipart",
-                 "py.warnings")
+                 "py.warnings", "stripe")
 
 _OURS = "privatai"
 

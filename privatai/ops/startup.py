@@ -57,6 +57,14 @@ async def open_parts(state: AppState) -> None:
         if state.redis is not None:
             # Not required: while Redis is down the API serves on (per-instance limits).
             await state.redis.start(on_message=state.store.forget_authentications)
+        if config.billing.mode == "stripe":
+            # Imported only here: stripe-python takes a tenth of a second to import.
+            from privatai.billing.service import Billing, BillingNotConfigured
+            try:
+                state.billing = Billing.from_config(config, state.store)
+            except BillingNotConfigured as exc:
+                raise StartupFailed("billing", str(exc)) from exc
+            state.billing.start()
         try:
             # Now rather than on the first request that needs it.
             await asyncio.to_thread(tokens.encoding)
@@ -73,11 +81,13 @@ async def open_parts(state: AppState) -> None:
 
 
 async def close_parts(state: AppState) -> None:
-    """Close backends, then flush usage and close the store (which may never have opened)."""
+    """Close backends and billing, then flush usage and close the store (which may never have opened)."""
     try:
         await state.router.close()
         if state.redis is not None:
             await state.redis.close()
+        if state.billing is not None:
+            await state.billing.close()
     finally:
         try:
             if state.recorder is not None:

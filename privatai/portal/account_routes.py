@@ -58,6 +58,10 @@ def register_account_pages(app: Sanic, site: Site) -> None:
         ("admin", "", ["GET"], admin.overview),
         ("admin", "/accounts/<account_id:int>/<action:approve|suspend|activate|delete>", ["POST"], admin.act),
     ]
+    if site.state.config.billing.mode == "stripe":
+        # Imported only then: it brings stripe-python.
+        from privatai.billing.portal import payment_routes
+        routes += payment_routes(web)
     for index, (page, suffix, methods, view) in enumerate(routes):
         for lang, path in BY_NAME[page].paths.items():
             app.add_route(_bound(view, page, lang), (path + suffix).rstrip("/") or "/", methods=methods,

@@ -111,7 +111,9 @@ class AuthPages:
         if wait is not None:
             return self._too_many(request, visitor, lang, "signup", wait)
         accounts = web.config.accounts
-        status = "pending" if accounts.approval else "active"
+        # With Stripe, an account is active once its subscription is paid.
+        paid_later = web.config.billing.mode == "stripe"
+        status = "pending" if accounts.approval else "inactive" if paid_later else "active"
         try:
             user = await web.stores.people.sign_up(email, await hash_password(password), name,
                                                       signup_plan(web.config), status)

@@ -34,7 +34,8 @@ class AccountsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     enabled: bool = True
     # true: a new account waits as "pending" until an operator approves it;
-    # false: it is "active" as soon as the e-mail address is confirmed.
+    # false: it is "active" as soon as the e-mail address is confirmed (with
+    # billing.mode stripe: "inactive" until its first payment goes through).
     approval: bool = False
     # The plan a new account gets (billing none: nothing is charged); unset:
     # the first of plans: ("pro" when there are none).

@@ -21,7 +21,8 @@ from privatai.store.connection import Database, Queries
 from privatai.store.keys import DISPLAY_LENGTH, KEY_PREFIX, display_prefix, generate_key, hash_key, is_well_formed
 from privatai.store.names import LABEL_MAX, NAME_MAX, PLAN_MAX, AdminError, checked, quoted
 from privatai.store.records import DEFAULT_PLAN, Account, ApiKey, NewKey, Principal, utc_now
-from privatai.store.schema import accounts, api_keys, invites, memberships, usage_daily
+from privatai.store.schema import (accounts, api_keys, billing_customers, billing_meter_reports, invites, memberships,
+                                   usage_daily)
 
 _ACCOUNT = select(accounts.c.id, accounts.c.name, accounts.c.plan, accounts.c.status, accounts.c.created)
 _KEY = select(api_keys.c.id, api_keys.c.account_id, accounts.c.name, api_keys.c.label, api_keys.c.prefix,
@@ -135,6 +136,9 @@ class Accounts(Queries):
             await conn.execute(delete(api_keys).where(api_keys.c.account_id == account.id))
             await conn.execute(delete(invites).where(invites.c.account_id == account.id))
             await conn.execute(delete(memberships).where(memberships.c.account_id == account.id))
+            # Billing's link to the Stripe customer; Stripe keeps its invoices (retention by law).
+            await conn.execute(delete(billing_meter_reports).where(billing_meter_reports.c.account_id == account.id))
+            await conn.execute(delete(billing_customers).where(billing_customers.c.account_id == account.id))
             await conn.execute(delete(accounts).where(accounts.c.id == account.id))
             await changes.bump(conn)
         self._auth.clear()

@@ -5,8 +5,8 @@ modules that each do one thing: the connection (:mod:`~privatai.store.connection
 the schema and its migrations (:mod:`~privatai.store.schema`,
 :mod:`~privatai.store.migrate`), accounts, keys and authentication
 (:mod:`~privatai.store.accounts`, cached by :mod:`~privatai.store.auth_cache`),
-and usage (:mod:`~privatai.store.usage`). The usage recorder is not part of
-it: it writes here through the :class:`~privatai.store.recorder.UsageSink`
+usage (:mod:`~privatai.store.usage`) and billing (:mod:`~privatai.store.billing`).
+The usage recorder is not part of it: it writes here through the :class:`~privatai.store.recorder.UsageSink`
 interface, and whoever owns both (the app) starts, flushes and stops it.
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ import sqlalchemy.exc
 
 from privatai.config import StoreConfig
 from privatai.store.accounts import Accounts
+from privatai.store.billing import BillingQueries
 from privatai.store.connection import Database, describe, reason
 from privatai.store.migrate import Migration, current_revision, migrate
 from privatai.store.names import StoreUnavailable
@@ -26,7 +27,7 @@ from privatai.store.records import UsageRow
 from privatai.store.usage import UsageQueries
 
 
-class Store(Accounts, UsageQueries):
+class Store(Accounts, UsageQueries, BillingQueries):
     """The database of one process. Open with :meth:`open`, close with :meth:`close`."""
 
     def __init__(self, db: Database, *, cache_ttl: float, cache_size: int, grace: float = 0.0) -> None:

@@ -166,3 +166,33 @@ usage_batches = Table(
     Column("written", Text, nullable=False),
 )
 Index("usage_batches_written", usage_batches.c.written)
+
+# Billing (Stripe): an account's customer and the subscription state the last
+# event left; the webhook events already applied, by id, so that a replay
+# changes nothing; and the daily token sums reported as meter events.
+billing_customers = Table(
+    "billing_customers", metadata,
+    Column("account_id", Integer, ForeignKey("accounts.id"), primary_key=True),
+    Column("customer_id", Text, nullable=False, unique=True),
+    Column("subscription_id", Text),
+    Column("subscription_status", Text),
+    Column("grace_until", Text),
+    Column("metered_since", Text),
+    Column("updated", Text, nullable=False),
+)
+
+billing_events = Table(
+    "billing_events", metadata,
+    Column("event_id", Text, primary_key=True),
+    Column("type", Text, nullable=False),
+    Column("received", Text, nullable=False),
+)
+
+billing_meter_reports = Table(
+    "billing_meter_reports", metadata,
+    Column("account_id", Integer, ForeignKey("accounts.id"), nullable=False),
+    Column("day", Text, nullable=False),
+    Column("tokens", Count, nullable=False),
+    Column("reported", Text, nullable=False),
+    PrimaryKeyConstraint("account_id", "day", name="billing_meter_reports_pkey"),
+)

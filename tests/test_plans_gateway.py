@@ -194,3 +194,31 @@ async def test_the_gateways_own_capacity_429_carries_the_keys_rate_headers(
         assert response.headers["x-ratelimit-limit-requests"] == "3"
         assert response.headers["x-ratelimit-remaining-requests"] == "1"
         assert (await slow).choices[0].message.content == "slow"
+
+
+async def test_every_endpoint_that_reaches_a_backend_keeps_to_the_plan(
+        gateway: LocalGateway, shared: ScriptedBackend, acme_gpu: ScriptedBackend) -> None:
+    client = sdk(gateway, await account_key(gateway, "small", plan="basic"))
+    outside = (lambda: client.embeddings.create(model="m-big", input="Hi"),
+               lambda: client.completions.create(model="m-big", prompt="Hi"),
+               lambda: client.responses.create(model="m-big", input="Hi"))
+    for call in outside:
+        with pytest.raises(openai.PermissionDeniedError) as denied:
+            await call()
+        assert denied.value.code == "plan_model_not_allowed"
+    assert shared.asked == []
+    # The plan's 3 requests a minute are one allowance for every endpoint.
+    await client.embeddings.create(model="m-small", input="Hi")
+    await client.completions.create(model="m-small", prompt="Hi")
+    await client.responses.create(model="m-small", input="Hi")
+    with pytest.raises(openai.RateLimitError) as limited:
+        await chat(client)
+    assert limited.value.code == "requests_per_minute_exceeded"
+    # A dedicated backend serves its account's embeddings and nobody else's.
+    acme, other = sdk(gateway, await gateway.key("acme")), sdk(gateway, await gateway.key("other"))
+    with pytest.raises(openai.NotFoundError):
+        await other.embeddings.create(model="acme-llm", input="Hi")
+    assert acme_gpu.asked == []
+    await acme.embeddings.create(model="acme-llm", input="Hi")
+    await acme.completions.create(model="acme-llm", prompt="Hi")
+    assert [a.model for a in acme_gpu.asked] == ["acme-llm", "acme-llm"]

@@ -14,6 +14,7 @@ import orjson
 from sanic.response import HTTPResponse, raw
 
 from privatai.api import access
+from privatai.api.admission import plan_admission
 from privatai.api.context import GatewayRequest
 from privatai.core.encoders import (DONE, KEEPALIVE, THINKING_FIELDS, ChunkEncoder, CompletionAggregator,
                                     error_event, new_completion_id)
@@ -21,7 +22,6 @@ from privatai.core.events import Event, Finish, Usage
 from privatai.core.metering import Meter
 from privatai.core.protocol import ChatRequest, parse_chat_request
 from privatai.core.routing import Tenant
-from privatai.plans.gate import tenant
 from privatai.api.negotiation import stream_default
 from privatai.errors import PrivatAIError
 from privatai.ops.logs import describe_error
@@ -69,16 +69,8 @@ async def run_chat(request: GatewayRequest, chat: ChatRequest) -> HTTPResponse |
     keep_reading(request)
     model = state.router.resolve(chat.model)
     request.ctx.model = model
-    principal = request.ctx.principal
-    if principal is None:  # the web chat: its own limits, the shared backends
-        return await _answer(request, state, chat, model, None)
-    assert state.plans is not None
-    admission = await state.plans.admit(principal, model, state.router, chat)
-    request.ctx.rate_headers = admission.headers
-    try:
-        return await _answer(request, state, chat, model, tenant(principal))
-    finally:
-        state.plans.settle(admission, request.ctx.usage)
+    async with plan_admission(request, state, model, chat) as who:
+        return await _answer(request, state, chat, model, who)
 
 
 async def _answer(request: GatewayRequest, state: AppState, chat: ChatRequest, model: str,

@@ -6,12 +6,14 @@ import time
 
 from sanic.response import HTTPResponse, raw
 
+from privatai.api.admission import plan_admission
 from privatai.api.chat import collect, keep_reading, stream_events
 from privatai.api.context import GatewayRequest
-from privatai.core.completions import (CompletionChunkEncoder, completion_body, new_completion_id,
+from privatai.core.completions import (CompletionChunkEncoder, CompletionRequest, completion_body, new_completion_id,
                                        parse_completion_request)
 from privatai.core.events import Event, TextDelta, Usage
 from privatai.core.metering import Meter
+from privatai.core.routing import Tenant
 from privatai.state import AppState
 
 
@@ -35,9 +37,15 @@ async def completions(request: GatewayRequest) -> HTTPResponse | None:
     keep_reading(request)
     model = state.router.resolve(body.model)
     request.ctx.model = model
+    async with plan_admission(request, state, model) as who:
+        return await _answer(request, state, body, prompt, model, who)
+
+
+async def _answer(request: GatewayRequest, state: AppState, body: CompletionRequest, prompt: str, model: str,
+                  who: Tenant | None) -> HTTPResponse | None:
     meter = Meter(prompt)
     events = state.router.events(model, request.ctx.route,
-                                 lambda adapter, upstream: adapter.complete_text(body, prompt, upstream))
+                                 lambda adapter, upstream: adapter.complete_text(body, prompt, upstream), who)
     completion_id, created = new_completion_id(), int(time.time())
     if body.stream:
         encoder = CompletionChunkEncoder(completion_id, created, model, include_usage=body.include_usage)

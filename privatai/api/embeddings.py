@@ -10,6 +10,7 @@ import asyncio
 
 from sanic.response import HTTPResponse, raw
 
+from privatai.api.admission import plan_admission
 from privatai.api.chat import keep_reading
 from privatai.api.context import GatewayRequest
 from privatai.core import tokens
@@ -26,16 +27,17 @@ async def embeddings(request: GatewayRequest) -> HTTPResponse:
     model = state.router.resolve(body.model)
     ctx = request.ctx
     ctx.model = model
-    try:
-        result: EmbeddingResult = await state.router.call(
-            model, ctx.route, lambda adapter, upstream: adapter.embed(body, texts, upstream))
-    except asyncio.CancelledError:
-        # The client left: once a backend had taken the request it read the
-        # inputs, as a chat prompt is billed when its client leaves.
-        if ctx.route.admitted:
-            await _settle(request, state, texts, None)
-        raise
-    usage = await _settle(request, state, texts, result.prompt_tokens)
+    async with plan_admission(request, state, model) as who:
+        try:
+            result: EmbeddingResult = await state.router.call(
+                model, ctx.route, lambda adapter, upstream: adapter.embed(body, texts, upstream), who)
+        except asyncio.CancelledError:
+            # The client left: once a backend had taken the request it read the
+            # inputs, as a chat prompt is billed when its client leaves.
+            if ctx.route.admitted:
+                await _settle(request, state, texts, None)
+            raise
+        usage = await _settle(request, state, texts, result.prompt_tokens)
     return raw(embeddings_response(result.vectors, model, usage.prompt_tokens, body.encoding_format),
                content_type="application/json")
 

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from sanic.response import HTTPResponse, raw
 
+from privatai.api.admission import plan_admission
 from privatai.api.chat import collect, keep_reading, stream_events
 from privatai.api.context import GatewayRequest
 from privatai.core.events import Event, TextDelta, ThinkingDelta, ToolCallDelta, Usage
 from privatai.core.metering import Meter
+from privatai.core.protocol import ChatRequest
+from privatai.core.routing import Tenant
 from privatai.core.responses.builder import ResponseBuilder, StreamEvent, frame
 from privatai.core.responses.translate import parse_responses_request, to_chat_request
+from privatai.core.responses.types import ResponsesRequest
 from privatai.errors import PrivatAIError
 from privatai.state import AppState
 
@@ -49,8 +53,14 @@ async def responses(request: GatewayRequest) -> HTTPResponse | None:
     keep_reading(request)
     model = state.router.resolve(chat.model)
     request.ctx.model = model
+    async with plan_admission(request, state, model, chat) as who:
+        return await _answer(request, state, body, chat, model, who)
+
+
+async def _answer(request: GatewayRequest, state: AppState, body: ResponsesRequest, chat: ChatRequest, model: str,
+                  who: Tenant | None) -> HTTPResponse | None:
     meter = Meter(chat)
-    events = state.router.stream(chat, model, request.ctx.route)
+    events = state.router.stream(chat, model, request.ctx.route, who)
     builder = ResponseBuilder(body, model)
     if body.stream:
         encoder = _ResponseFrames(builder)

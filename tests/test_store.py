@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import AsyncIterator
 
 import pytest
+import sqlalchemy
+import sqlalchemy.exc
 
 from privatai.errors import AuthenticationFailed, PermissionDenied
 from privatai.store.database import Store
@@ -146,6 +148,28 @@ async def test_account_admin(store: Store) -> None:
         await store.set_account_status("nope", "suspended")
     assert (await store.set_account_status("acme", "suspended")).status == "suspended"
     assert (await store.set_account_status("acme", "active")).status == "active"
+
+
+async def test_every_status_of_the_shared_vocabulary_is_stored_and_decides_authentication(store: Store) -> None:
+    await store.create_account("acme")
+    key = (await store.create_key("acme")).key
+    store.dashboard = "https://api.example.de/dashboard"
+    refused = {"inactive": "subscription_inactive", "pending": "account_pending", "suspended": "account_suspended"}
+    for status in ("active", "past_due", "inactive", "pending", "suspended"):
+        assert (await store.set_account_status("acme", status)).status == status  # type: ignore[arg-type]
+        if status in refused:
+            with pytest.raises(PermissionDenied) as denied:
+                await store.authenticate(key)
+            assert denied.value.code == refused[status]
+            assert ("https://api.example.de/dashboard" in denied.value.message) == (status != "suspended")
+        else:
+            assert (await store.authenticate(key)).account_name == "acme"
+    with pytest.raises(AdminError, match="unknown status 'frozen'"):
+        await store.set_account_status("acme", "frozen")  # type: ignore[arg-type]
+    # The database refuses a word outside the vocabulary too (the CHECK constraint of migration 0003).
+    with pytest.raises(sqlalchemy.exc.IntegrityError):
+        async with store._db.write() as conn:
+            await conn.execute(sqlalchemy.text("UPDATE accounts SET status = 'frozen'"))
 
 
 async def test_names_labels_and_plans_are_checked_where_they_enter(store: Store) -> None:

@@ -5,6 +5,7 @@ gets the same rule (:mod:`privatai.store.names`).
 """
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -39,6 +40,10 @@ class Accounts(Queries):
     def __init__(self, db: Database, *, cache_ttl: float, cache_size: int) -> None:
         super().__init__(db)
         self._auth = AuthCache(cache_ttl, cache_size)
+        # The lookup in flight per key digest: every concurrent request of a
+        # busy key misses together when its cache entry expires, and they
+        # share one query instead of sending one each.
+        self._lookups: dict[str, asyncio.Future[Outcome]] = {}
 
     # ------------------------------------------------------------------ authentication
 
@@ -47,10 +52,26 @@ class Accounts(Queries):
         digest = key_digest(raw_key)
         outcome = self._auth.get(digest)
         if outcome is None:
-            rows = await self._rows(_AUTH, {"digest": digest})
-            outcome = Outcome.of(tuple(rows[0]) if rows else None)
-            self._auth.put(digest, outcome)
+            lookup = self._lookups.get(digest)
+            if lookup is None:
+                lookup = self._lookups[digest] = asyncio.ensure_future(self._look_up(digest))
+                lookup.add_done_callback(lambda done: self._looked_up(digest, done))
+            # Shielded: a request whose client left must not cancel the others' lookup.
+            outcome = await asyncio.shield(lookup)
         return outcome.principal_now()
+
+    async def _look_up(self, digest: str) -> Outcome:
+        rows = await self._rows(_AUTH, {"digest": digest})
+        outcome = Outcome.of(tuple(rows[0]) if rows else None)
+        self._auth.put(digest, outcome)
+        return outcome
+
+    def _looked_up(self, digest: str, lookup: asyncio.Future[Outcome]) -> None:
+        del self._lookups[digest]
+        if not lookup.cancelled():
+            # Retrieved here too, so a failure whose waiters all left is not
+            # reported by asyncio as never retrieved (with the driver's text).
+            lookup.exception()
 
     # ------------------------------------------------------------------ accounts
 

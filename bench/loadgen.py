@@ -202,6 +202,8 @@ async def worker(args: argparse.Namespace, request: bytes, stats: Stats, start_a
         except (OSError, httptools.HttpParserError, TimeoutError) as exc:
             if measured:
                 stats.fail(type(exc).__name__)
+                # Frames of a stream cut off still cost the server their CPU.
+                stats.frames += conn.frames
             if conn.transport is not None:
                 conn.transport.close()
             conn = None

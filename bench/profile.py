@@ -1,6 +1,7 @@
 """Profile the gateway under one benchmark load with py-spy.
 
     python -m bench.profile requests      # non-streaming POSTs, concurrency 64
+    python -m bench.profile latency       # non-streaming POSTs, concurrency 1 (the added-latency path)
     python -m bench.profile streams       # 64 streams paced at 200 tokens/s
     python -m bench.profile many          # 1000 streams at 20 tokens/s
     python -m bench.profile ollama        # 64 streams from the Ollama (NDJSON) flavour
@@ -56,7 +57,7 @@ def top(collapsed: Path, n: int = 25) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.split("\n")[0])
-    parser.add_argument("load", choices=["requests", "streams", "many", "ollama"])
+    parser.add_argument("load", choices=["requests", "latency", "streams", "many", "ollama"])
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--native", action="store_true", help="py-spy --native (C frames too)")
     parser.add_argument("--src", default=str(Path(__file__).resolve().parent.parent))
@@ -85,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.load == "requests":
             result = bench.via.loadgen(chat_body("bench", tokens=plan.response_tokens),
                                        concurrency=plan.concurrency, duration=load_seconds)
+        elif args.load == "latency":
+            result = bench.via.loadgen(chat_body("bench", tokens=plan.response_tokens),
+                                       concurrency=1, duration=load_seconds)
         elif args.load == "streams":
             result = bench.via.loadgen(chat_body("bench-chunks", stream=True, tokens=plan.chunk_tokens),
                                        concurrency=plan.concurrency, duration=load_seconds, stream=True)

@@ -23,7 +23,8 @@ SUMMARY_KEYS = {
     "tokenize_rps_c64_backend_usage", "tokenize_rps_c64_counted", "tokenize_added_p50_ms_c1", "targets",
 }
 SCENARIOS = {"setup", "latency_c1", "throughput_c64", "ttft_c1", "ttft_c64", "stream_chunks_c64",
-             "stream_instant_c64", "stream_chunks_c64_ollama", "throughput_c64_ollama", "streams", "tokenize"}
+             "stream_instant_c64", "stream_chunks_c64_ollama", "throughput_c64_ollama", "side_by_side",
+             "streams", "tokenize"}
 
 
 def test_quick_benchmark_run_writes_a_complete_result(tmp_path: Path) -> None:
@@ -47,3 +48,8 @@ def test_quick_benchmark_run_writes_a_complete_result(tmp_path: Path) -> None:
     assert result["summary"]["streams_ok"] == result["plan"]["streams"]
     assert result["results"]["throughput_c64"]["gateway"]["ok"] > 0
     assert result["results"]["stream_chunks_c64"]["gateway"]["frames"] > 0
+    # The side-by-side table has both upstream flavours through the gateway.
+    columns = result["results"]["side_by_side"]["columns"]
+    assert {"privatai_vllm", "privatai_ollama"} <= columns.keys()
+    assert all(columns[c]["chunks_c64"]["frames"] > 0 for c in ("privatai_vllm", "privatai_ollama"))
+    assert "PrivatAI, Ollama kind" in done.stdout

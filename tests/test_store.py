@@ -14,6 +14,7 @@ from typing import AsyncIterator
 import pytest
 import sqlalchemy
 import sqlalchemy.exc
+import sqlalchemy.event
 
 from privatai.errors import AuthenticationFailed, PermissionDenied
 from privatai.store.database import Store
@@ -315,4 +316,35 @@ async def test_unknown_keys_are_cached_apart_and_bounded(target: Target) -> None
         # The flood did not evict the real key.
         assert len(store._auth.known._entries) == 1
     finally:
+        await store.close()
+
+
+async def test_requests_missing_the_cache_together_share_one_lookup(target: Target) -> None:
+    # Every request of a busy key misses at once when its entry expires; one
+    # query must answer them all, and a request that leaves must not cancel
+    # the lookup the others wait for.
+    store = await target.open(cache_ttl=60)
+    queries: list[str] = []
+
+    def count(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if "api_keys" in statement:
+            queries.append(statement)
+
+    try:
+        await store.create_account("acme")
+        created = await store.create_key("acme")
+        sqlalchemy.event.listen(store._db.engine.sync_engine, "before_cursor_execute", count)
+        leaving = asyncio.ensure_future(store.authenticate(created.key))
+        waiting = [asyncio.ensure_future(store.authenticate(created.key)) for _ in range(16)]
+        await asyncio.sleep(0)
+        leaving.cancel()
+        principals = await asyncio.gather(*waiting)
+        assert {p.account_name for p in principals} == {"acme"}
+        assert len(queries) == 1
+        unknown = generate_key()
+        refused = await asyncio.gather(*(store.authenticate(unknown) for _ in range(4)), return_exceptions=True)
+        assert all(isinstance(outcome, AuthenticationFailed) for outcome in refused)
+        assert len(queries) == 2  # an unknown key, looked up once for all its requests
+    finally:
+        sqlalchemy.event.remove(store._db.engine.sync_engine, "before_cursor_execute", count)
         await store.close()

@@ -288,6 +288,9 @@ DONE = object()
 def sse_payload(line: bytes) -> Any:
     """The JSON of one SSE line, :data:`DONE` for ``[DONE]``, None for anything else
     (comments, ``event:``/``id:`` fields, blank separators)."""
+    if line.startswith(b"data: {"):
+        # Nearly every line: one chunk (JSON allows the \r of a CRLF line after it).
+        return orjson.loads(line[6:])
     if line.endswith(b"\r"):
         line = line[:-1]
     if line.startswith(b"data:"):

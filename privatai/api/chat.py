@@ -183,16 +183,22 @@ async def stream_events(request: GatewayRequest, state: AppState, events: AsyncI
         event: Event | None = _first_result(first)
         if response is None:
             response = await _begin(request, opening)
+        # The per-token loop: bound methods, and __anext__ awaited directly
+        # (anext() with a default wraps every step in one more awaitable).
+        observe, encode, send, next_event = meter.observe, encoder.encode, response.send, events.__anext__
         while event is not None:
-            if meter.observe(event) and (frame := encoder.encode(event)):
-                await response.send(frame)
+            if observe(event) and (frame := encode(event)):
+                await send(frame)
                 if not sent:  # the first content event is out: time to first token, for metrics
                     ctx.ttft = time.perf_counter() - ctx.started
                 sent += len(frame)
-            event = await anext(events, None)
+            try:
+                event = await next_event()
+            except StopAsyncIteration:
+                event = None
         usage = await _settle(request, state, meter, complete=True)
-        await response.send(encoder.finish(meter.finish_reason, usage))
-        await response.eof()
+        # The finish chunk and the end of the body in one write.
+        await response.send(encoder.finish(meter.finish_reason, usage), end_stream=True)
     except asyncio.CancelledError:
         left = True
         raise
@@ -202,8 +208,7 @@ async def stream_events(request: GatewayRequest, state: AppState, events: AsyncI
         # Once streaming began, errors go in-band; the SDK raises on them.
         error = exc if isinstance(exc, PrivatAIError) else PrivatAIError("Internal server error.")
         ctx.error = describe_error(exc)
-        await response.send(failure(error))
-        await response.eof()
+        await response.send(failure(error), end_stream=True)
     finally:
         if not first.done():
             first.cancel()

@@ -6,7 +6,7 @@ with no I/O, so they are tested without a server.
 """
 from __future__ import annotations
 
-import secrets
+import random
 import time
 from typing import Any, Iterable
 
@@ -22,11 +22,13 @@ THINKING_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 DONE = b"data: [DONE]\n\n"
+_CONTENT_TAIL = b'},"finish_reason":null}]}\n\n'
 KEEPALIVE = b": keep-alive\n\n"
 
 
 def new_completion_id() -> str:
-    return "chatcmpl-" + secrets.token_hex(12)
+    # Unique, not secret (see privatai.api.cors.new_request_id).
+    return f"chatcmpl-{random.getrandbits(96):024x}"
 
 
 def error_event(error: PrivatAIError) -> bytes:
@@ -53,6 +55,7 @@ class ChunkEncoder:
     def _set_head(self, fields: dict[str, Any]) -> None:
         self._head = b"data: " + orjson.dumps(fields)[:-1]
         self._choice_prefix = self._head + b',"choices":[{"index":0,"delta":'
+        self._content_prefix = self._choice_prefix + b'{"content":'
 
     def _delta(self, delta: dict[str, Any], finish_reason: str | None = None,
                usage: Usage | None = None, logprobs: list[Any] | None = None) -> bytes:
@@ -72,6 +75,9 @@ class ChunkEncoder:
     def encode(self, event: Event) -> bytes:
         """One content event (text, thinking, tool call) as an SSE frame."""
         if type(event) is TextDelta:
+            if self._role_sent:
+                # Most frames of a stream: only the text is encoded.
+                return self._content_prefix + orjson.dumps(event.text) + _CONTENT_TAIL
             return self._delta({"content": event.text})
         if type(event) is ThinkingDelta:
             return self._delta({field: event.text for field in self._thinking_fields})

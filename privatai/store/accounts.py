@@ -52,6 +52,10 @@ class Accounts(Queries):
         # Until when lookups skip the database after it failed: during an
         # outage each request must not wait for a connect timeout again.
         self._down_until = 0.0
+        # The lookup in flight per key digest: every concurrent request of a
+        # busy key misses together when its cache entry expires, and they
+        # share one query instead of sending one each.
+        self._lookups: dict[str, asyncio.Future[Outcome]] = {}
 
     # ------------------------------------------------------------------ authentication
 
@@ -60,7 +64,12 @@ class Accounts(Queries):
         digest = key_digest(raw_key)
         outcome = self._auth.get(digest)
         if outcome is None:
-            outcome = await self._look_up(digest)
+            lookup = self._lookups.get(digest)
+            if lookup is None:
+                lookup = self._lookups[digest] = asyncio.ensure_future(self._look_up(digest))
+                lookup.add_done_callback(lambda done: self._looked_up(digest, done))
+            # Shielded: a request whose client left must not cancel the others' lookup.
+            outcome = await asyncio.shield(lookup)
         return outcome.principal_now()
 
     def forget_authentications(self) -> None:
@@ -83,6 +92,13 @@ class Accounts(Queries):
             raise ServiceUnavailable("API keys cannot be checked right now; please try again shortly.",
                                      code="store_unavailable")
         return stale
+
+    def _looked_up(self, digest: str, lookup: asyncio.Future[Outcome]) -> None:
+        del self._lookups[digest]
+        if not lookup.cancelled():
+            # Retrieved here too, so a failure whose waiters all left is not
+            # reported by asyncio as never retrieved (with the driver's text).
+            lookup.exception()
 
     # ------------------------------------------------------------------ accounts
 

@@ -5,8 +5,8 @@ outcome of a lookup (a principal, or the error to raise) is kept for ``ttl``
 seconds: changes made through this process clear the cache at once, changes
 made by another process (the admin CLI, another worker or instance) clear it
 within half a second (:mod:`privatai.store.changes`), and the TTL bounds how
-long a key is honoured should that check fail. Known and unknown keys are cached apart, so a
-flood of random keys cannot evict the real ones.
+long a key is honoured should that check fail. Known and unknown keys are
+cached apart, so a flood of random keys cannot evict the real ones.
 """
 from __future__ import annotations
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import sqlalchemy.exc
+
 from sanic import Request
 from sanic.exceptions import SanicException
 from sanic.handlers import ErrorHandler
 from sanic.response import HTTPResponse, json
 
-from privatai.errors import InvalidRequest, NotFound, PayloadTooLarge, PrivatAIError
+from privatai.errors import InvalidRequest, NotFound, PayloadTooLarge, PrivatAIError, ServiceUnavailable
 from privatai.ops.logs import describe_error
 
 log = logging.getLogger("privatai.app")
@@ -25,6 +27,10 @@ def to_api_error(exception: BaseException) -> PrivatAIError:
     """Any exception as one of ours, without echoing its text unless it is ours."""
     if isinstance(exception, PrivatAIError):
         return exception
+    if isinstance(exception, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, ConnectionError)):
+        # The database is away (docs/SCALING.md): a 503 to retry, not a 500.
+        return ServiceUnavailable("The database is unreachable right now; please try again shortly.",
+                                  code="store_unavailable")
     if isinstance(exception, SanicException):
         status = exception.status_code
         if status == 413:

@@ -296,6 +296,7 @@ async def test_web_chat_rpm_is_exact_across_instances(cluster: Cluster) -> None:
     # Redis holds keyed hashes and counters: no address, no content.
     dump = _redis_dump(cluster)
     assert dump and "127.0.0.1" not in dump and CANARY not in dump
+    assert all(CANARY not in gateway.output() for gateway in cluster.gateways)
     assert re.fullmatch(r"(privatai:lim:\{[0-9a-f]{32}\}:[mda]\n)+", "".join(sorted(
         line + "\n" for line in _redis_cli(cluster, "--scan").splitlines()))), dump
 

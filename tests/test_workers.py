@@ -137,6 +137,24 @@ def test_web_chat_admits_exactly_the_limit_across_workers(tmp_path: Path, fake: 
         gateway.stop()
 
 
+def test_web_chat_slots_are_given_back_in_the_shared_counters(tmp_path: Path, fake: FakeLlamaCpp) -> None:
+    """One answer at a time (the default): each finished answer frees the
+    slot for the next, whichever worker serves it, even though the visitor
+    closes the connection as soon as the last chunk is in (which cancels the
+    handler while it gives the slot back)."""
+    gateway = start(tmp_path, fake, web_chat={"requests_per_minute": 5})
+    try:
+        answers = []
+        for _ in range(6):
+            response = httpx.post(f"{gateway.url}/webchat/api/chat/completions", timeout=30,
+                                  json={"messages": [{"role": "user", "content": "hi"}], "stream": True})
+            answers.append((response.status_code, response.json()["error"]["code"]
+                            if response.status_code != 200 else None))
+        assert answers == [(200, None)] * 5 + [(429, "requests_per_minute_exceeded")]
+    finally:
+        gateway.stop()
+
+
 def test_revoked_key_is_refused_by_every_worker_within_a_second(tmp_path: Path, fake: FakeLlamaCpp) -> None:
     # A cache that alone would honour the key for a minute: only the change
     # counter can make every worker refuse it in time.
@@ -276,3 +294,39 @@ def test_metrics_count_every_worker(tmp_path: Path, fake: FakeLlamaCpp) -> None:
             assert re.search(r'^privatai_backend_up\{backend="fake"\} 1\.0$', text, re.M)
     finally:
         gateway.stop()
+
+
+def test_workers_run_under_the_units_seccomp_rules(tmp_path: Path, fake: FakeLlamaCpp) -> None:
+    """Forking, the shared counter file, the start-up counter's semaphore and
+    the metrics files, under privatai.service's system-call and memory rules."""
+    import ctypes.util
+    import shutil
+    import sys
+
+    from tests.gateway import ROOT
+
+    if ctypes.util.find_library("seccomp") is None or shutil.which("systemd-analyze") is None:
+        pytest.skip("libseccomp or systemd-analyze not installed")
+    serve = tmp_path / "serve.py"
+    serve.write_text("import sys\nfrom privatai.ops.cli import main\nraise SystemExit(main(sys.argv[1:]))\n")
+    backend = {"name": "fake", "kind": "llamacpp", "url": fake.url, "models": ["m"]}
+    gateway = Gateway(tmp_path / "gw", {"backends": [backend], "server": {"workers": 2},
+                                        "logging": {"format": "json"}, "web_chat": {"requests_per_minute": 3}},
+                      env={"PYTHONPATH": str(ROOT)},
+                      launcher=[sys.executable, str(ROOT / "tests" / "unit_sandbox.py"),
+                                str(ROOT / "systemd" / "privatai.service"), str(serve)])
+    key = gateway.create_key()
+    with gateway:
+        wait_for(lambda: "with 2 workers" in gateway.output(), what="both workers to start")
+        client = openai.OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0)
+        assert client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}]).usage
+        statuses = [httpx.post(f"{gateway.url}/webchat/api/chat/completions", timeout=30,
+                               json={"messages": [{"role": "user", "content": "hi"}], "stream": True}).status_code
+                    for _ in range(4)]
+        assert statuses == [200, 200, 200, 429], gateway.output()[-3000:]
+        assert "privatai_requests_total" in httpx.get(f"{gateway.url}/metrics", timeout=10).text
+        assert gateway.proc is not None
+        gateway.proc.send_signal(signal.SIGTERM)
+        assert gateway.proc.wait(60) == 0, gateway.output()[-2000:]
+        gateway.proc = None
+    assert "Traceback" not in gateway.output()

@@ -41,6 +41,7 @@ settled in ``request.ctx.usage``.)
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import ipaddress
@@ -49,7 +50,7 @@ import math
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Any, Callable, Coroutine, Iterable
 
 from privatai.config import WebChatConfig
 from privatai.errors import InvalidRequest, LimitsUnavailable, ModelNotFound, RateLimited
@@ -138,11 +139,10 @@ class Admission:
         if self.released:
             return
         self.released = True
-        limiter = self._limiter
-        try:
-            await limiter.state.release(self.identity, max(0, int(tokens_used)), limiter.clock())
-        except Exception as exc:  # the answer is over; only the counters are behind
-            log.error("web-chat limits: a release was lost: %s", describe_error(exc))
+        # Shielded: the handler is often cancelled right here, when the
+        # visitor closes the connection after the last chunk; a shared state
+        # must still get the slot back.
+        await asyncio.shield(_detached(self._limiter.release(self.identity, max(0, int(tokens_used)))))
 
 
 class WebChatLimiter:
@@ -225,8 +225,13 @@ class WebChatLimiter:
         A request refused for its model or max_tokens uses up nothing."""
         model = self.check_model(requested_model)
         clamped = self.clamp_max_tokens(max_tokens)
+        asking = asyncio.ensure_future(self.state.admit(identity, self._rules, self.clock()))
         try:
-            verdict = await self.state.admit(identity, self._rules, self.clock())
+            verdict = await asyncio.shield(asking)
+        except asyncio.CancelledError:
+            # The visitor left while the state decided: give back what it took.
+            asking.add_done_callback(lambda done: self._undo(identity, done))
+            raise
         except LimitsUnavailable:
             raise  # the state said so itself, and logged it once per outage
         except Exception as exc:
@@ -235,6 +240,17 @@ class WebChatLimiter:
         if not verdict.admitted:
             raise self._refusal(verdict)
         return Admission(identity, model, clamped, verdict, self)
+
+    async def release(self, identity: str, tokens: int) -> None:
+        """Give a slot back; a failure is logged (the answer is over, only the counters are behind)."""
+        try:
+            await self.state.release(identity, tokens, self.clock())
+        except Exception as exc:
+            log.error("web-chat limits: a release was lost: %s", describe_error(exc))
+
+    def _undo(self, identity: str, asked: asyncio.Future[Verdict]) -> None:
+        if not asked.cancelled() and asked.exception() is None and asked.result().admitted:
+            _detached(self.release(identity, 0))
 
     def _refusal(self, verdict: Verdict) -> RateLimited:
         config = self.config
@@ -252,6 +268,17 @@ class WebChatLimiter:
     def __len__(self) -> int:
         """Identities known to an in-memory state (0 for a shared one)."""
         return len(self.state) if isinstance(self.state, MemoryLimitState) else 0
+
+
+# Releases still running after their handler was cancelled (referenced until done).
+_RUNNING: set[asyncio.Task[None]] = set()
+
+
+def _detached(release: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    task = asyncio.ensure_future(release)
+    _RUNNING.add(task)
+    task.add_done_callback(_RUNNING.discard)
+    return task
 
 
 def rate_limit_headers(verdict: Verdict) -> dict[str, str]:

@@ -2,11 +2,13 @@
 
 Every API request authenticates, and a key's row changes rarely. So the
 outcome of a lookup (a principal, or the error to raise) is kept for ``ttl``
-seconds: changes made through this process clear the cache at once, and the
-TTL bounds how long the server keeps honouring a key another process (the
-admin CLI) has just revoked. Known and unknown keys are cached apart, so a
-flood of random keys cannot evict the real ones. While the database cannot
-be reached, a known key's last outcome stands for a bounded ``grace``.
+seconds: changes made through this process clear the cache at once, changes
+made by another process (the admin CLI, another worker or instance) clear it
+within half a second (:mod:`privatai.store.changes`), and the TTL bounds how
+long a key is honoured should that check fail. Known and unknown keys are
+cached apart, so a flood of random keys cannot evict the real ones. While
+the database cannot be reached, a known key's last outcome stands for a
+bounded ``grace``.
 """
 from __future__ import annotations
 

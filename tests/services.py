@@ -37,14 +37,21 @@ def _bin_dir() -> Path | None:
     return Path(found[-1]).parent if found else None
 
 
-class PostgreSQL:
+class _Throwaway:
+    """A server of a test's own: a free loopback port, a password, a temp directory."""
+
+    def __init__(self, name: str) -> None:
+        self.port = free_port()
+        self.password = secrets.token_urlsafe(16)
+        self.root = Path(tempfile.mkdtemp(prefix=f"privatai-{name}-"))
+
+
+class PostgreSQL(_Throwaway):
     """A running server; :meth:`new_database` gives a fresh, empty database."""
 
     def __init__(self, bin_dir: Path) -> None:
+        super().__init__("pg")
         self.bin_dir = bin_dir
-        self.port = free_port()
-        self.password = secrets.token_urlsafe(16)
-        self.root = Path(tempfile.mkdtemp(prefix="privatai-pg-"))
         self.data = self.root / "data"
         self.sockets = self.root / "sockets"
         # As root, everything runs as the postgres user, which must own the directory.
@@ -181,14 +188,12 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
 REDIS_PASSWORD_ENV = "PRIVATAI_TEST_REDIS_PASSWORD"
 
 
-class RedisServer:
+class RedisServer(_Throwaway):
     """A throwaway ``redis-server``: :meth:`stop` and :meth:`start` keep its port."""
 
     def __init__(self, binary: str) -> None:
+        super().__init__("redis")
         self.binary = binary
-        self.port = free_port()
-        self.password = secrets.token_urlsafe(16)
-        self.root = Path(tempfile.mkdtemp(prefix="privatai-redis-"))
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -226,9 +231,8 @@ class RedisServer:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    """A throwaway Redis for the session, its password in ``REDIS_PASSWORD_ENV``."""
+def started_redis() -> RedisServer:
+    """A new throwaway Redis (skips the test without the package); close() it after."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("needs Debian's redis-server package (make test installs it)")
@@ -238,6 +242,13 @@ def redis_server() -> Iterator[RedisServer]:
     except BaseException:
         server.close()
         raise
+    return server
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A throwaway Redis for the session, its password in ``REDIS_PASSWORD_ENV``."""
+    server = started_redis()
     os.environ[REDIS_PASSWORD_ENV] = server.password
     try:
         yield server

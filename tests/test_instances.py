@@ -8,8 +8,8 @@ web chat, plain HTTP as the page sends it.
 
 The tests share one cluster (starting it is most of the cost) and run in
 file order; each checks its own keys, so none depends on another's numbers.
-Sizes: 600 API requests over 20 keys, not the issue's 2,000: on CI's two
-shared cores 2,000 take minutes and test nothing the 600 do not.
+The issue's 2,000 API requests over 20 keys take about a minute on two
+heavily shared cores.
 """
 from __future__ import annotations
 
@@ -34,13 +34,14 @@ import pytest
 from privatai.store.database import Store
 from tests.fakes import FakeLlamaCpp
 from tests.gateway import HOST, Gateway, free_port, run_cli
-from tests.services import PASSWORD_ENV, REDIS_PASSWORD_ENV, PostgreSQL, RedisServer, started_postgresql
+from tests.services import (PASSWORD_ENV, REDIS_PASSWORD_ENV, PostgreSQL, RedisServer, started_postgresql,
+                            started_redis)
 
 ROOT = Path(__file__).resolve().parent.parent
 NGINX_EXAMPLE = ROOT / "deploy" / "nginx-privatai-upstream.conf"
 MODEL = "chat-model"
 KEYS = 20
-REQUESTS = 600
+REQUESTS = 2000
 WEB_CHAT_RPM = 10
 CANARY = "canary-webchat-5e1f0c"
 
@@ -145,22 +146,17 @@ class Cluster:
             await store.close()
 
 
-def _have(binary: str) -> bool:
-    return shutil.which(binary) is not None or Path(binary).exists()
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    if not (_have("redis-server") and _have("/usr/sbin/nginx")):
-        pytest.skip("needs Debian's redis-server and nginx packages (make test installs them)")
+    if not Path("/usr/sbin/nginx").exists():
+        pytest.skip("needs Debian's nginx package (make test installs it)")
     root = tmp_path_factory.mktemp("instances")
+    redis = started_redis()
     postgresql = started_postgresql()
-    redis = RedisServer(shutil.which("redis-server") or "redis-server")
     fake = FakeLlamaCpp()
     nginx: Nginx | None = None
     gateways: list[Gateway] = []
     try:
-        redis.start()
         database = postgresql.new_database()
         fake.start_in_thread()
         env = {PASSWORD_ENV: postgresql.password, REDIS_PASSWORD_ENV: redis.password,
@@ -300,6 +296,7 @@ async def test_web_chat_rpm_is_exact_across_instances(cluster: Cluster) -> None:
     # Redis holds keyed hashes and counters: no address, no content.
     dump = _redis_dump(cluster)
     assert dump and "127.0.0.1" not in dump and CANARY not in dump
+    assert all(CANARY not in gateway.output() for gateway in cluster.gateways)
     assert re.fullmatch(r"(privatai:lim:\{[0-9a-f]{32}\}:[mda]\n)+", "".join(sorted(
         line + "\n" for line in _redis_cli(cluster, "--scan").splitlines()))), dump
 
@@ -355,14 +352,17 @@ async def test_an_instance_killed_mid_load_others_serve_and_lose_nothing(cluster
         await asyncio.sleep(0.01)
     assert victim.proc is not None
     victim.proc.send_signal(signal.SIGKILL)
-    killed_at = time.monotonic()
+    # Dying takes a moment on a loaded machine (its sockets close as it
+    # exits); the wait returns once it is gone, sockets and all.
+    await asyncio.to_thread(victim.proc.wait)
+    dead_at = time.monotonic()
     await load
     victim.stop()
-    # Only requests in flight on the victim when it died may fail (nginx's
-    # 502: it never resends a POST an instance had received); nginx sends
-    # everything after that to the others.
-    assert len(told.failures) <= 12 and all(sent < killed_at + 0.1 and status == 502
-                                            for sent, status in told.failures), (killed_at, told.failures)
+    # Only requests the victim had received before it was gone may fail
+    # (nginx's 502: it never resends a POST an instance had received); nginx
+    # sends everything after that to the others.
+    assert len(told.failures) <= 12 and all(sent < dead_at and status == 502
+                                            for sent, status in told.failures), (dead_at, told.failures)
     after = Told()
     await _load(cluster, keys, 60, after, concurrency=6)
     assert after.failures == [] and victim_addr not in after.served()
@@ -433,7 +433,10 @@ async def test_postgresql_stopped_ten_seconds_nothing_lost_or_doubled(cluster: C
     try:
         async with httpx.AsyncClient(timeout=5) as http:
             ready = (await http.get(f"{live[0].url}/readyz")).json()
-        assert ready["status"] == "degraded" and "store" in ready["degraded"], ready
+            assert ready["status"] == "degraded" and "store" in ready["degraded"], ready
+            # What needs the database answers a clear 503 meanwhile.
+            usage = await http.get(f"{live[0].url}/v1/usage", headers={"Authorization": f"Bearer {keys[0]}"})
+            assert usage.status_code == 503 and usage.json()["error"]["code"] == "store_unavailable"
         while time.monotonic() - paused_at < 10:
             await _load(cluster, keys, 20, told, concurrency=4)
         assert told.failures == []

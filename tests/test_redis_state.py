@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import shutil
 import time
-from typing import AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
@@ -16,7 +15,7 @@ from privatai.limits.redis_link import AUTH_CHANNEL, RedisLink
 from privatai.limits.redis_state import FallbackLimitState, RedisLimitState
 from privatai.limits.shared import LimitRules
 from privatai.limits.state_config import StateConfig
-from tests.services import REDIS_PASSWORD_ENV, RedisServer
+from tests.services import REDIS_PASSWORD_ENV, RedisServer, started_redis
 
 RULES = LimitRules(rpm=10, tokens_per_day=1000, concurrent_streams=100)
 
@@ -102,13 +101,9 @@ async def test_only_keyed_hashes_with_ttls_are_stored(links, redis_server: Redis
 
 
 @pytest.fixture
-def own_redis() -> AsyncIterator[RedisServer]:
+def own_redis() -> Iterator[RedisServer]:
     """A Redis of this test's own, to stop and start."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("needs Debian's redis-server package (make test installs it)")
-    server = RedisServer(binary)
-    server.start()
+    server = started_redis()
     yield server
     server.close()
 

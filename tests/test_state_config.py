@@ -12,7 +12,8 @@ import pytest
 
 from privatai.config import load_config
 from privatai.errors import ConfigError
-from tests.test_systemd import ANALYZE, MAX_EXPOSURE, UNIT, exec_paths, needs_analyze, unit_settings
+from tests.test_systemd import (ANALYZE, MAX_EXPOSURE, UNIT, exec_paths, needs_analyze,  # noqa: F401 - a fixture
+                                unit_root, unit_settings)
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "deploy" / "privatai@.service"
@@ -66,18 +67,11 @@ def test_template_is_the_single_unit_but_for_the_instance() -> None:
 
 
 @needs_analyze
-def test_template_instance_passes_verify_and_security(tmp_path: Path) -> None:
-    system_units = next(p for p in (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system")) if p.is_dir())
-    shutil.copytree(system_units, tmp_path / "usr/lib/systemd/system", symlinks=True)
-    for exe in exec_paths(unit_settings(TEMPLATE)):
-        stub = tmp_path / exe.lstrip("/")
-        stub.parent.mkdir(parents=True, exist_ok=True)
-        stub.write_text("#!/bin/sh\n")
-        stub.chmod(0o755)
-    dest = tmp_path / "etc/systemd/system/privatai@.service"
-    dest.parent.mkdir(parents=True)
-    shutil.copy(TEMPLATE, dest)
-    verify = subprocess.run([ANALYZE, "verify", f"--root={tmp_path}", "/etc/systemd/system/privatai@a.service"],
+def test_template_instance_passes_verify_and_security(unit_root: Path) -> None:
+    # unit_root stubs the single unit's programs, which are the template's too.
+    assert exec_paths(unit_settings(TEMPLATE)) == exec_paths(unit_settings(UNIT))
+    shutil.copy(TEMPLATE, unit_root / "etc/systemd/system/privatai@.service")
+    verify = subprocess.run([ANALYZE, "verify", f"--root={unit_root}", "/etc/systemd/system/privatai@a.service"],
                             capture_output=True, text=True, timeout=60)
     assert verify.returncode == 0 and verify.stdout + verify.stderr == "", verify.stderr
     security = subprocess.run([ANALYZE, "security", "--offline=true", "--no-pager",

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import sqlalchemy.exc
+
 from sanic import Request
 from sanic.exceptions import NotFound as RouteNotFound
 from sanic.exceptions import SanicException
@@ -17,7 +19,7 @@ from sanic.handlers import ErrorHandler
 from sanic.response import HTTPResponse, json
 
 from privatai.api.routes import needs_api_key
-from privatai.errors import InvalidRequest, NotFound, PayloadTooLarge, PrivatAIError
+from privatai.errors import InvalidRequest, NotFound, PayloadTooLarge, PrivatAIError, ServiceUnavailable
 from privatai.ops.logs import describe_error
 
 log = logging.getLogger("privatai.app")
@@ -35,6 +37,10 @@ def to_api_error(exception: BaseException, request: Request | None = None) -> Pr
     if isinstance(exception, RouteNotFound) and request is not None and needs_api_key(request.path):
         return NotFound(f"This gateway does not offer {request.method} {request.path}; "
                         "its endpoints are listed in /api/v1/openapi.json.", code="unknown_route")
+    if isinstance(exception, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, ConnectionError)):
+        # The database is away (docs/SCALING.md): a 503 to retry, not a 500.
+        return ServiceUnavailable("The database is unreachable right now; please try again shortly.",
+                                  code="store_unavailable")
     if isinstance(exception, SanicException):
         status = exception.status_code
         if status == 413:

@@ -38,7 +38,7 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 # migrations/versions (tests/test_migrations.py checks that they agree).
 # Known without Alembic, which is imported only when there is work to do:
 # every CLI command opens the store, and Alembic takes a second to import.
-HEAD = "0005"
+HEAD = "0005_billing"
 RELEASE_0_1_VERSION = 1  # PRAGMA user_version of a SQLite file made by release 0.1.0
 MANAGED_VERSION = 2      # PRAGMA user_version once Alembic manages the file
 _ADVISORY_LOCK = 0x70726976_6169  # any constant: "privai"

@@ -3,16 +3,16 @@
 The account statuses billing moves (active, past_due, inactive) are allowed
 by 0002_accounts, which widened the status check.
 
-Revision ID: 0005
-Revises: 0002_accounts
+Revision ID: 0005_billing
+Revises: 0004_usage_batches
 """
 from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005"
-down_revision = "0006_usage_batches"
+revision = "0005_billing"
+down_revision = "0004_usage_batches"
 branch_labels = None
 depends_on = None
 

@@ -1,14 +1,14 @@
 """auth_changes: the change counter every key and account change adds one to.
 
-Revision ID: 0004
-Revises: 0001
+Revision ID: 0003_auth_changes
+Revises: 0002_accounts
 """
 from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004"
+revision = "0003_auth_changes"
 down_revision = "0002_accounts"
 branch_labels = None
 depends_on = None

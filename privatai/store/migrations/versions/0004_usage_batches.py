@@ -1,15 +1,15 @@
 """Batches of usage already written, so that a retried batch is not counted twice.
 
-Revision ID: 0006_usage_batches
-Revises: 0004
+Revision ID: 0004_usage_batches
+Revises: 0003_auth_changes
 """
 from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006_usage_batches"
-down_revision = "0004"
+revision = "0004_usage_batches"
+down_revision = "0003_auth_changes"
 branch_labels = None
 depends_on = None
 

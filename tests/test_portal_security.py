@@ -16,17 +16,11 @@ from tests.account_helpers import (PASSWORD, Visitor, alert, create_key, local, 
                                    rows, sign_up)
 from tests.fakes import FAKES
 from tests.gateway import Gateway
-from tests.mailbox import Mailbox
+from tests.mailbox import Mailbox, mailbox  # noqa: F401 - the fixture
 from tests.portal_helpers import CSP, site_gateway
 
 # Pages a logged-in owner sees, and those anybody sees; both languages.
 PUBLIC = ["/anmelden", "/en/login", "/registrieren", "/en/signup", "/passwort-vergessen", "/en/forgot-password"]
-
-
-@pytest.fixture(scope="module")
-def mailbox() -> Iterator[Mailbox]:
-    with Mailbox() as box:
-        yield box
 
 
 @pytest.fixture(scope="module")

@@ -115,6 +115,14 @@ class Web:
             fields[name] = values[0]
         return fields
 
+    def posted(self, request: Request, visitor: Visitor) -> dict[str, str] | None:
+        """A state-changing form's fields, or None when it lacks this visitor's
+        CSRF token (the caller answers 403 and changes nothing). BadForm for a
+        field sent twice or far too long (the routes answer 400)."""
+        if not visitor.csrf_ok((request.form or {}).get("csrf")):
+            return None
+        return self.form(request)
+
     # ------------------------------------------------------------------ responses
 
     def page(self, request: Request, visitor: Visitor, template: str, name: str, lang: Language,

@@ -246,6 +246,26 @@ def test_bad_sign_up_input_gets_a_clear_message_and_changes_nothing(site: Gatewa
     person.close()
 
 
+@pytest.mark.parametrize(("path", "fields", "message"), [
+    ("/anmelden", {"email": "", "password": ""}, "E-Mail-Adresse und Passwort"),
+    ("/anmelden", [("email", "a@b.de"), ("email", "c@d.de"), ("password", "x")], "Formular"),
+    ("/passwort-vergessen", {"email": HOSTILE}, "gültige E-Mail"),
+    ("/passwort-vergessen", {"email": "x" * 5000}, "Formular"),
+    ("/en/forgot-password", {"email": ""}, "valid e-mail address"),
+    ("/en/signup", {"email": "ok@security.test", "password": "short", "terms": "yes"}, "at least 10"),
+])
+def test_bad_login_and_reset_input_gets_a_clear_message(site: Gateway, path: str, fields: object,
+                                                        message: str) -> None:
+    person = Visitor(site)
+    person.get(path)
+    users, sessions = count(site, "users"), count(site, "sessions")
+    response = person.post(path, fields)  # type: ignore[arg-type]
+    assert response.status_code == 400 and message in alert(response), alert(response)
+    assert HOSTILE not in response.text
+    assert (count(site, "users"), count(site, "sessions")) == (users, sessions)
+    person.close()
+
+
 def test_bad_dashboard_input_gets_a_clear_message_and_changes_nothing(site: Gateway,
                                                                       owner: tuple[Visitor, int]) -> None:
     person, account_id = owner

@@ -76,8 +76,14 @@ class Web:
         self.site = site
         self.state: AppState = site.state
         config = self.state.config
-        self.throttle = Throttle(config.accounts, config.web_chat.trusted_proxies)
+        self._throttle = Throttle(config.accounts, config.web_chat.trusted_proxies)
         self._stores: Stores | None = None
+
+    @property
+    def throttle(self) -> Throttle:
+        # The limits follow a reload; the attempts counted so far stay.
+        self._throttle.config = self.config.accounts
+        return self._throttle
 
     @property
     def config(self) -> Config:

@@ -12,7 +12,7 @@ from typing import Iterator
 import httpx
 import pytest
 
-from tests.account_helpers import (PASSWORD, Visitor, alert, create_key, local, log_in, new_customer, notice,
+from tests.account_helpers import (PASSWORD, Visitor, alert, local, log_in, new_customer, notice,
                                    rows, sign_up)
 from tests.fakes import FAKES
 from tests.gateway import Gateway

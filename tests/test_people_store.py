@@ -2,6 +2,7 @@
 PostgreSQL: the same queries must mean the same on both."""
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from datetime import timedelta
 
@@ -104,5 +105,36 @@ async def test_people_sessions_teams_and_erasure(target: Target) -> None:
         # Ids are not reused: the audit log names people by id.
         again = await people.create_user("again@example.de", "hash-5")
         assert again.id > member.id
+    finally:
+        await store.close()
+
+
+async def test_prune_forgets_expired_sessions_links_old_audit_rows_and_finds_unconfirmed(target: Target) -> None:
+    store = await target.open()
+    try:
+        db = store._db
+        people, audit = People(db), AuditLog(db)
+        stale = await people.sign_up("stale@example.de", "h", "Stale", "team", "active")
+        fresh = await people.sign_up("fresh@example.de", "h", "Fresh", "team", "active")
+        confirmed = await people.create_user("old@example.de", "h", confirmed=True)
+        assert stale and fresh
+        await people.issue_link(fresh.id, "confirm", 0.001)
+        await people.open_session(confirmed.id, 0.001)
+        live = await people.open_session(confirmed.id, 3600)
+        await audit.record("cli", "approve", "account:1")
+        long_ago = (utc_now() - timedelta(days=800)).isoformat()
+        async with db.write() as conn:
+            await conn.exec_driver_sql(f"UPDATE users SET created = '{long_ago}' WHERE id IN ({stale.id}, {confirmed.id})")
+            await conn.exec_driver_sql(f"UPDATE audit_log SET created = '{long_ago}'")
+        await audit.record("cli", "suspend", "account:1")
+        await asyncio.sleep(1.1)  # the short-lived session and link expire (times are to the second)
+
+        assert [u.email for u in await people.prune(7, 730)] == ["stale@example.de"]
+        async with db.read() as conn:
+            counts = [(await conn.exec_driver_sql(f"SELECT count(*) FROM {t}")).scalar()
+                      for t in ("sessions", "user_tokens")]
+        assert counts == [1, 0]
+        assert await people.session(live, 600) is not None
+        assert [e.action for e in await audit.recent()] == ["suspend"]
     finally:
         await store.close()

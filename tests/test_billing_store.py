@@ -98,3 +98,15 @@ async def test_unreported_meter_days(store: Store) -> None:
     await store.record_meter_report(metered, "2030-01-02", 30)
     assert await store.unreported_meter_days("2029-12-01", "2030-01-03") == []
     assert await store.meter_reports(metered) == [("2030-01-02", 30)]
+
+
+async def test_deleting_a_paying_account_erases_its_billing_rows_too(store: Store) -> None:
+    account_id = await customer(store, "payer", "cus_payer")
+    await store.record_meter_report(account_id, "2026-11-01", 42)
+    key = await store.create_key("payer")
+    await store.delete_account("payer")
+    assert await store.billing_customer(account_id) is None
+    assert await store.meter_reports(account_id) == []
+    with pytest.raises(Exception) as refused:
+        await store.authenticate(key.key)
+    assert refused.type.__name__ == "AuthenticationFailed"

@@ -404,7 +404,7 @@ def _check(config: Config) -> None:
             raise ConfigError(config.source, f"plans[{i}].name", f"duplicate plan name {plan.name!r}")
         plans.add(plan.name)
     check_billing(config.source, config.billing, plans, portal.public_url)
-    if config.accounts.enabled and config.plans and config.accounts.plan not in plans:
+    if config.accounts.plan is not None and config.plans and config.accounts.plan not in plans:
         raise ConfigError(config.source, "accounts.plan", f"{config.accounts.plan!r} is not one of plans:")
     for i, entry in enumerate(config.web_chat.trusted_proxies):
         try:
@@ -424,6 +424,11 @@ def _check_url(source: str, where: str, url: str) -> None:
         raise ConfigError(source, where, "not a valid URL") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(source, where, "must be an http:// or https:// URL with a host")
+
+
+def signup_plan(config: Config) -> str:
+    """The plan of an account made by sign-up."""
+    return config.accounts.plan or (config.plans[0].name if config.plans else "pro")
 
 
 def default_model(config: Config) -> str | None:

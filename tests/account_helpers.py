@@ -40,8 +40,8 @@ class Visitor:
         fields = list(data.items()) if isinstance(data, dict) else list(data)
         if csrf:
             fields = [("csrf", self.csrf or ""), *fields]
-        response = self.http.post(path, content=urlencode(fields),
-                                  headers={"Content-Type": "application/x-www-form-urlencoded"}, **kwargs)
+        headers = {"Content-Type": "application/x-www-form-urlencoded", **kwargs.pop("headers", {})}
+        response = self.http.post(path, content=urlencode(fields), headers=headers, **kwargs)
         found = _CSRF.search(response.text)
         if found:
             self.csrf = found.group(1)

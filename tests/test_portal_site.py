@@ -97,7 +97,9 @@ def test_every_page_has_the_csp_security_headers_and_a_phone_viewport(site: Gate
     assert response.headers["x-content-type-options"] == "nosniff"
     assert response.headers["referrer-policy"] == "no-referrer"
     assert response.headers["content-language"] == lang
-    assert response.headers["cache-control"] == "no-cache"
+    # Account pages carry a form cookie and its token: never stored by a cache.
+    account_page = path in ("/anmelden", "/en/login", "/registrieren", "/en/signup")
+    assert response.headers["cache-control"] == ("no-store" if account_page else "no-cache")
     html = response.text
     assert html.startswith("<!doctype html>")
     assert f'<html lang="{lang}">' in html
@@ -323,20 +325,22 @@ def test_html_legal_text_is_sanitized(site: Gateway, legal: Path) -> None:
 
 
 # ---------------------------------------------------------------------------
-# Account entries (a later step)
+# Account entries (the flows are in test_portal_accounts.py)
 
 
-@pytest.mark.parametrize(("path", "title", "text"), [
-    ("/anmelden", "Anmelden", "Die Registrierung öffnet bald."),
-    ("/registrieren", "Registrieren", "Die Registrierung öffnet bald."),
-    ("/en/login", "Log in", "Sign-up opens soon."),
-    ("/en/signup", "Sign up", "Sign-up opens soon."),
+@pytest.mark.parametrize(("path", "title", "fields"), [
+    ("/anmelden", "Anmelden", ["csrf", "next", "email", "password"]),
+    ("/registrieren", "Registrieren", ["csrf", "email", "password", "account_name", "terms"]),
+    ("/en/login", "Log in", ["csrf", "next", "email", "password"]),
+    ("/en/signup", "Sign up", ["csrf", "email", "password", "account_name", "terms"]),
 ])
-def test_login_and_signup_say_that_sign_up_opens_soon(site: Gateway, path: str, title: str,
-                                                      text: str) -> None:
+def test_login_and_signup_are_forms_posting_to_themselves(site: Gateway, path: str, title: str,
+                                                          fields: list[str]) -> None:
     html = page(site, path)
-    assert f"<h1>{title}</h1>" in html and text in html
-    assert f'href="mailto:{CONTACT}"' in html
+    assert f"<h1>{title}</h1>" in html
+    tags = parse(html).tags
+    assert [a.get("action") for t, a in tags if t == "form"] == [path]
+    assert [a.get("name") for t, a in tags if t == "input"] == fields
 
 
 # ---------------------------------------------------------------------------

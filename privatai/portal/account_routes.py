@@ -4,11 +4,13 @@ dashboard's, the account actions."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from urllib.parse import urlencode
 
 from sanic import Request, Sanic
-from sanic.response import HTTPResponse
+from sanic.response import HTTPResponse, redirect
 
 from privatai.config import Language
+from privatai.portal.i18n import LANGUAGES
 from privatai.portal.admin_pages import AdminPages
 from privatai.portal.auth_pages import AuthPages
 from privatai.portal.dashboard import Dashboard
@@ -62,11 +64,19 @@ def register_account_pages(app: Sanic, site: Site) -> None:
         routes += payment_routes(web)
     for index, (page, suffix, methods, view) in enumerate(routes):
         for lang, path in BY_NAME[page].paths.items():
-            app.add_route(_bound(view, lang), (path + suffix).rstrip("/") or "/", methods=methods,
+            app.add_route(_bound(view, page, lang), (path + suffix).rstrip("/") or "/", methods=methods,
                           name=f"portal_account_{index}_{lang}")
 
 
-def _bound(view: View, lang: Language) -> Callable[..., Awaitable[HTTPResponse]]:
+def _bound(view: View, page: str, lang: Language) -> Callable[..., Awaitable[HTTPResponse]]:
+    prefix = BY_NAME[page].paths[lang]
+
     async def handler(request: Request, **params: Any) -> HTTPResponse:
+        wanted = request.args.get("lang")
+        if request.method == "GET" and wanted in LANGUAGES and wanted != lang:
+            # ?lang= switches to the same page in that language, as on the public pages.
+            query = urlencode([(k, v) for k, v in request.query_args if k != "lang"])
+            target = BY_NAME[page].paths[wanted] + request.path[len(prefix):]
+            return redirect(target + (f"?{query}" if query else ""), headers={"Cache-Control": "no-store"})
         return await view(request, lang, **params)
     return handler

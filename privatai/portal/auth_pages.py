@@ -16,7 +16,7 @@ import pyotp
 from sanic import Request
 from sanic.response import HTTPResponse
 
-from privatai.config import Language
+from privatai.config import Language, signup_plan
 from privatai.portal.pages import BY_NAME
 from privatai.portal.passwords import PASSWORD_MAX, hash_password, password_problem, verify_password
 from privatai.portal.web import BadForm, Visitor, Web
@@ -33,7 +33,8 @@ def safe_next(value: str | None, lang: Language) -> str:
     fallback = BY_NAME["dashboard"].paths[lang]
     if not value or len(value) > 512 or not value.isascii() or not value.startswith("/"):
         return fallback
-    if value[1:2] in ("/", "\\") or any(ch in value for ch in "\\\r\n\t") or not value.isprintable():
+    # No escapes either: none of our pages needs one, and a decoding proxy could turn %2F into "/".
+    if value[1:2] in ("/", "\\") or any(ch in value for ch in "\\%\r\n\t") or not value.isprintable():
         return fallback
     return value
 
@@ -56,11 +57,14 @@ class AuthPages:
     def __init__(self, web: Web) -> None:
         self.web = web
 
-    def _throttled(self, request: Request, email: str | None) -> float | None:
+    def _keys(self, request: Request, email: str | None) -> tuple[str, str | None]:
         forwarded = ",".join(request.headers.getall("x-forwarded-for", []))
         throttle = self.web.throttle
-        return throttle.attempt(throttle.client(request.ip or "", forwarded or None),
-                                throttle.address(email) if email else None)
+        return throttle.client(request.ip or "", forwarded or None), throttle.address(email) if email else None
+
+    def _throttled(self, request: Request, email: str | None) -> float | None:
+        """Count an attempt of sign-up or reset; the wait when there were too many."""
+        return self.web.throttle.attempt(*self._keys(request, email))
 
     def _too_many(self, request: Request, visitor: Visitor, lang: Language, name: str,
                   wait: float) -> HTTPResponse:
@@ -111,7 +115,8 @@ class AuthPages:
         paid_later = web.config.billing.mode == "stripe"
         status = "pending" if accounts.approval else "inactive" if paid_later else "active"
         try:
-            user = await web.stores.people.sign_up(email, await hash_password(password), name, accounts.plan, status)
+            user = await web.stores.people.sign_up(email, await hash_password(password), name,
+                                                      signup_plan(web.config), status)
         except AdminError:
             return again("account_name_taken")
         if user is None:
@@ -171,12 +176,16 @@ class AuthPages:
 
         if not email.strip() or not password:
             return again("login_empty")
-        wait = self._throttled(request, email)
+        # Failed logins count; a successful one costs nothing, so a person who
+        # logs in often is never locked out by their own logins.
+        keys = self._keys(request, email)
+        wait = web.throttle.blocked(*keys)
         if wait is not None:
             return self._too_many(request, visitor, lang, "login", wait)
         people = web.stores.people
         user = await people.user_by_email(email) if len(password) <= PASSWORD_MAX else None
         if not await verify_password(user.password_hash if user else None, password[:PASSWORD_MAX]) or user is None:
+            web.throttle.count(*keys)
             return again("login_wrong", 401)
         if not user.confirmed:
             token = await people.issue_link(user.id, "confirm", web.config.accounts.link_lifetime)
@@ -204,12 +213,14 @@ class AuthPages:
         if not visitor.csrf_ok(form.get("csrf")):
             return web.forbidden(request, visitor, lang)
         target = safe_next(form.get("next"), lang)
-        wait = self._throttled(request, session.user.email)
+        keys = self._keys(request, session.user.email)
+        wait = web.throttle.blocked(*keys)
         if wait is not None:
             return self._too_many(request, visitor, lang, "second_factor", wait)
         user = session.user
         step = totp_step(user.totp_secret or "", form.get("code", "")[:20]) if user.totp_secret else None
         if step is None or not await web.stores.people.use_totp_step(user.id, step):
+            web.throttle.count(*keys)
             return web.page(request, visitor, "second_factor.html", "second_factor", lang, status=401,
                             error="code_wrong", next=target)
         return await web.log_in(request, visitor, user.id, target)

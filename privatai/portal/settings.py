@@ -37,14 +37,19 @@ class AccountsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # false: it is "active" as soon as the e-mail address is confirmed (with
     # billing.mode stripe: "inactive" until its first payment goes through).
     approval: bool = False
-    # The plan a new account gets (billing none: nothing is charged).
-    plan: str = "pro"
+    # The plan a new account gets (billing none: nothing is charged); unset:
+    # the first of plans: ("pro" when there are none).
+    plan: str | None = None
     # How long a login lasts, and how long it may sit unused.
     session_lifetime: Seconds = 7 * 86400.0
     session_idle: Seconds = 86400.0
     # Links in mails: confirmation and reset expire sooner than invitations.
     link_lifetime: Seconds = 86400.0
     invite_lifetime: Seconds = 7 * 86400.0
+    # A sign-up never confirmed is erased (with its account) after this many days.
+    unconfirmed_days: Annotated[int, msgspec.Meta(ge=1, le=3650)] = 7
+    # Rows of the audit log (who did what to which account, when) are kept this long.
+    audit_retention_days: Annotated[int, msgspec.Meta(ge=1, le=36500)] = 730
     # Login, sign-up and reset attempts per e-mail address and per client
     # (both known only as keyed hashes in memory) in any window.
     attempts_per_address: Count = 10

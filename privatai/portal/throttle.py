@@ -47,24 +47,36 @@ class Throttle:
     def attempt(self, client: str, address: str | None) -> float | None:
         """Count an attempt; the seconds to wait if it is one too many (then it
         is not counted: a refused attempt costs the client nothing more)."""
+        wait = self.blocked(client, address)
+        if wait is None:
+            self.count(client, address)
+        return wait
+
+    def blocked(self, client: str, address: str | None) -> float | None:
+        """The seconds to wait when the client or the address has used up its attempts."""
         now = self._clock()
         window = self.config.attempt_window
-        limits = [(client, self.config.attempts_per_client)]
-        if address is not None:
-            limits.append((address, self.config.attempts_per_address))
         wait = 0.0
-        for key, limit in limits:
+        for key, limit in self._limits(client, address):
             log = self._log(key, now - window)
             if len(log) >= limit:
                 wait = max(wait, log[0] + window - now)
-        if wait > 0:
-            return wait
-        for key, _ in limits:
+        return wait if wait > 0 else None
+
+    def count(self, client: str, address: str | None) -> None:
+        """Count an attempt (a failed login: a successful one costs nothing)."""
+        now = self._clock()
+        for key, _ in self._limits(client, address):
             self._attempts.setdefault(key, deque()).append(now)
             self._attempts.move_to_end(key)
         while len(self._attempts) > MAX_ENTRIES:
             self._attempts.popitem(last=False)
-        return None
+
+    def _limits(self, client: str, address: str | None) -> list[tuple[str, int]]:
+        limits = [(client, self.config.attempts_per_client)]
+        if address is not None:
+            limits.append((address, self.config.attempts_per_address))
+        return limits
 
     def _log(self, key: str, since: float) -> deque[float]:
         log = self._attempts.get(key)

@@ -23,6 +23,7 @@ from privatai.state import AppState
 from privatai.store.account_usage import AccountUsage
 from privatai.store.audit_log import AuditLog
 from privatai.store.database import Store
+from privatai.store.erasure import OwnsSharedAccount, delete_person
 from privatai.store.people import People, Session, new_token
 from privatai.store.teams import Teams
 
@@ -163,6 +164,7 @@ class Web:
         """A new session (never the old one: a token known before login is
         worthless after it) and a redirect to ``target``."""
         people = self.stores.people
+        await self.prune()
         if visitor.session_token is not None:
             await people.close_session(visitor.session_token)
         accounts = self.config.accounts
@@ -174,6 +176,16 @@ class Web:
         # A fresh form cookie too: the one from before login is not carried over.
         web_session.set_cookie(response, request, self.config, web_session.FORM_COOKIE, new_token(), None)
         return response
+
+    async def prune(self) -> None:
+        """Whenever someone logs in: no table of people grows without bound."""
+        stores = self.stores
+        accounts = self.config.accounts
+        for user in await stores.people.prune(accounts.unconfirmed_days, accounts.audit_retention_days):
+            try:
+                await delete_person(stores.store, stores.people, stores.teams, user)
+            except OwnsSharedAccount:
+                continue  # cannot happen without a login; left for the operator if it does
 
     async def log_out(self, request: Request, visitor: Visitor, lang: Language) -> HTTPResponse:
         if visitor.session_token is not None:

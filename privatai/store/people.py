@@ -18,7 +18,7 @@ from sqlalchemy import delete, func, insert, select, update
 from privatai.store.connection import Database, Queries
 from privatai.store.names import NAME_MAX, AdminError, checked, quoted
 from privatai.store.records import utc_now
-from privatai.store.schema import accounts, invites, memberships, sessions, user_tokens, users
+from privatai.store.schema import accounts, audit_log, invites, memberships, sessions, user_tokens, users
 
 EMAIL_MAX = 254
 EMAIL = re.compile(r"[^@\s<>\"'(),;:\\\[\]]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -179,6 +179,20 @@ class People(Queries):
                 await conn.execute(delete(invites).where(invites.c.email == email))
             await conn.execute(delete(users).where(users.c.id == user_id))
 
+    async def prune(self, unconfirmed_days: int, audit_days: int) -> list[User]:
+        """Forget what has run out: expired sessions and links, audit rows older
+        than ``audit_days``. Returns the people who never confirmed their address
+        within ``unconfirmed_days``, for the caller to erase with their accounts."""
+        now = utc_now()
+        async with self._db.write() as conn:
+            await conn.execute(delete(sessions).where(sessions.c.expires <= _stamp(now)))
+            await conn.execute(delete(user_tokens).where(user_tokens.c.expires <= _stamp(now)))
+            await conn.execute(delete(audit_log).where(
+                audit_log.c.created < _stamp(now - timedelta(days=audit_days))))
+        rows = await self._rows(_USER.where(users.c.confirmed_at.is_(None), users.c.created < _stamp(
+            now - timedelta(days=unconfirmed_days))))
+        return [_user(row) for row in rows]
+
     # ------------------------------------------------------------------ links
 
     async def issue_link(self, user_id: int, purpose: str, lifetime: float) -> str:
@@ -216,8 +230,6 @@ class People(Queries):
         token = new_token()
         now = utc_now()
         async with self._db.write() as conn:
-            # Expired sessions go whenever anyone logs in: no table grows without bound.
-            await conn.execute(delete(sessions).where(sessions.c.expires <= _stamp(now)))
             await conn.execute(insert(sessions).values(
                 token_sha256=token_digest(token), user_id=user_id, created=_stamp(now),
                 expires=_stamp(now + timedelta(seconds=lifetime)), last_seen=_stamp(now),

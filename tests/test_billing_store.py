@@ -98,3 +98,12 @@ async def test_unreported_meter_days(store: Store) -> None:
     await store.record_meter_report(metered, "2030-01-02", 30)
     assert await store.unreported_meter_days("2029-12-01", "2030-01-03") == []
     assert await store.meter_reports(metered) == [("2030-01-02", 30)]
+
+
+async def test_old_event_ids_are_forgotten(store: Store) -> None:
+    assert await store.record_billing_event("evt_old", "charge.refunded")
+    assert not await store.record_billing_event("evt_old", "charge.refunded")
+    assert await store.prune_billing_events(datetime(2000, 1, 1)) == 0
+    assert await store.billing_event_seen("evt_old")
+    assert await store.prune_billing_events(datetime(2100, 1, 1)) == 1
+    assert not await store.billing_event_seen("evt_old")

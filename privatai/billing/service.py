@@ -54,6 +54,8 @@ class BillingNotConfigured(Exception):
 
 
 class Billing:
+    """Billing of one gateway process: :meth:`start` runs the sweep, :meth:`close` ends it."""
+
     def __init__(self, config: BillingConfig, public_url: str, store: Store, api: StripeApi,
                  webhook_secret: str) -> None:
         self.config = config

@@ -8,8 +8,9 @@ import re
 import threading
 import time
 from email.message import EmailMessage
-from typing import Any
+from typing import Any, Iterator
 
+import pytest
 from aiosmtpd.controller import Controller
 
 from tests.gateway import HOST, free_port
@@ -67,3 +68,10 @@ class Mailbox:
         match = LINK.search(body.get_content())
         assert match, body.get_content()
         return match.group(0)
+
+
+@pytest.fixture(scope="module")
+def mailbox() -> Iterator[Mailbox]:
+    """A mail server for a test module (import this fixture into it)."""
+    with Mailbox() as box:
+        yield box

@@ -23,16 +23,10 @@ from tests.account_helpers import (PASSWORD, Visitor, alert, create_key, local, 
                                    rows, sign_up)
 from tests.fakes import FAKES
 from tests.gateway import Gateway, run_cli
-from tests.mailbox import Mailbox
+from tests.mailbox import Mailbox, mailbox  # noqa: F401 - the fixture
 from tests.portal_helpers import MODEL, site_gateway
 
 TEAM_PLAN = {"name": "team", "price": "49 €", "seats": 2}
-
-
-@pytest.fixture(scope="module")
-def mailbox() -> Iterator[Mailbox]:
-    with Mailbox() as box:
-        yield box
 
 
 @pytest.fixture(scope="module")

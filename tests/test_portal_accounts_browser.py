@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import CHROMIUM
 from tests.fakes import FAKES
 from tests.gateway import Gateway
-from tests.mailbox import Mailbox
+from tests.mailbox import Mailbox, mailbox  # noqa: F401 - the fixture
 from tests.portal_helpers import MODEL, site_gateway
 
 pytestmark = [pytest.mark.slow,
@@ -31,12 +31,6 @@ document.addEventListener('securitypolicyviolation', (e) => {
   window.__cspViolations.push(e.violatedDirective + ' ' + e.blockedURI);
 });
 """
-
-
-@pytest.fixture(scope="module")
-def mailbox() -> Iterator[Mailbox]:
-    with Mailbox() as box:
-        yield box
 
 
 @pytest.fixture(scope="module")

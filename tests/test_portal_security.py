@@ -16,17 +16,11 @@ from tests.account_helpers import (PASSWORD, Visitor, alert, create_key, local, 
                                    rows, sign_up)
 from tests.fakes import FAKES
 from tests.gateway import Gateway
-from tests.mailbox import Mailbox
+from tests.mailbox import Mailbox, mailbox  # noqa: F401 - the fixture
 from tests.portal_helpers import CSP, site_gateway
 
 # Pages a logged-in owner sees, and those anybody sees; both languages.
 PUBLIC = ["/anmelden", "/en/login", "/registrieren", "/en/signup", "/passwort-vergessen", "/en/forgot-password"]
-
-
-@pytest.fixture(scope="module")
-def mailbox() -> Iterator[Mailbox]:
-    with Mailbox() as box:
-        yield box
 
 
 @pytest.fixture(scope="module")
@@ -249,6 +243,26 @@ def test_bad_sign_up_input_gets_a_clear_message_and_changes_nothing(site: Gatewa
     assert response.status_code == 400 and message in alert(response), alert(response)
     assert HOSTILE not in response.text
     assert (count(site, "users"), count(site, "accounts")) == (users, accounts)
+    person.close()
+
+
+@pytest.mark.parametrize(("path", "fields", "message"), [
+    ("/anmelden", {"email": "", "password": ""}, "E-Mail-Adresse und Passwort"),
+    ("/anmelden", [("email", "a@b.de"), ("email", "c@d.de"), ("password", "x")], "Formular"),
+    ("/passwort-vergessen", {"email": HOSTILE}, "gültige E-Mail"),
+    ("/passwort-vergessen", {"email": "x" * 5000}, "Formular"),
+    ("/en/forgot-password", {"email": ""}, "valid e-mail address"),
+    ("/en/signup", {"email": "ok@security.test", "password": "short", "terms": "yes"}, "at least 10"),
+])
+def test_bad_login_and_reset_input_gets_a_clear_message(site: Gateway, path: str, fields: object,
+                                                        message: str) -> None:
+    person = Visitor(site)
+    person.get(path)
+    users, sessions = count(site, "users"), count(site, "sessions")
+    response = person.post(path, fields)  # type: ignore[arg-type]
+    assert response.status_code == 400 and message in alert(response), alert(response)
+    assert HOSTILE not in response.text
+    assert (count(site, "users"), count(site, "sessions")) == (users, sessions)
     person.close()
 
 

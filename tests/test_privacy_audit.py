@@ -729,6 +729,10 @@ def test_audit_command_passes_on_the_gateway(audit: Audit) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Result: PASS" in done.stdout and "UNEXPECTED" not in done.stdout
     assert "web chat, streamed (no key)" in done.stdout
+    # The website's forms, with canaries in every field a visitor reaches without an account.
+    for form in ("sign-up (malformed address)", "login", "password reset request", "new password",
+                 "confirmation", "invitation", "second factor (no session)"):
+        assert re.search(rf"website: {re.escape(form)}\s+\d+", done.stdout), (form, done.stdout)
     assert re.search(r"/metrics\s+1\s+[1-9]\d*\s+0", done.stdout), done.stdout
     assert "usage is recorded against the key " + audit.auditor_key[:12] in done.stdout
     assert sum(label.startswith("audit: ") for label in audit.canaries.values) >= 10

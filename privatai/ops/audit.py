@@ -3,7 +3,7 @@
 The audit sends unique canary strings through the real API (prompts, a
 streamed prompt, tool definitions and tool arguments, a malformed body, an
 unknown model name, bad keys, a query string, headers, the web chat when it
-is on), records what came back (the completion text the model wrote becomes
+is on, the website's sign-up, login and reset forms when accounts are on), records what came back (the completion text the model wrote becomes
 a canary too), then scans the places a deployment keeps things: the SQLite
 database with its ``-wal`` and ``-shm`` files and the rest of its directory,
 the log files given, the systemd journal of the unit, and ``/metrics`` (a
@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 import orjson
 
+from privatai.ops.audit_portal import probe_portal
 from privatai.ops.canary_scan import Canaries, ScanResult, db_files, read_journal, scan_bytes, scan_file, scan_tree
 
 EXIT_PASS, EXIT_FINDING, EXIT_USAGE = 0, 1, 2
@@ -217,6 +218,7 @@ class Prober:
                    headers={"User-Agent": c.add("user agent"), "X-Forwarded-For": "198.51.100.7",
                             "Cookie": f"session={c.add('cookie')}"})
         self.web_chat()
+        probe_portal(self)
         probe = Probe("unknown route", (404,))
         try:
             probe.status = self.client.get(f"{self.api}/models/{c.add('route path')}",

@@ -16,7 +16,7 @@ from privatai.portal.auth_pages import AuthPages
 from privatai.portal.dashboard import Dashboard
 from privatai.portal.pages import BY_NAME
 from privatai.portal.self_service import SelfService
-from privatai.portal.web import Web
+from privatai.portal.web import BadForm, Web
 
 if TYPE_CHECKING:
     from privatai.portal.routes import Site
@@ -64,11 +64,11 @@ def register_account_pages(app: Sanic, site: Site) -> None:
         routes += payment_routes(web)
     for index, (page, suffix, methods, view) in enumerate(routes):
         for lang, path in BY_NAME[page].paths.items():
-            app.add_route(_bound(view, page, lang), (path + suffix).rstrip("/") or "/", methods=methods,
+            app.add_route(_bound(web, view, page, lang), (path + suffix).rstrip("/") or "/", methods=methods,
                           name=f"portal_account_{index}_{lang}")
 
 
-def _bound(view: View, page: str, lang: Language) -> Callable[..., Awaitable[HTTPResponse]]:
+def _bound(web: Web, view: View, page: str, lang: Language) -> Callable[..., Awaitable[HTTPResponse]]:
     prefix = BY_NAME[page].paths[lang]
 
     async def handler(request: Request, **params: Any) -> HTTPResponse:
@@ -78,5 +78,9 @@ def _bound(view: View, page: str, lang: Language) -> Callable[..., Awaitable[HTT
             query = urlencode([(k, v) for k, v in request.query_args if k != "lang"])
             target = BY_NAME[page].paths[wanted] + request.path[len(prefix):]
             return redirect(target + (f"?{query}" if query else ""), headers={"Cache-Control": "no-store"})
-        return await view(request, lang, **params)
+        try:
+            return await view(request, lang, **params)
+        except BadForm:
+            # A field sent twice or far too long: no page of ours sends that.
+            return web.notice(request, await web.visitor(request), lang, "bad_form", status=400, name=page)
     return handler

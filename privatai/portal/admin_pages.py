@@ -10,7 +10,7 @@ from sanic import Request
 from sanic.response import HTTPResponse
 
 from privatai.config import Language
-from privatai.portal.web import BadForm, Web
+from privatai.portal.web import Web
 from privatai.store.records import utc_now
 
 USAGE_DAYS = 30
@@ -50,11 +50,7 @@ class AdminPages:
     async def act(self, request: Request, lang: Language, account_id: int, action: str) -> HTTPResponse:
         web = self.web
         visitor = await web.visitor(request)
-        try:
-            form = web.form(request)
-        except BadForm:
-            form = {}
-        if not visitor.csrf_ok(form.get("csrf")):
+        if web.posted(request, visitor) is None:
             return web.forbidden(request, visitor, lang)
         if visitor.user is None or not visitor.user.is_admin:
             return web.not_found(request, visitor, lang)

@@ -81,11 +81,11 @@ class AuthPages:
         if request.method == "GET":
             return web.page(request, visitor, "signup.html", "signup", lang, values={}, error=None)
         try:
-            form = web.form(request)
+            form = web.posted(request, visitor)
         except BadForm:
             return web.page(request, visitor, "signup.html", "signup", lang, status=400, values={},
                             error="bad_form")
-        if not visitor.csrf_ok(form.get("csrf")):
+        if form is None:
             return web.forbidden(request, visitor, lang)
         values = {"email": form.get("email", "")[:EMAIL_MAX], "account_name": form.get("account_name", "")[:NAME_MAX]}
 
@@ -136,11 +136,8 @@ class AuthPages:
             if not valid:
                 return web.notice(request, visitor, lang, "link_invalid", status=400, name="confirm")
             return web.page(request, visitor, "confirm.html", "confirm", lang, token=token)
-        try:
-            form = web.form(request)
-        except BadForm:
-            return web.notice(request, visitor, lang, "link_invalid", status=400, name="confirm")
-        if not visitor.csrf_ok(form.get("csrf")):
+        form = web.posted(request, visitor)
+        if form is None:
             return web.forbidden(request, visitor, lang)
         user_id = await web.stores.people.redeem_link(form.get("token", "")[:100], "confirm")
         if user_id is None:
@@ -160,11 +157,11 @@ class AuthPages:
             return web.page(request, visitor, "login.html", "login", lang, values={}, error=None,
                             next=target, done=request.args.get("done"))
         try:
-            form = web.form(request)
+            form = web.posted(request, visitor)
         except BadForm:
             return web.page(request, visitor, "login.html", "login", lang, status=400, values={},
                             error="bad_form", next=target, done=None)
-        if not visitor.csrf_ok(form.get("csrf")):
+        if form is None:
             return web.forbidden(request, visitor, lang)
         target = safe_next(form.get("next"), lang)
         email = form.get("email", "")[:EMAIL_MAX]
@@ -206,11 +203,8 @@ class AuthPages:
         target = safe_next(request.args.get("next"), lang)
         if request.method == "GET":
             return web.page(request, visitor, "second_factor.html", "second_factor", lang, error=None, next=target)
-        try:
-            form = web.form(request)
-        except BadForm:
-            form = {}
-        if not visitor.csrf_ok(form.get("csrf")):
+        form = web.posted(request, visitor)
+        if form is None:
             return web.forbidden(request, visitor, lang)
         target = safe_next(form.get("next"), lang)
         keys = self._keys(request, session.user.email)
@@ -228,11 +222,7 @@ class AuthPages:
     async def logout(self, request: Request, lang: Language) -> HTTPResponse:
         web = self.web
         visitor = await web.visitor(request)
-        try:
-            form = web.form(request)
-        except BadForm:
-            form = {}
-        if not visitor.csrf_ok(form.get("csrf")):
+        if web.posted(request, visitor) is None:
             return web.forbidden(request, visitor, lang)
         return await web.log_out(request, visitor, lang)
 
@@ -244,10 +234,10 @@ class AuthPages:
         if request.method == "GET":
             return web.page(request, visitor, "forgot.html", "forgot", lang, values={}, error=None)
         try:
-            form = web.form(request)
+            form = web.posted(request, visitor)
         except BadForm:
             return web.page(request, visitor, "forgot.html", "forgot", lang, status=400, values={}, error="bad_form")
-        if not visitor.csrf_ok(form.get("csrf")):
+        if form is None:
             return web.forbidden(request, visitor, lang)
         try:
             email = normalized_email(form.get("email", ""))
@@ -272,11 +262,8 @@ class AuthPages:
             if not token or not await people.link_valid(token, "reset"):
                 return web.notice(request, visitor, lang, "link_invalid", status=400, name="reset")
             return web.page(request, visitor, "reset.html", "reset", lang, token=token, error=None)
-        try:
-            form = web.form(request)
-        except BadForm:
-            return web.notice(request, visitor, lang, "link_invalid", status=400, name="reset")
-        if not visitor.csrf_ok(form.get("csrf")):
+        form = web.posted(request, visitor)
+        if form is None:
             return web.forbidden(request, visitor, lang)
         token = form.get("token", "")[:100]
         password = form.get("password", "")

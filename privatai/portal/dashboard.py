@@ -18,7 +18,7 @@ from sanic.response import HTTPResponse, raw
 from privatai.config import Language, PlanConfig
 from privatai.portal.chart import Bar, bar_chart, days
 from privatai.portal.plan_panel import PlanView, plan_panels
-from privatai.portal.web import NO_STORE, BadForm, Visitor, Web
+from privatai.portal.web import NO_STORE, Visitor, Web
 from privatai.store.names import LABEL_MAX, AdminError, checked
 from privatai.store.people import EMAIL_MAX, EmailInvalid, User
 from privatai.store.records import Account, utc_now
@@ -53,11 +53,8 @@ class Dashboard:
         if isinstance(found, HTTPResponse):
             return found
         visitor, user, account, role = found
-        try:
-            form = self.web.form(request)
-        except BadForm:
-            form = {}
-        if not visitor.csrf_ok(form.get("csrf")):
+        form = self.web.posted(request, visitor)
+        if form is None:
             return self.web.forbidden(request, visitor, lang)
         if manage and role not in MANAGERS:
             return self.web.notice(request, visitor, lang, "not_allowed", status=403)
@@ -250,11 +247,8 @@ class Dashboard:
         if request.method == "GET":
             token = request.args.get("token", "")[:100]
         else:
-            try:
-                form = web.form(request)
-            except BadForm:
-                form = {}
-            if not visitor.csrf_ok(form.get("csrf")):
+            form = web.posted(request, visitor)
+            if form is None:
                 return web.forbidden(request, visitor, lang)
             token = form.get("token", "")[:100]
         invite = await teams.invitation(token) if token else None

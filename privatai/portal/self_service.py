@@ -12,7 +12,7 @@ from sanic.response import HTTPResponse, raw
 from privatai.config import Language
 from privatai.portal.auth_pages import totp_step
 from privatai.portal.passwords import PASSWORD_MAX, hash_password, password_problem, verify_password
-from privatai.portal.web import NO_STORE, BadForm, Visitor, Web
+from privatai.portal.web import NO_STORE, Visitor, Web
 from privatai.store.erasure import OwnsSharedAccount, delete_person, export_person
 from privatai.store.people import User
 
@@ -28,11 +28,8 @@ class SelfService:
                       ) -> tuple[Visitor, User, dict[str, str]] | HTTPResponse:
         web = self.web
         visitor = await web.visitor(request)
-        try:
-            form = web.form(request)
-        except BadForm:
-            form = {}
-        if not visitor.csrf_ok(form.get("csrf")) or visitor.user is None:
+        form = web.posted(request, visitor)
+        if form is None or visitor.user is None:
             return web.forbidden(request, visitor, lang)
         return visitor, visitor.user, form
 

@@ -76,8 +76,14 @@ class Web:
         self.site = site
         self.state: AppState = site.state
         config = self.state.config
-        self.throttle = Throttle(config.accounts, config.web_chat.trusted_proxies)
+        self._throttle = Throttle(config.accounts, config.web_chat.trusted_proxies)
         self._stores: Stores | None = None
+
+    @property
+    def throttle(self) -> Throttle:
+        # The limits follow a reload; the attempts counted so far stay.
+        self._throttle.config = self.config.accounts
+        return self._throttle
 
     @property
     def config(self) -> Config:
@@ -114,6 +120,14 @@ class Web:
                 raise BadForm(name)
             fields[name] = values[0]
         return fields
+
+    def posted(self, request: Request, visitor: Visitor) -> dict[str, str] | None:
+        """A state-changing form's fields, or None when it lacks this visitor's
+        CSRF token (the caller answers 403 and changes nothing). BadForm for a
+        field sent twice or far too long (the routes answer 400)."""
+        if not visitor.csrf_ok((request.form or {}).get("csrf")):
+            return None
+        return self.form(request)
 
     # ------------------------------------------------------------------ responses
 

@@ -11,8 +11,8 @@ import pytest
 
 from privatai.core.events import TextDelta
 from privatai.store.records import utc_now
-from tests.billing_helpers import (METER_EVENT, billed_gateway, billing_of, new_customer_account, sdk, store_of,
-                                   subscribe)
+from tests.billing_helpers import (METER_EVENT, PRO_PRICE, TOKENS_PRICE, billed_gateway, billing_of,
+                                   new_customer_account, sdk, store_of, subscribe)
 from tests.gateway import LocalGateway
 from tests.scripted import ScriptedBackend, ScriptedBackends
 
@@ -40,6 +40,9 @@ async def test_closed_days_are_reported_exactly_once_with_a_retry(
         flat = await new_customer_account(gateway, "flatco")
         await subscribe(gateway, fake, "tokenco", plan="tokens")
         await subscribe(gateway, fake, "flatco", plan="pro")
+        # A metered price takes no quantity at checkout: the meter is the quantity.
+        items = [s["_params"]["line_items"] for s in fake.sessions.values() if s["object"] == "checkout.session"]
+        assert items == [[{"price": TOKENS_PRICE}], [{"price": PRO_PRICE, "quantity": "1"}]]
         tokens = await told(gateway, metered, backend, (7, 3)) + await told(gateway, metered, backend, (5, 2))
         await told(gateway, flat, backend, (50, 50))
         async with httpx.AsyncClient() as http:

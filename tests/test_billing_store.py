@@ -110,3 +110,12 @@ async def test_deleting_a_paying_account_erases_its_billing_rows_too(store: Stor
     with pytest.raises(Exception) as refused:
         await store.authenticate(key.key)
     assert refused.type.__name__ == "AuthenticationFailed"
+
+
+async def test_old_event_ids_are_forgotten(store: Store) -> None:
+    assert await store.record_billing_event("evt_old", "charge.refunded")
+    assert not await store.record_billing_event("evt_old", "charge.refunded")
+    assert await store.prune_billing_events(datetime(2000, 1, 1)) == 0
+    assert await store.billing_event_seen("evt_old")
+    assert await store.prune_billing_events(datetime(2100, 1, 1)) == 1
+    assert not await store.billing_event_seen("evt_old")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import stripe
@@ -34,6 +34,9 @@ HANDLED = frozenset({
     "customer.subscription.created", "customer.subscription.updated", "customer.subscription.deleted",
     "invoice.paid", "invoice.payment_failed",
 })
+# Stripe retries a webhook for up to three days; an event id older than this
+# is forgotten (applying one again would only re-read Stripe's current state).
+EVENT_MEMORY = timedelta(days=30)
 # A subscription in one of these is the one to manage in the Billing Portal, not to buy again.
 _SUBSCRIBED = frozenset({"active", "trialing", "past_due", "unpaid", "incomplete"})
 
@@ -51,6 +54,8 @@ class BillingNotConfigured(Exception):
 
 
 class Billing:
+    """Billing of one gateway process: :meth:`start` runs the sweep, :meth:`close` ends it."""
+
     def __init__(self, config: BillingConfig, public_url: str, store: Store, api: StripeApi,
                  webhook_secret: str) -> None:
         self.config = config
@@ -170,9 +175,10 @@ class Billing:
     # ------------------------------------------------------------------ sweep
 
     async def sweep(self, now: datetime | None = None) -> None:
-        """End grace periods that ran out; report closed days of per-token plans
-        (as of ``now``, UTC, naive as stored; the clock by default)."""
+        """End grace periods that ran out, forget old event ids, report closed
+        days of per-token plans (as of ``now``, UTC, naive as stored; the clock by default)."""
         now = now or utc_now()
+        await self._store.prune_billing_events(now - EVENT_MEMORY)
         ended = await self._store.expire_grace(now)
         if ended:
             log.info("grace period ended for %d account(s): inactive", ended)

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Callable
 
 import sqlalchemy.exc
-from sqlalchemy import BigInteger, and_, cast, func, insert, select, update
+from sqlalchemy import BigInteger, and_, cast, delete, func, insert, select, update
 
 from privatai.store import changes
 from privatai.store.auth_cache import AuthCache
@@ -137,6 +137,12 @@ class BillingQueries(Queries):
             return False
         self._auth.clear()
         return True
+
+    async def prune_billing_events(self, before: datetime) -> int:
+        """Forget event ids received before ``before``; how many."""
+        async with self._db.write() as conn:
+            return (await conn.execute(delete(billing_events)
+                                       .where(billing_events.c.received < before.isoformat()))).rowcount
 
     async def expire_grace(self, now: datetime) -> int:
         """Accounts past due whose grace period ended become inactive; how many."""

@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from tests.fakes import FAKES
-from tests.gateway import Gateway
-from tests.portal_helpers import CSP, MODEL, PAGES, PATHS, example_files, parse, site_gateway, urls
+from tests.gateway import Gateway, LocalGateway
+from tests.portal_helpers import CSP, MODEL, PAGES, PATHS, example_files, parse, site_config, site_gateway, urls
 
 HOSTILE = '<script>alert("x")</script>'
 ESCAPED = "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;"
@@ -372,10 +372,11 @@ def test_docs_follow_the_proxy_origin_and_refuse_a_bad_host(site: Gateway) -> No
         assert refused.json()["error"]["type"] == "invalid_request_error"
 
 
-def test_public_url_names_the_origin(tmp_path: Path) -> None:
-    with FAKES["llamacpp"]() as fake:
-        with site_gateway(tmp_path, fake, portal={"public_url": "https://api.example.de"}) as gateway:
-            examples = parse(httpx.get(gateway.url + "/en/docs").text).examples
+async def test_public_url_names_the_origin(tmp_path: Path) -> None:
+    async with FAKES["llamacpp"]() as fake, \
+            LocalGateway(tmp_path, site_config(fake, portal={"public_url": "https://api.example.de"})) as gateway, \
+            httpx.AsyncClient() as client:
+        examples = parse((await client.get(gateway.url + "/en/docs")).text).examples
     assert "curl https://api.example.de/api/v1/chat/completions" in examples["chat.curl.sh"]
     assert "curl https://api.example.de/healthz" in examples["health.curl.sh"]
 
@@ -409,10 +410,11 @@ def test_stylesheet_is_served_with_an_etag_and_nothing_else_is(site: Gateway) ->
         assert get(site, path).status_code == 404, path
 
 
-def test_portal_off_leaves_the_root_to_the_web_chat(tmp_path: Path) -> None:
-    with FAKES["llamacpp"]() as fake:
-        with site_gateway(tmp_path, fake, portal={"enabled": False}) as gateway:
-            root = httpx.get(gateway.url + "/")
-            assert root.status_code == 302 and root.headers["location"] == "/webchat"
-            for path in ("/preise", "/en/docs", "/static/site.css"):
-                assert httpx.get(gateway.url + path).status_code == 404, path
+async def test_portal_off_leaves_the_root_to_the_web_chat(tmp_path: Path) -> None:
+    async with FAKES["llamacpp"]() as fake, \
+            LocalGateway(tmp_path, site_config(fake, portal={"enabled": False})) as gateway, \
+            httpx.AsyncClient() as client:
+        root = await client.get(gateway.url + "/")
+        assert root.status_code == 302 and root.headers["location"] == "/webchat"
+        for path in ("/preise", "/en/docs", "/static/site.css"):
+            assert (await client.get(gateway.url + path)).status_code == 404, path

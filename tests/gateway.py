@@ -41,6 +41,10 @@ from tests.fakes import FAKES, FakeBackend
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
+# One client for every start's /healthz polls: httpx.get builds a client, and
+# with it an SSL context (~70 ms of CPU), per poll, which starves the process
+# that is starting. No keep-alive: a poll leaves no idle connection behind.
+_HEALTH_POLL = httpx.Client(timeout=1, limits=httpx.Limits(max_keepalive_connections=0))
 
 
 def free_port() -> int:
@@ -157,7 +161,7 @@ class Gateway(_Configured):
                     return self.start(timeout, attempts - 1)
                 raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.output()}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                if _HEALTH_POLL.get(f"{self.url}/healthz").status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass

@@ -27,11 +27,15 @@ PATHS = [path for _, de, en in PAGES for path in (de, en)]
 EXAMPLE_DIR = Path(__file__).resolve().parent.parent / "privatai" / "portal" / "examples"
 
 
+def site_config(fake: FakeBackend, **config: Any) -> dict[str, Any]:
+    """A gateway's configuration in front of a fake backend (no model to
+    load): the website needs only a running server."""
+    return {"backends": [{"name": "fake", "kind": "llamacpp", "url": fake.url, "models": [MODEL]}], **config}
+
+
 def site_gateway(workdir: Path, fake: FakeBackend, **config: Any) -> Gateway:
-    """A gateway in front of a fake backend (no model to load): the website
-    needs only a running server."""
-    return Gateway(workdir, {"backends": [{"name": "fake", "kind": "llamacpp", "url": fake.url,
-                                           "models": [MODEL]}], **config})
+    """:func:`site_config` as a gateway process."""
+    return Gateway(workdir, site_config(fake, **config))
 
 
 class Elements(HTMLParser):

@@ -1,4 +1,8 @@
-"""The admin CLI as an operator runs it: real processes on a real database file."""
+"""The admin CLI as an operator runs it, on a real database file: the
+`privatai` entry point run in this process (tests/gateway.py's ``run_cli``:
+the same parser, handlers, output and exit codes, without a Python start-up
+per command), and once as its own process (``python -m
+privatai.ops.admin_cli``) for what only a process shows."""
 from __future__ import annotations
 
 import asyncio
@@ -15,18 +19,23 @@ from privatai.store.keys import is_well_formed
 from privatai.store.database import Store
 from privatai.store.recorder import Batch, Counts, UsageRecorder
 from privatai.store.records import utc_now
+from tests.gateway import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 class CLI:
-    def __init__(self, db: Path) -> None:
+    def __init__(self, db: Path, process: bool = False) -> None:
         self.db = db
+        self.process = process
 
     def __call__(self, *args: str, code: int = 0, db: bool = True) -> subprocess.CompletedProcess[str]:
         extra = ["--db", str(self.db)] if db else []
-        result = subprocess.run([sys.executable, "-m", "privatai.ops.admin_cli", *args, *extra], cwd=ROOT,
-                                capture_output=True, text=True, timeout=60)
+        if self.process:
+            result = subprocess.run([sys.executable, "-m", "privatai.ops.admin_cli", *args, *extra], cwd=ROOT,
+                                    capture_output=True, text=True, timeout=60)
+        else:
+            result = run_cli(*args, *extra)
         assert result.returncode == code, (result.stdout, result.stderr)
         assert "Traceback" not in result.stderr
         if code == 2:
@@ -38,6 +47,14 @@ class CLI:
 @pytest.fixture
 def cli(tmp_path: Path) -> CLI:
     return CLI(tmp_path / "privatai.db")
+
+
+def test_the_module_runs_as_its_own_process(tmp_path: Path) -> None:
+    """Exit codes and the one-line error as a shell sees them."""
+    cli = CLI(tmp_path / "privatai.db", process=True)
+    assert "Created account 'acme'" in cli("accounts", "create", "acme", "--plan", "enterprise").stdout
+    assert "already exists" in cli("accounts", "create", "Acme", code=2).stderr
+    assert cli("accounts", "list").stdout.splitlines()[2].split()[1:4] == ["acme", "enterprise", "active"]
 
 
 def test_accounts(cli: CLI) -> None:

@@ -7,6 +7,7 @@ and the kind, with nothing sent upstream.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Iterator
 
 import httpx
@@ -14,8 +15,8 @@ import openai
 import pytest
 
 from privatai.core.events import TextDelta, ThinkingDelta
-from tests.fakes import FakeBackend
-from tests.gateway import gateway_on_fake
+from tests.fakes import FAKES, FakeBackend
+from tests.gateway import UPSTREAM_KEY, Gateway
 
 KINDS = ["ollama", "llamacpp", "vllm", "openai"]
 REFUSED = object()
@@ -82,12 +83,33 @@ ROWS: list[tuple[str, dict[str, Any], dict[str, Any], str]] = [
 ]
 
 
+def model(fake: FakeBackend) -> str:
+    """The gateway's name for the model of ``fake``'s backend."""
+    return f"chat-model-{fake.kind}"
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str, FakeBackend], Gateway, str]]:
+    """One gateway process in front of one fake of each kind, a backend and
+    model each: a request reaches exactly its kind's fake."""
+    with contextlib.ExitStack() as stack:
+        fakes = {kind: stack.enter_context(FAKES[kind](api_key=UPSTREAM_KEY) if kind == "openai" else FAKES[kind]())
+                 for kind in KINDS}
+        backends = [{"name": f"{kind}-1", "kind": kind, "url": fake.url,
+                     "models": [{"name": model(fake), "upstream": "fake-model"}],
+                     **({"api_key_env": "UPSTREAM_API_KEY"} if kind == "openai" else {})}
+                    for kind, fake in fakes.items()]
+        gateway = Gateway(tmp_path_factory.mktemp("gw-params"), {"backends": backends},
+                          env={"UPSTREAM_API_KEY": UPSTREAM_KEY})
+        key = gateway.create_key()
+        yield fakes, stack.enter_context(gateway), key
+
+
 @pytest.fixture(scope="module", params=KINDS)
 def served(request: pytest.FixtureRequest,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FakeBackend, openai.OpenAI]]:
-    kind = request.param
-    with gateway_on_fake(kind, tmp_path_factory.mktemp(f"gw-{kind}")) as (fake, gateway, key):
-        yield fake, openai.OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0, timeout=30)
+           gateway: tuple[dict[str, FakeBackend], Gateway, str]) -> tuple[FakeBackend, openai.OpenAI]:
+    fakes, running, key = gateway
+    return fakes[request.param], openai.OpenAI(base_url=running.base_url, api_key=key, max_retries=0, timeout=30)
 
 
 def dig(body: Any, path: str) -> Any:
@@ -111,7 +133,7 @@ def test_parameter_reaches_the_backend_or_is_refused(served: tuple[FakeBackend, 
     want = expected[fake.kind]
     if want is REFUSED:
         with pytest.raises(openai.BadRequestError) as caught:
-            client.chat.completions.create(model="chat-model", **arguments)
+            client.chat.completions.create(model=model(fake), **arguments)
         error = caught.value.body
         assert isinstance(error, dict)
         assert error["param"] == refused_param
@@ -119,7 +141,7 @@ def test_parameter_reaches_the_backend_or_is_refused(served: tuple[FakeBackend, 
         assert len(fake.chat_bodies) == sent_before
         return
     fake.reply(TextDelta("ok"))
-    completion = client.chat.completions.create(model="chat-model", **arguments)
+    completion = client.chat.completions.create(model=model(fake), **arguments)
     assert completion.choices[0].message.content == "ok"
     path, value = want
     assert dig(fake.last_body, path) == value
@@ -128,7 +150,7 @@ def test_parameter_reaches_the_backend_or_is_refused(served: tuple[FakeBackend, 
 def test_streamed_request_gets_the_same_mapping(served: tuple[FakeBackend, openai.OpenAI]) -> None:
     fake, client = served
     fake.reply(TextDelta("ok"))
-    chunks = list(client.chat.completions.create(model="chat-model", messages=USER, stream=True,
+    chunks = list(client.chat.completions.create(model=model(fake), messages=USER, stream=True,
                                                  presence_penalty=1.5))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "ok"
     body = fake.last_body
@@ -139,7 +161,7 @@ def test_refusal_of_a_streamed_request_is_a_real_400(served: tuple[FakeBackend, 
     fake, client = served
     sent_before = len(fake.chat_bodies)
     with pytest.raises(openai.BadRequestError) as caught:
-        client.chat.completions.create(model="chat-model", messages=USER, stream=True, n=3)
+        client.chat.completions.create(model=model(fake), messages=USER, stream=True, n=3)
     assert caught.value.status_code == 400 and caught.value.body["param"] == "n"
     assert len(fake.chat_bodies) == sent_before
 
@@ -153,10 +175,10 @@ def test_usage_details_the_backend_reports_reach_the_client(served: tuple[FakeBa
     before = httpx.get(usage_url, headers=headers, timeout=10).json()
     reply = fake.reply(ThinkingDelta("Hmm."), TextDelta("ok"), usage=(30, 12))
     reply.cached_tokens, reply.reasoning_tokens = 20, 8
-    whole = client.chat.completions.create(model="chat-model", messages=USER).usage
+    whole = client.chat.completions.create(model=model(fake), messages=USER).usage
     reply = fake.reply(ThinkingDelta("Hmm."), TextDelta("ok"), usage=(30, 12))
     reply.cached_tokens, reply.reasoning_tokens = 20, 8
-    chunks = list(client.chat.completions.create(model="chat-model", messages=USER, stream=True,
+    chunks = list(client.chat.completions.create(model=model(fake), messages=USER, stream=True,
                                                  stream_options={"include_usage": True}))
     (streamed,) = [c.usage for c in chunks if c.usage]
     for usage in (whole, streamed):
@@ -175,7 +197,7 @@ def test_implausible_usage_details_are_left_out(served: tuple[FakeBackend, opena
     fake, client = served
     reply = fake.reply(TextDelta("ok"), usage=(30, 12))
     reply.cached_tokens, reply.reasoning_tokens = 31, -1
-    usage = client.chat.completions.create(model="chat-model", messages=USER).usage
+    usage = client.chat.completions.create(model=model(fake), messages=USER).usage
     assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (30, 12)
     assert usage.prompt_tokens_details is None and usage.completion_tokens_details is None
 
@@ -185,10 +207,10 @@ def test_content_filter_finish_reaches_the_client(served: tuple[FakeBackend, ope
     if fake.kind == "ollama":
         pytest.skip("Ollama's done_reason is only stop or length")
     fake.reply(TextDelta("I can"), finish="content_filter")
-    assert client.chat.completions.create(model="chat-model", messages=USER).choices[0].finish_reason \
+    assert client.chat.completions.create(model=model(fake), messages=USER).choices[0].finish_reason \
         == "content_filter"
     fake.reply(TextDelta("I can"), finish="content_filter")
-    chunks = list(client.chat.completions.create(model="chat-model", messages=USER, stream=True))
+    chunks = list(client.chat.completions.create(model=model(fake), messages=USER, stream=True))
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] \
         == ["content_filter"]
 
@@ -198,7 +220,7 @@ def test_logprobs_come_back_whole_and_streamed(served: tuple[FakeBackend, openai
     if fake.kind == "ollama":
         pytest.skip("refused on Ollama (see the parameter table)")
     fake.reply(TextDelta("Hel"), TextDelta("lo"))
-    choice = client.chat.completions.create(model="chat-model", messages=USER, logprobs=True,
+    choice = client.chat.completions.create(model=model(fake), messages=USER, logprobs=True,
                                             top_logprobs=2).choices[0]
     assert choice.message.content == "Hello"
     assert choice.logprobs is not None and choice.logprobs.content is not None
@@ -206,7 +228,7 @@ def test_logprobs_come_back_whole_and_streamed(served: tuple[FakeBackend, openai
     assert [a.token for a in choice.logprobs.content[0].top_logprobs] == ["alt0", "alt1"]
 
     fake.reply(TextDelta("Hel"), TextDelta("lo"))
-    chunks = list(client.chat.completions.create(model="chat-model", messages=USER, stream=True, logprobs=True))
+    chunks = list(client.chat.completions.create(model=model(fake), messages=USER, stream=True, logprobs=True))
     streamed = [t.token for c in chunks if c.choices and c.choices[0].logprobs
                 for t in c.choices[0].logprobs.content or []]
     assert streamed == ["Hel", "lo"]
@@ -216,7 +238,7 @@ def test_logprobs_come_back_whole_and_streamed(served: tuple[FakeBackend, openai
 def test_no_logprobs_unless_asked(served: tuple[FakeBackend, openai.OpenAI]) -> None:
     fake, client = served
     fake.reply(TextDelta("Hello"))
-    assert client.chat.completions.create(model="chat-model", messages=USER).choices[0].logprobs is None
+    assert client.chat.completions.create(model=model(fake), messages=USER).choices[0].logprobs is None
 
 
 def test_system_fingerprint_reaches_the_client(served: tuple[FakeBackend, openai.OpenAI]) -> None:
@@ -224,9 +246,9 @@ def test_system_fingerprint_reaches_the_client(served: tuple[FakeBackend, openai
     if fake.kind == "ollama":
         pytest.skip("Ollama reports no fingerprint")
     fake.reply(TextDelta("ok")).system_fingerprint = "fp_b4567"
-    assert client.chat.completions.create(model="chat-model", messages=USER).system_fingerprint == "fp_b4567"
+    assert client.chat.completions.create(model=model(fake), messages=USER).system_fingerprint == "fp_b4567"
     fake.reply(TextDelta("o"), TextDelta("k")).system_fingerprint = "fp_b4567"
-    chunks = list(client.chat.completions.create(model="chat-model", messages=USER, stream=True,
+    chunks = list(client.chat.completions.create(model=model(fake), messages=USER, stream=True,
                                                  stream_options={"include_usage": True}))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "ok"
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -238,4 +260,4 @@ def test_no_fingerprint_when_the_upstream_sends_none(served: tuple[FakeBackend, 
     fake.reply(TextDelta("ok"))
     # llama-server names its build in every whole answer; the others send none (or null).
     expected = "b6000-fake" if fake.kind == "llamacpp" else None
-    assert client.chat.completions.create(model="chat-model", messages=USER).system_fingerprint == expected
+    assert client.chat.completions.create(model=model(fake), messages=USER).system_fingerprint == expected

@@ -11,7 +11,7 @@ import pytest
 
 from privatai.core.events import TextDelta
 from tests.fakes import FAKES, FakeBackend
-from tests.gateway import Gateway
+from tests.gateway import Gateway, LocalGateway
 
 ALLOWED = "https://app.example.com"
 REQUEST_ID = re.compile(r"^req_[0-9a-f]{32}$")
@@ -90,12 +90,12 @@ def test_responses_expose_request_id_and_rate_limit_headers_to_listed_origins(
     assert unlisted.status_code == 200 and "access-control-allow-origin" not in unlisted.headers
 
 
-def test_no_cors_by_default(tmp_path: Path) -> None:
-    with FAKES["vllm"]() as fake:
-        gateway = Gateway(tmp_path, {"backends": [{"name": "v", "kind": "vllm", "url": fake.url,
-                                                   "models": ["chat-model"]}]})
-        with gateway:
-            response = httpx.options(f"{gateway.base_url}/chat/completions",
-                                     headers={"Origin": ALLOWED, "Access-Control-Request-Method": "POST"})
+async def test_no_cors_by_default(tmp_path: Path) -> None:
+    async with FAKES["vllm"]() as fake:
+        gateway = LocalGateway(tmp_path, {"backends": [{"name": "v", "kind": "vllm", "url": fake.url,
+                                                        "models": ["chat-model"]}]})
+        async with gateway, httpx.AsyncClient() as client:
+            response = await client.options(f"{gateway.base_url}/chat/completions",
+                                            headers={"Origin": ALLOWED, "Access-Control-Request-Method": "POST"})
             assert response.status_code == 204 and "access-control-allow-origin" not in response.headers
             assert REQUEST_ID.match(response.headers["x-request-id"])

@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from tests.fakes import FAKES
-from tests.gateway import Gateway
-from tests.portal_helpers import CSP, MODEL, PAGES, PATHS, example_files, parse, site_gateway, urls
+from tests.gateway import Gateway, LocalGateway
+from tests.portal_helpers import CSP, MODEL, PAGES, PATHS, example_files, parse, site_config, site_gateway, urls
 
 HOSTILE = '<script>alert("x")</script>'
 ESCAPED = "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;"
@@ -72,8 +72,13 @@ def assert_inert(html: str) -> None:
         assert urlsplit(value).scheme in ("", "http", "https", "mailto") or value == "data:,", value
 
 
+# One SSL context for all the one-off requests (each its own client, so no
+# cookie carries over): httpx builds one per client otherwise, ~50 ms of CPU.
+SSL = httpx.create_ssl_context()
+
+
 def get(site: Gateway, path: str, **headers: str) -> httpx.Response:
-    return httpx.get(site.url + path, headers=headers, timeout=30)
+    return httpx.get(site.url + path, headers=headers, timeout=30, verify=SSL)
 
 
 def page(site: Gateway, path: str) -> str:
@@ -147,7 +152,7 @@ def test_every_link_on_every_page_leads_somewhere(site: Gateway) -> None:
             if value.startswith("#"):
                 assert value[1:] in ids, f"{path}: {value}"
             elif value.startswith("/") and value not in seen:
-                response = httpx.get(site.url + value, follow_redirects=True, timeout=30)
+                response = httpx.get(site.url + value, follow_redirects=True, timeout=30, verify=SSL)
                 seen[value] = response.status_code
     assert seen and all(status == 200 for status in seen.values()), seen
 
@@ -376,10 +381,11 @@ def test_docs_follow_the_proxy_origin_and_refuse_a_bad_host(site: Gateway) -> No
         assert refused.json()["error"]["type"] == "invalid_request_error"
 
 
-def test_public_url_names_the_origin(tmp_path: Path) -> None:
-    with FAKES["llamacpp"]() as fake:
-        with site_gateway(tmp_path, fake, portal={"public_url": "https://api.example.de"}) as gateway:
-            examples = parse(httpx.get(gateway.url + "/en/docs").text).examples
+async def test_public_url_names_the_origin(tmp_path: Path) -> None:
+    async with FAKES["llamacpp"]() as fake, \
+            LocalGateway(tmp_path, site_config(fake, portal={"public_url": "https://api.example.de"})) as gateway, \
+            httpx.AsyncClient() as client:
+        examples = parse((await client.get(gateway.url + "/en/docs")).text).examples
     assert "curl https://api.example.de/api/v1/chat/completions" in examples["chat.curl.sh"]
     assert "curl https://api.example.de/healthz" in examples["health.curl.sh"]
 
@@ -413,10 +419,11 @@ def test_stylesheet_is_served_with_an_etag_and_nothing_else_is(site: Gateway) ->
         assert get(site, path).status_code == 404, path
 
 
-def test_portal_off_leaves_the_root_to_the_web_chat(tmp_path: Path) -> None:
-    with FAKES["llamacpp"]() as fake:
-        with site_gateway(tmp_path, fake, portal={"enabled": False}) as gateway:
-            root = httpx.get(gateway.url + "/")
-            assert root.status_code == 302 and root.headers["location"] == "/webchat"
-            for path in ("/preise", "/en/docs", "/static/site.css"):
-                assert httpx.get(gateway.url + path).status_code == 404, path
+async def test_portal_off_leaves_the_root_to_the_web_chat(tmp_path: Path) -> None:
+    async with FAKES["llamacpp"]() as fake, \
+            LocalGateway(tmp_path, site_config(fake, portal={"enabled": False})) as gateway, \
+            httpx.AsyncClient() as client:
+        root = await client.get(gateway.url + "/")
+        assert root.status_code == 302 and root.headers["location"] == "/webchat"
+        for path in ("/preise", "/en/docs", "/static/site.css"):
+            assert (await client.get(gateway.url + path)).status_code == 404, path

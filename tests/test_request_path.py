@@ -1,5 +1,7 @@
-"""The request path under hostile or awkward clients (issue 12), on a real
-gateway process in front of a fake vLLM on real sockets.
+"""The request path under hostile or awkward clients (issue 12): the real
+gateway in front of a fake vLLM on real sockets, served in the test's loop
+(LocalGateway), and as its own process where the process is what is looked
+at (its event loop while it counts, its access log).
 
 Bodies that used to be 500s, a queue wait that used to end in a 200 with an
 in-band error, token counting that used to stall the event loop, a visitor
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import re
 import time
@@ -23,7 +26,7 @@ from privatai.core import tokens
 from privatai.core.events import TextDelta
 from privatai.core.protocol import parse_chat_request
 from tests.fakes import Drop, ErrorLine, FakeVLLM, Sleep
-from tests.gateway import Gateway
+from tests.gateway import Gateway, LocalGateway
 
 MODEL = "m"
 VISITOR = "203.0.113.9"
@@ -46,7 +49,7 @@ async def fake() -> AsyncIterator[FakeVLLM]:
         yield backend
 
 
-async def leave_after_upload(gateway: Gateway, fake: FakeVLLM, path: str, body: dict[str, Any],
+async def leave_after_upload(gateway: LocalGateway, fake: FakeVLLM, path: str, body: dict[str, Any],
                              headers: dict[str, str]) -> None:
     """Send a streamed chat on a raw socket, wait until the backend has the
     request, then close the connection before any token came back."""
@@ -84,10 +87,11 @@ BAD_BODIES = [
 
 
 async def test_out_of_bounds_bodies_are_400_naming_the_field_on_the_api_and_the_web_chat(
-        tmp_path: Path, fake: FakeVLLM) -> None:
-    gateway = Gateway(tmp_path, config(fake))
+        tmp_path: Path, fake: FakeVLLM, caplog: pytest.LogCaptureFixture) -> None:
+    gateway = LocalGateway(tmp_path, config(fake))
     key = gateway.create_key()
-    with gateway:
+    async with gateway:
+        caplog.set_level(logging.DEBUG, logger="privatai")
         async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
             for body, param in BAD_BODIES:
                 data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
@@ -100,18 +104,22 @@ async def test_out_of_bounds_bodies_are_400_naming_the_field_on_the_api_and_the_
                     error = response.json()["error"]
                     assert error["type"] == "invalid_request_error" and error["param"] == param, (path, error)
     assert fake.chat_bodies == []
-    assert "request failed" not in gateway.output()
+    # Positive control: the gateway's records do reach the capture (its access lines).
+    statuses = [getattr(record, "fields", {}).get("status") for record in caplog.records
+                if record.name == "privatai.access"]
+    assert statuses == [400] * 2 * len(BAD_BODIES)
+    assert not [record for record in caplog.records if "request failed" in record.getMessage()]
 
 
 # -- a queue wait ends in a real 429 ------------------------------------------
 
 async def test_a_streamed_request_that_waits_out_the_queue_gets_a_real_429(tmp_path: Path, fake: FakeVLLM) -> None:
     # Keep-alive comments come every 0.2 s, well before the 1 s queue timeout.
-    gateway = Gateway(tmp_path, config(fake, backend={"max_concurrency": 1}, server={"keepalive_interval": 0.2},
-                                       routing={"queue_timeout": 1.0}))
+    gateway = LocalGateway(tmp_path, config(fake, backend={"max_concurrency": 1}, server={"keepalive_interval": 0.2},
+                                            routing={"queue_timeout": 1.0}))
     key = gateway.create_key()
     fake.reply(Sleep(4), TextDelta("first"))
-    with gateway:
+    async with gateway:
         headers = {"Authorization": f"Bearer {key}"}
         async with httpx.AsyncClient(base_url=gateway.base_url, timeout=30, headers=headers) as client:
             holder = asyncio.create_task(client.post("/chat/completions", json=chat(stream=True)))
@@ -133,10 +141,10 @@ async def test_a_streamed_request_that_waits_out_the_queue_gets_a_real_429(tmp_p
 
 
 async def test_keep_alive_comments_once_a_backend_has_the_request(tmp_path: Path, fake: FakeVLLM) -> None:
-    gateway = Gateway(tmp_path, config(fake, server={"keepalive_interval": 0.2}))
+    gateway = LocalGateway(tmp_path, config(fake, server={"keepalive_interval": 0.2}))
     key = gateway.create_key()
     fake.reply(Sleep(1.2), TextDelta("finally"))
-    with gateway:
+    async with gateway:
         async with httpx.AsyncClient(base_url=gateway.base_url, timeout=30,
                                      headers={"Authorization": f"Bearer {key}"}) as client:
             async with client.stream("POST", "/chat/completions", json=chat(stream=True)) as response:
@@ -187,10 +195,10 @@ async def test_a_client_that_leaves_a_stream_with_a_big_prompt_stops_the_upstrea
         tmp_path: Path, fake: FakeVLLM) -> None:
     # A body larger than Sanic's 64 KB read buffer used to leave the socket
     # unread, so the gateway never saw the client go and the backend generated on.
-    gateway = Gateway(tmp_path, config(fake))
+    gateway = LocalGateway(tmp_path, config(fake))
     key = gateway.create_key()
     fake.reply(TextDelta("Sure"), Sleep(30), TextDelta(" never"))
-    with gateway:
+    async with gateway:
         async with httpx.AsyncClient(base_url=gateway.base_url, timeout=60,
                                      headers={"Authorization": f"Bearer {key}"}) as client:
             async with client.stream("POST", "/chat/completions",
@@ -211,9 +219,9 @@ async def test_a_client_that_leaves_a_stream_with_a_big_prompt_stops_the_upstrea
 async def test_a_visitor_who_leaves_before_the_first_token_is_charged_the_prompt(
         tmp_path: Path, fake: FakeVLLM) -> None:
     long_prompt = "Please think about this carefully. " * 300  # about 1,800 tokens
-    gateway = Gateway(tmp_path, config(fake, web_chat={"tokens_per_day": 1000}))
+    gateway = LocalGateway(tmp_path, config(fake, web_chat={"tokens_per_day": 1000}))
     fake.reply(Sleep(30), TextDelta("late"))
-    with gateway:
+    async with gateway:
         await leave_after_upload(gateway, fake, "/webchat/api/chat/completions", chat(long_prompt),
                                  {"X-Forwarded-For": VISITOR})
         fake.reply(TextDelta("hello"))
@@ -232,11 +240,11 @@ async def test_a_visitor_who_leaves_before_the_first_token_is_charged_the_prompt
 
 async def test_an_api_client_that_leaves_before_the_first_token_is_billed_the_prompt(
         tmp_path: Path, fake: FakeVLLM) -> None:
-    gateway = Gateway(tmp_path, config(fake))
+    gateway = LocalGateway(tmp_path, config(fake))
     key = gateway.create_key()
     body = chat("Count me, even though I leave.")
     fake.reply(Sleep(30), TextDelta("late"))
-    with gateway:
+    async with gateway:
         await leave_after_upload(gateway, fake, "/v1/chat/completions", body, {"Authorization": f"Bearer {key}"})
         async with httpx.AsyncClient(base_url=gateway.base_url, timeout=30,
                                      headers={"Authorization": f"Bearer {key}"}) as client:
@@ -249,10 +257,10 @@ async def test_an_api_client_that_leaves_before_the_first_token_is_billed_the_pr
 
 
 async def test_a_request_that_leaves_while_queued_is_not_billed(tmp_path: Path, fake: FakeVLLM) -> None:
-    gateway = Gateway(tmp_path, config(fake, backend={"max_concurrency": 1}, routing={"queue_timeout": 5}))
+    gateway = LocalGateway(tmp_path, config(fake, backend={"max_concurrency": 1}, routing={"queue_timeout": 5}))
     key = gateway.create_key()
     fake.reply(Sleep(2), TextDelta("held"))
-    with gateway:
+    async with gateway:
         headers = {"Authorization": f"Bearer {key}"}
         async with httpx.AsyncClient(base_url=gateway.base_url, timeout=30, headers=headers) as client:
             holder = asyncio.create_task(client.post("/chat/completions", json=chat()))
@@ -270,9 +278,9 @@ async def test_a_request_that_leaves_while_queued_is_not_billed(tmp_path: Path, 
 # -- the web chat takes JSON from its own page only ----------------------------
 
 async def test_the_web_chat_takes_only_json_from_its_own_origin(tmp_path: Path, fake: FakeVLLM) -> None:
-    gateway = Gateway(tmp_path, config(fake, web_chat={"requests_per_minute": 100}))
+    gateway = LocalGateway(tmp_path, config(fake, web_chat={"requests_per_minute": 100}))
     body = json.dumps(chat("Hi", stream=True))
-    with gateway:
+    async with gateway:
         own = f"http://127.0.0.1:{gateway.port}"
         refused = [
             ({"Content-Type": "text/plain"}, 415, "unsupported_media_type"),

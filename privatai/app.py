@@ -28,11 +28,36 @@ from privatai.store.changes import ChangeWatcher
 
 log = logging.getLogger("privatai.app")
 GAUGE_REFRESH = 0.5  # seconds between a worker's updates of the shared gauges
+STOP_RECHECK = 1.0   # seconds after a stop request before it is made again, if it was lost
+
+
+class GatewayApp(Sanic):
+    """Sanic, with a stop request that is never lost.
+
+    Sanic installs its SIGTERM and SIGINT handlers before the
+    after_server_start listeners run, and a stop that arrives while they run
+    is swallowed by the ``run_until_complete`` that runs them (uvloop): the
+    server then serves on until it is killed (seen as a 90 s SIGKILL after a
+    SIGTERM sent just after "listening"). So a stop that a second later has
+    not reached the drain stops the loop again.
+    """
+
+    def stop(self, terminate: bool = True, unregister: bool = False) -> None:
+        super().stop(terminate=terminate, unregister=unregister)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # the main process of several workers: no loop of its own to stop
+            return
+        loop.call_later(STOP_RECHECK, self._stop_again, loop)
+
+    def _stop_again(self, loop: asyncio.AbstractEventLoop) -> None:
+        if not getattr(self.ctx, "draining", False) and loop.is_running():
+            loop.stop()
 
 
 def create_app(config: Config, *, name: str = "privatai", runtime: RuntimeDir | None = None) -> Sanic:
     """The app; ``runtime`` is the directory its workers share when there are several."""
-    app = Sanic(name, configure_logging=False, error_handler=OpenAIErrorHandler(), request_class=GatewayRequest)
+    app = GatewayApp(name, configure_logging=False, error_handler=OpenAIErrorHandler(), request_class=GatewayRequest)
     app.config.REQUEST_MAX_SIZE = config.server.max_body_bytes
     app.config.RESPONSE_TIMEOUT = config.server.response_timeout
     app.config.GRACEFUL_SHUTDOWN_TIMEOUT = config.server.grace_period
@@ -95,6 +120,7 @@ def create_app(config: Config, *, name: str = "privatai", runtime: RuntimeDir | 
 
     @app.before_server_stop
     async def draining(app: Sanic) -> None:
+        app.ctx.draining = True  # a lost stop request is not made again from here on
         # Sanic has removed its SIGTERM handler by now, and a repeated SIGTERM
         # (a supervisor, an impatient operator) would stop the loop in the
         # middle of the drain, skipping the usage flush below: ignore it. A

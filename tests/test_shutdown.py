@@ -63,3 +63,16 @@ async def test_sigterm_finishes_open_streams_and_keeps_their_usage(tmp_path: Pat
     assert body["requests"] == 1
     assert body["prompt_tokens"] == usage["prompt_tokens"]
     assert body["completion_tokens"] == usage["completion_tokens"]
+
+
+def test_a_sigterm_right_after_start_stops_the_server(tmp_path: Path) -> None:
+    """A supervisor that stops the gateway as soon as it answers: Sanic takes
+    the signal while its start-up listeners still run, and a stop requested
+    then was lost (the server served on until SIGKILL, 2 times in 6 here).
+    Each of several starts must end within seconds, with exit code 0."""
+    backend = {"name": "gone", "kind": "vllm", "url": "http://127.0.0.1:9", "models": ["m"]}
+    for attempt in range(6):
+        gateway = Gateway(tmp_path / str(attempt), {"backends": [backend]})
+        gateway.start()
+        code = gateway.stop(timeout=15)  # Gateway.stop kills after the timeout: exit -9
+        assert code == 0, f"start {attempt}: exit {code}\n{gateway.output()[-800:]}"

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Iterator
 
 import openai
 import pytest
 
 from privatai.billing.service import Billing
 from privatai.store.database import Store
+from tests.fakes import FAKES
 from tests.fakes.stripe_api import SECRET_KEY, WEBHOOK_SECRET, FakeStripe
-from tests.gateway import LocalGateway
+from tests.gateway import Gateway, LocalGateway
+from tests.mailbox import Mailbox
+from tests.portal_helpers import MODEL as SITE_MODEL
 from tests.scripted import ScriptedBackend
 
 MODEL = "smollm2-135m"
@@ -46,6 +49,27 @@ async def billed_gateway(tmp_path: Path, backend: ScriptedBackend, monkeypatch: 
         async with LocalGateway(tmp_path, config) as gateway:
             fake.webhook_url = f"{gateway.url}/billing/webhook"
             yield gateway, fake
+
+
+@contextmanager
+def billed_site(workdir: Path, plans: list[dict[str, Any]],
+                **accounts: Any) -> Iterator[tuple[Gateway, FakeStripe, Mailbox]]:
+    """The gateway as its own process with sign-up and billing.mode stripe (Pro
+    for sale; SITE_MODEL served); the fake Stripe API, the fake backend and the
+    mailbox on threads."""
+    with Mailbox() as mailbox, FAKES["llamacpp"]() as backend, FakeStripe() as stripe:
+        gateway = Gateway(workdir, {
+            "backends": [{"name": "fake", "kind": "llamacpp", "url": backend.url, "models": [SITE_MODEL]}],
+            "plans": plans,
+            "accounts": {"plan": "pro", "smtp": mailbox.smtp, **accounts},
+            "billing": billing_section(stripe, plans={"pro": {"price": PRO_PRICE}}),
+        }, env={"STRIPE_SECRET_KEY": SECRET_KEY, "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET})
+        # Stripe sends the customer back to the public address: this gateway's.
+        gateway.config["portal"] = {"public_url": gateway.url}
+        gateway.write_config(gateway.config)
+        stripe.webhook_url = f"{gateway.url}/billing/webhook"
+        with gateway:
+            yield gateway, stripe, mailbox
 
 
 def billing_of(gateway: LocalGateway) -> Billing:

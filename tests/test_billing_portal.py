@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import re
 import time
-from pathlib import Path
 from typing import Any, Iterator
 
 import openai
 import pytest
 
 from tests.account_helpers import Visitor, new_customer, notice
-from tests.billing_helpers import billing_section
-from tests.fakes import FAKES
-from tests.fakes.stripe_api import SECRET_KEY, WEBHOOK_SECRET, FakeStripe
+from tests.billing_helpers import billed_site
+from tests.fakes.stripe_api import FakeStripe
 from tests.gateway import Gateway
 from tests.mailbox import Mailbox
 from tests.portal_helpers import MODEL
@@ -31,20 +29,9 @@ PASSWORD = "correct horse battery staple"
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, FakeStripe, Mailbox]]:
-    workdir = tmp_path_factory.mktemp("billing-browser")
-    with Mailbox() as mailbox, FAKES["llamacpp"]() as backend, FakeStripe() as stripe:
-        gateway = Gateway(workdir, {
-            "backends": [{"name": "fake", "kind": "llamacpp", "url": backend.url, "models": [MODEL]}],
-            "plans": [{"name": "pro", "price": "29 €"}, {"name": "enterprise", "price": "Individuell"}],
-            "accounts": {"plan": "pro", "smtp": mailbox.smtp},
-            "billing": billing_section(stripe, plans={"pro": {"price": "price_pro0001"}}),
-        }, env={"STRIPE_SECRET_KEY": SECRET_KEY, "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET})
-        # Stripe sends the customer back to the public address: this gateway's.
-        gateway.config["portal"] = {"public_url": gateway.url}
-        gateway.write_config(gateway.config)
-        stripe.webhook_url = f"{gateway.url}/billing/webhook"
-        with gateway:
-            yield gateway, stripe, mailbox
+    with billed_site(tmp_path_factory.mktemp("billing-browser"),
+                     [{"name": "pro", "price": "29 €"}, {"name": "enterprise", "price": "Individuell"}]) as world:
+        yield world
 
 
 def test_sign_up_pay_use_cancel(browser: Any, world: tuple[Gateway, FakeStripe, Mailbox]) -> None:

@@ -10,7 +10,7 @@ from typing import AsyncIterator
 import pytest
 from sqlalchemy import update
 
-from privatai.store.billing import BillingCustomer, Decision
+from privatai.store.billing import BillingCustomer, CustomerGone, Decision
 from privatai.store.database import Store
 from privatai.store.recorder import Batch, Counts
 from privatai.store.schema import accounts
@@ -119,3 +119,14 @@ async def test_old_event_ids_are_forgotten(store: Store) -> None:
     assert await store.billing_event_seen("evt_old")
     assert await store.prune_billing_events(datetime(2100, 1, 1)) == 1
     assert not await store.billing_event_seen("evt_old")
+
+
+async def test_an_event_for_an_account_erased_on_its_way_is_refused_and_not_recorded(store: Store) -> None:
+    # Deleting an account cancels its subscription; Stripe's event about it can
+    # reach the webhook after the customer was looked up and before it is applied.
+    account_id = await customer(store, "leaving", "cus_leaving")
+    await store.delete_account("leaving")
+    with pytest.raises(CustomerGone):
+        await store.apply_billing_event("evt_gone", "customer.subscription.deleted", account_id,
+                                        lambda _: to("canceled"))
+    assert not await store.billing_event_seen("evt_gone")

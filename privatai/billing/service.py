@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
 import stripe
 
 from privatai.billing import status
+from privatai.billing.cancel import cancel_subscriptions
 from privatai.billing.config import BillingConfig
 from privatai.billing.meter import report_closed_days
-from privatai.billing.stripe_api import StripeApi
+from privatai.billing.stripe_api import StripeApi, secret, stripe_api
 from privatai.config import Config
 from privatai.errors import InvalidRequest, PermissionDenied, PrivatAIError
 from privatai.ops.logs import describe_error
+from privatai.store.billing import CustomerGone
 from privatai.store.database import Store
 from privatai.store.records import Account, utc_now
 
@@ -49,10 +51,6 @@ class BillingUnavailable(PrivatAIError):
     code = "billing_unavailable"
 
 
-class BillingNotConfigured(Exception):
-    """A start-up failure: a secret the billing section names is not in the environment."""
-
-
 class Billing:
     """Billing of one gateway process: :meth:`start` runs the sweep, :meth:`close` ends it."""
 
@@ -69,16 +67,9 @@ class Billing:
     def from_config(cls, config: Config, store: Store) -> Billing:
         """Billing for ``config`` (mode stripe); BillingNotConfigured naming a missing variable."""
         billing = config.billing
-        secrets = {}
-        for field in ("secret_key_env", "webhook_secret_env"):
-            name = getattr(billing, field)
-            value = os.environ.get(name)
-            if not value:
-                raise BillingNotConfigured(f"the environment variable {name} (billing.{field}) is not set")
-            secrets[field] = value
+        webhook_secret = secret(billing, "webhook_secret_env")
         assert config.portal.public_url is not None  # the config check requires it with mode stripe
-        api = StripeApi(secrets["secret_key_env"], api_base=billing.api_base)
-        return cls(billing, config.portal.public_url, store, api, secrets["webhook_secret_env"])
+        return cls(billing, config.portal.public_url, store, stripe_api(billing), webhook_secret)
 
     def start(self) -> None:
         self._sweeper = asyncio.ensure_future(self._sweep_forever())
@@ -128,6 +119,11 @@ class Billing:
         except stripe.StripeError as exc:
             raise _unavailable("billing portal", exc) from None
 
+    async def end_subscriptions(self, account_ids: Iterable[int]) -> int:
+        """Cancel these accounts' live subscriptions before they are erased;
+        SubscriptionsNotCancelled (erase nothing) when Stripe fails."""
+        return await cancel_subscriptions(self._store, self._api, account_ids)
+
     # ------------------------------------------------------------------ webhooks
 
     async def webhook(self, payload: bytes, signature: str | None) -> str:
@@ -163,9 +159,16 @@ class Billing:
             raise _unavailable("subscription lookup", exc) from None
         now = utc_now()
         chosen = status.current(subscriptions)
-        applied = await self._store.apply_billing_event(
-            event_id, event_type, customer.account_id,
-            lambda row: status.decide(self.config, row, chosen, now))
+        try:
+            applied = await self._store.apply_billing_event(
+                event_id, event_type, customer.account_id,
+                lambda row: status.decide(self.config, row, chosen, now))
+        except CustomerGone:
+            # Deleting an account cancels its subscription first, and Stripe's
+            # event about that can arrive while the account's rows are going.
+            await self._store.record_billing_event(event_id, event_type)
+            log.info("billing event %s for an account erased meanwhile: ignored", event_type)
+            return "ignored"
         if not applied:
             return "duplicate"
         log.info("billing event %s applied to account %d: subscription %s", event_type, customer.account_id,

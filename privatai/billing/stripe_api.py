@@ -8,14 +8,21 @@ for name, e-mail and address on Stripe's page.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import stripe
 
+from privatai.billing.config import BillingConfig
+
 # A Stripe API call that hangs must not hold a webhook (Stripe waits 20 s) or a page.
 TIMEOUT = 15.0
 ACCOUNT_METADATA = "privatai_account"
+
+
+class BillingNotConfigured(Exception):
+    """A secret the billing section names is not in the environment."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,9 +91,27 @@ class StripeApi:
             result.append(Subscription(sub.id, sub.status, price, sub.created))
         return result
 
+    async def cancel_subscription(self, subscription: str) -> None:
+        """End a subscription now (``DELETE /v1/subscriptions/{id}``): no further invoice."""
+        await self._client.v1.subscriptions.cancel_async(subscription)
+
     async def meter_event(self, *, event_name: str, customer: str, value: int, identifier: str,
                           timestamp: int) -> None:
         """One meter event; Stripe keeps ``identifier`` unique, so a resend is not counted twice."""
         await self._client.v1.billing.meter_events.create_async({
             "event_name": event_name, "identifier": identifier, "timestamp": timestamp,
             "payload": {"stripe_customer_id": customer, "value": str(value)}})
+
+
+def stripe_api(billing: BillingConfig) -> StripeApi:
+    """The Stripe client the section names (key from the environment), for the server and the CLI."""
+    return StripeApi(secret(billing, "secret_key_env"), api_base=billing.api_base)
+
+
+def secret(billing: BillingConfig, field: str) -> str:
+    """The value of the environment variable ``billing.<field>`` names; BillingNotConfigured if unset."""
+    name = getattr(billing, field)
+    value = os.environ.get(name)
+    if not value:
+        raise BillingNotConfigured(f"the environment variable {name} (billing.{field}) is not set")
+    return value

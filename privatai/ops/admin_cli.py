@@ -36,6 +36,10 @@ class UsageError(Exception):
     """A bad argument value found after parsing (a date, say)."""
 
 
+class StripeFailed(Exception):
+    """Stripe did not do what a command needs first (cancel a subscription): exit 1."""
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``accounts``, ``keys`` and ``usage`` to the main parser's subcommands."""
     common = argparse.ArgumentParser(add_help=False)
@@ -117,6 +121,9 @@ def _run(handler: Handler, args: argparse.Namespace) -> int:
         return 2
     except sqlalchemy.exc.SQLAlchemyError as exc:
         print(f"privatai: database error: {reason(exc)}", file=sys.stderr)
+        return 1
+    except StripeFailed as exc:
+        print(f"privatai: error: {exc}", file=sys.stderr)
         return 1
 
 
@@ -211,11 +218,27 @@ async def _accounts_delete(args: argparse.Namespace, store: Store) -> int:
     if not args.yes:
         raise UsageError(f"this erases account {quoted(args.name)} with its keys and usage; "
                          "add --yes to do it")
+    await _cancel_subscriptions(args, store, (await store.get_account(args.name)).id)
     account = await store.delete_account(args.name)
     await AuditLog(store._db).record("cli", "delete_account", f"account:{account.id}")
     print(f"Deleted account {quoted(account.name)} (id {account.id}) with its keys, usage and members. "
           "Running servers refuse its keys within a second.")
     return 0
+
+
+async def _cancel_subscriptions(args: argparse.Namespace, store: Store, account_id: int) -> None:
+    """With billing.mode stripe, end the account's Stripe subscriptions before it goes."""
+    config = Path(args.config)
+    if args.db and not config.exists():
+        return
+    from privatai.billing.cancel import cancel_with_own_client  # stripe-python only when it is needed
+    from privatai.billing.errors import SubscriptionsNotCancelled
+    try:
+        count = await cancel_with_own_client(load_config(config).billing, store, [account_id])
+    except SubscriptionsNotCancelled as exc:
+        raise StripeFailed(str(exc)) from None
+    if count:
+        print(f"Cancelled {count} Stripe subscription(s) of the account.")
 
 
 # ---------------------------------------------------------------------- admins

@@ -59,7 +59,8 @@ async def open_parts(state: AppState) -> None:
             await state.redis.start(on_message=state.store.forget_authentications)
         if config.billing.mode == "stripe":
             # Imported only here: stripe-python takes a tenth of a second to import.
-            from privatai.billing.service import Billing, BillingNotConfigured
+            from privatai.billing.service import Billing
+            from privatai.billing.stripe_api import BillingNotConfigured
             try:
                 state.billing = Billing.from_config(config, state.store)
             except BillingNotConfigured as exc:

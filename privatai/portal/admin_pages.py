@@ -9,6 +9,7 @@ from datetime import timedelta
 from sanic import Request
 from sanic.response import HTTPResponse
 
+from privatai.billing.errors import SubscriptionsNotCancelled
 from privatai.config import Language
 from privatai.portal.web import Web
 from privatai.store.records import utc_now
@@ -59,6 +60,12 @@ class AdminPages:
         if account is None or (action not in STATUS_ACTIONS and action != "delete"):
             return web.not_found(request, visitor, lang)
         if action == "delete":
+            billing = web.state.billing
+            try:
+                if billing is not None:
+                    await billing.end_subscriptions([account.id])
+            except SubscriptionsNotCancelled:
+                return await self.overview(request, lang, status=503, error="stripe_cancel_failed")
             await stores.store.delete_account(account.name)
             await stores.audit.record(f"user:{visitor.user.id}", "delete_account", f"account:{account.id}")
             return web.to("admin", lang, done="deleted")

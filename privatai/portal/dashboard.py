@@ -15,6 +15,7 @@ from typing import Any
 from sanic import Request
 from sanic.response import HTTPResponse, raw
 
+from privatai.billing.errors import SubscriptionsNotCancelled
 from privatai.config import Language, PlanConfig
 from privatai.portal.chart import Bar, bar_chart, days
 from privatai.portal.plan_panel import PlanView, plan_panels
@@ -280,6 +281,13 @@ class Dashboard:
             return await self._account_page(request, lang, visitor, user, account, role, status=400,
                                             error="confirm_name")
         stores = self.web.stores
+        billing = self.web.state.billing
+        try:
+            if billing is not None:
+                await billing.end_subscriptions([account.id])
+        except SubscriptionsNotCancelled:
+            return await self._account_page(request, lang, visitor, user, account, role, status=503,
+                                            error="stripe_cancel_failed")
         await stores.store.delete_account(account.name)
         await stores.audit.record(f"user:{user.id}", "delete_account", f"account:{account.id}")
         return self.web.to("dashboard", lang, done="account_deleted")

@@ -9,6 +9,7 @@ import pyotp
 from sanic import Request
 from sanic.response import HTTPResponse, raw
 
+from privatai.billing.errors import SubscriptionsNotCancelled
 from privatai.config import Language
 from privatai.portal.auth_pages import totp_step
 from privatai.portal.passwords import PASSWORD_MAX, hash_password, password_problem, verify_password
@@ -118,10 +119,15 @@ class SelfService:
         if len(password) > PASSWORD_MAX or not await verify_password(user.password_hash, password):
             return web.page(request, visitor, "my_data.html", "my_data", lang, status=400, error="current_wrong")
         stores = web.stores
+        billing = web.state.billing
         try:
-            erased = await delete_person(stores.store, stores.people, stores.teams, user)
+            erased = await delete_person(stores.store, stores.people, stores.teams, user,
+                                         billing.end_subscriptions if billing is not None else None)
         except OwnsSharedAccount:
             return web.page(request, visitor, "my_data.html", "my_data", lang, status=409, error="owns_shared")
+        except SubscriptionsNotCancelled:
+            return web.page(request, visitor, "my_data.html", "my_data", lang, status=503,
+                            error="stripe_cancel_failed")
         for account in erased:
             await stores.audit.record(f"user:{user.id}", "delete_account", f"account:{account.id}")
         await stores.audit.record(f"user:{user.id}", "delete_person", f"user:{user.id}")

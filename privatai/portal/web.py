@@ -15,6 +15,7 @@ from urllib.parse import urlencode
 from sanic import Request
 from sanic.response import HTTPResponse, html, redirect
 
+from privatai.billing.errors import SubscriptionsNotCancelled
 from privatai.config import Config, Language
 from privatai.portal import mailer, web_session
 from privatai.portal.pages import BY_NAME
@@ -195,11 +196,14 @@ class Web:
         """Whenever someone logs in: no table of people grows without bound."""
         stores = self.stores
         accounts = self.config.accounts
+        billing = self.state.billing
         for user in await stores.people.prune(accounts.unconfirmed_days, accounts.audit_retention_days):
             try:
-                await delete_person(stores.store, stores.people, stores.teams, user)
-            except OwnsSharedAccount:
-                continue  # cannot happen without a login; left for the operator if it does
+                # Unconfirmed people never logged in to subscribe; should one have, Stripe cancels first.
+                await delete_person(stores.store, stores.people, stores.teams, user,
+                                    billing.end_subscriptions if billing is not None else None)
+            except (OwnsSharedAccount, SubscriptionsNotCancelled):
+                continue  # cannot happen without a login; left for the operator (or the next login) if it does
 
     async def log_out(self, request: Request, visitor: Visitor, lang: Language) -> HTTPResponse:
         if visitor.session_token is not None:

@@ -23,6 +23,10 @@ from privatai.store.schema import (accounts, api_keys, billing_customers, billin
                                    usage_daily)
 
 
+class CustomerGone(LookupError):
+    """The account an event was for was erased while the event was on its way."""
+
+
 @dataclass(frozen=True, slots=True)
 class BillingCustomer:
     account_id: int
@@ -108,12 +112,16 @@ class BillingQueries(Queries):
         """Apply an event to an account exactly once: ``decide`` sees the
         customer's row as it is inside the transaction. False for a replay.
         The operator's statuses stand whatever billing decides: suspended, and
-        pending (a sign-up awaiting approval; approving it makes it active)."""
+        pending (a sign-up awaiting approval; approving it makes it active).
+        CustomerGone if the account was erased meanwhile (nothing is recorded)."""
         try:
             async with self._db.write() as conn:
                 await conn.execute(insert(billing_events).values(
                     event_id=event_id, type=event_type, received=utc_now().isoformat()))
-                row = (await conn.execute(_CUSTOMER.where(billing_customers.c.account_id == account_id))).one()
+                row = (await conn.execute(_CUSTOMER.where(billing_customers.c.account_id == account_id))
+                       ).one_or_none()
+                if row is None:
+                    raise CustomerGone(account_id)
                 decision = decide(BillingCustomer(*row))
                 await conn.execute(update(billing_customers).where(billing_customers.c.account_id == account_id)
                                    .values(subscription_id=decision.subscription_id,

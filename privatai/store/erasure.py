@@ -7,6 +7,7 @@ alone belong to go with them, keys and usage included.
 """
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -23,8 +24,13 @@ class OwnsSharedAccount(AdminError):
     """The person owns an account with other members."""
 
 
-async def delete_person(store: Store, people: People, teams: Teams, user: User) -> list[Account]:
-    """Erase a person and the accounts only they belong to; the accounts erased."""
+async def delete_person(store: Store, people: People, teams: Teams, user: User,
+                        before_erasing: Callable[[list[int]], Awaitable[object]] | None = None) -> list[Account]:
+    """Erase a person and the accounts only they belong to; the accounts erased.
+
+    ``before_erasing`` gets those accounts' ids first (billing cancels their
+    subscriptions there); if it raises, nothing is erased.
+    """
     memberships = await teams.accounts_of(user.id)
     alone = []
     for account, role in memberships:
@@ -33,6 +39,8 @@ async def delete_person(store: Store, people: People, teams: Teams, user: User) 
             alone.append(account)
         elif role == "owner":
             raise OwnsSharedAccount(f"owner of account {account.id}, which has other members")
+    if before_erasing is not None:
+        await before_erasing([account.id for account in alone])
     for account in alone:
         await store.delete_account(account.name)
     await people.delete_user(user.id)

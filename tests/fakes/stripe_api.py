@@ -12,10 +12,13 @@ made by Stripe's scheme (``t=<unix time>,v1=<HMAC-SHA256 of "t.body">``).
 
 Endpoints: POST /v1/customers, POST/GET /v1/checkout/sessions,
 POST /v1/billing_portal/sessions, GET /v1/subscriptions (customer, status),
-GET /v1/subscriptions/{id}, POST /v1/billing/meter_events (a repeated
-``identifier`` is not counted again, as Stripe keeps it unique for at least a
-day). Hosted pages: GET /checkout/{session} (a "Pay" form; paying creates an
-active subscription, sends customer.subscription.created, invoice.paid and
+GET /v1/subscriptions/{id}, DELETE /v1/subscriptions/{id} (cancels at once
+and answers the canceled subscription; customer.subscription.deleted follows
+after the response, as Stripe sends it: watch ``deliveries``),
+POST /v1/billing/meter_events (a repeated ``identifier`` is not counted
+again, as Stripe keeps it unique for at least a day). Hosted pages:
+GET /checkout/{session} (a "Pay" form; paying creates an active
+subscription, sends customer.subscription.created, invoice.paid and
 checkout.session.completed, and redirects to the success URL) and
 GET /portal/{session} (a "Cancel subscription" form: customer.subscription.deleted).
 
@@ -26,6 +29,7 @@ makes the next calls to a path fail with a 500 ``api_error``.
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import html
@@ -128,6 +132,7 @@ class FakeStripe(FakeBackend):
         self.subscriptions: dict[str, FakeSubscription] = {}
         self.meter_events: dict[str, dict[str, Any]] = {}
         self.failures: dict[str, int] = {}
+        self._sending: set[asyncio.Future[None]] = set()  # events sent after a response, while in flight
         self._ids = itertools.count(1)
 
     # -- test controls ---------------------------------------------------------
@@ -223,6 +228,7 @@ class FakeStripe(FakeBackend):
             ("POST", "/v1/billing_portal/sessions"): self._create_portal,
             ("GET", "/v1/subscriptions"): self._list_subscriptions,
             ("GET", "/v1/subscriptions/{id}"): self._get_subscription,
+            ("DELETE", "/v1/subscriptions/{id}"): self._cancel_subscription,
             ("POST", "/v1/billing/meter_events"): self._meter_event,
         }.get(route)
         if handler is None:
@@ -280,6 +286,18 @@ class FakeStripe(FakeBackend):
         if sub_id not in self.subscriptions:
             return _error(404, f"No such subscription: '{sub_id}'", code="resource_missing", param="id")
         return web.json_response(self.subscriptions[sub_id].wire())
+
+    async def _cancel_subscription(self, sub_id: str, _: dict[str, Any]) -> web.Response:
+        sub = self.subscriptions.get(sub_id)
+        if sub is None:
+            return _error(404, f"No such subscription: '{sub_id}'", code="resource_missing", param="id")
+        if sub.status in ("canceled", "incomplete_expired"):
+            return _error(400, "A canceled subscription can only update its cancellation_details and metadata.")
+        sub.status = "canceled"
+        sending = asyncio.ensure_future(self.emit(self.event("customer.subscription.deleted", sub.wire())))
+        self._sending.add(sending)
+        sending.add_done_callback(self._sending.discard)
+        return web.json_response(sub.wire())
 
     async def _meter_event(self, _: str, params: dict[str, Any]) -> web.Response:
         identifier = params.get("identifier") or self.new_id("mev")

@@ -69,10 +69,12 @@ def test_a_sigterm_right_after_start_stops_the_server(tmp_path: Path) -> None:
     """A supervisor that stops the gateway as soon as it answers: Sanic takes
     the signal while its start-up listeners still run, and a stop requested
     then was lost (the server served on until SIGKILL, 2 times in 6 here).
-    Each of several starts must end within seconds, with exit code 0."""
+    Each of several starts must end within seconds: with exit code 0, or by
+    the signal itself when it came before Sanic's handlers were installed
+    (as systemd counts a clean stop), never killed after the timeout."""
     backend = {"name": "gone", "kind": "vllm", "url": "http://127.0.0.1:9", "models": ["m"]}
     for attempt in range(6):
         gateway = Gateway(tmp_path / str(attempt), {"backends": [backend]})
         gateway.start()
         code = gateway.stop(timeout=15)  # Gateway.stop kills after the timeout: exit -9
-        assert code == 0, f"start {attempt}: exit {code}\n{gateway.output()[-800:]}"
+        assert code in (0, -signal.SIGTERM), f"start {attempt}: exit {code}\n{gateway.output()[-800:]}"

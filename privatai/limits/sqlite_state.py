@@ -52,7 +52,7 @@ PRUNE_EVERY = 500
 
 def create(path: Path) -> None:
     """Make the file and its tables (the main process, before the workers start)."""
-    conn = _connect(path)
+    conn = connect(path)
     try:
         for statement in SCHEMA:
             conn.execute(statement)
@@ -60,7 +60,7 @@ def create(path: Path) -> None:
         conn.close()
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def connect(path: Path) -> sqlite3.Connection:
     if not path.exists():
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
@@ -123,12 +123,12 @@ class SqliteLimitState:
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
-            self._conn = _connect(self._path)
+            self._conn = connect(self._path)
         return self._conn
 
     def _admit(self, identity: str, rules: LimitRules, now: float) -> Verdict:
         conn = self._connection()
-        with _transaction(conn):
+        with transaction(conn):
             row = conn.execute("SELECT starts, day_start, day_used FROM counters WHERE identity = ?",
                                (identity,)).fetchone()
             counters = (Counters(deque(json.loads(row[0])), row[1], row[2]) if row is not None
@@ -159,7 +159,7 @@ class SqliteLimitState:
 
     def _release(self, identity: str, tokens: int, now: float) -> None:
         conn = self._connection()
-        with _transaction(conn):
+        with transaction(conn):
             conn.execute("DELETE FROM streams WHERE rowid = (SELECT rowid FROM streams "
                          "WHERE identity = ? AND pid = ? LIMIT 1)", (identity, os.getpid()))
             row = conn.execute("SELECT day_start, day_used FROM counters WHERE identity = ?",
@@ -184,7 +184,7 @@ class SqliteLimitState:
 
 
 @contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+def transaction(conn: sqlite3.Connection) -> Iterator[None]:
     """``BEGIN IMMEDIATE`` (the lock every worker queues for) ... ``COMMIT``, or ``ROLLBACK``."""
     conn.execute("BEGIN IMMEDIATE")
     try:

@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from datetime import date
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
+from privatai.config import parse_config
 from privatai.errors import LimitsUnavailable, RateLimited
 from privatai.limits import keyrate_sqlite
 from privatai.limits.keyrate import KeyLimits, KeyRates, RateView
@@ -18,6 +20,8 @@ from privatai.limits.keyrate_redis import FallbackKeyRates, RedisKeyRates
 from privatai.limits.keyrate_sqlite import SqliteKeyRates
 from privatai.limits.redis_link import RedisLink
 from privatai.limits.state_config import StateConfig
+from privatai.plans.gate import Admission, PlanGate
+from privatai.store.records import Principal
 from tests.services import REDIS_PASSWORD_ENV, RedisServer, started_redis
 
 
@@ -189,3 +193,56 @@ async def test_sqlite_tokens_settle_across_workers(sqlite_rates) -> None:
         await two.acquire(7, limits, 300)
     await one.settle(7, limits, reserved=800, used=100)
     await two.acquire(7, limits, 300)
+
+
+class SlowToAnswer:
+    """A shared store whose give-backs wait for ``go``: the time a Redis round
+    trip takes, stretched so that the test can cancel the request inside it."""
+
+    def __init__(self, rates: RedisKeyRates) -> None:
+        self.rates = rates
+        self.go = asyncio.Event()
+
+    async def acquire(self, key_id: int, limits: KeyLimits, tokens: int) -> RateView:
+        return await self.rates.acquire(key_id, limits, tokens)
+
+    async def settle(self, key_id: int, limits: KeyLimits, reserved: int, used: int) -> None:
+        await self.go.wait()
+        await self.rates.settle(key_id, limits, reserved, used)
+
+    async def cancel(self, key_id: int, limits: KeyLimits, reserved: int) -> None:
+        await self.go.wait()
+        await self.rates.cancel(key_id, limits, reserved)
+
+
+async def test_a_request_cancelled_while_it_settles_still_gives_its_tokens_back(links) -> None:
+    """settle runs in a ``finally`` of a handler that is often being cancelled
+    (the client left): the give-back must still reach the shared store."""
+    config = parse_config({"backends": [{"name": "x", "kind": "ollama", "url": "http://127.0.0.1:1",
+                                         "models": ["m"]}],
+                           "plans": [{"name": "pro", "price": "1"},
+                                     {"name": "tokens", "price": "1", "tokens_per_minute": 100}]})
+
+    async def no_month(account_id: int, start: date) -> int:
+        raise AssertionError("no quota in these plans")
+
+    store = SlowToAnswer(RedisKeyRates(await links()))
+    gate = PlanGate(config, no_month, store)
+    limits = KeyLimits(tokens_per_minute=100)
+    principal = Principal(key_id=7, key_prefix="pk-test", account_id=1, account_name="a", plan="tokens")
+    other_instance = RedisKeyRates(await links())
+    await other_instance.acquire(7, limits, 100)
+    settling = asyncio.ensure_future(gate.settle(Admission(principal, limits, reserved=100), None))
+    await asyncio.sleep(0.05)  # waiting for the store
+    settling.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await settling
+    store.go.set()
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            await other_instance.acquire(7, limits, 100)
+            break
+        except RateLimited:
+            assert time.monotonic() < deadline, "the tokens never came back"
+            await asyncio.sleep(0.05)

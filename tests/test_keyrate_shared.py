@@ -4,53 +4,31 @@ file the workers of one machine share."""
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from datetime import date
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Callable, Iterator
 
 import pytest
 
 from privatai.config import parse_config
 from privatai.errors import LimitsUnavailable, RateLimited
-from privatai.limits import keyrate_sqlite
+from privatai.limits import keyrate_sqlite, sqlite_state
 from privatai.limits.keyrate import KeyLimits, KeyRates, RateView
 from privatai.limits.keyrate_redis import FallbackKeyRates, RedisKeyRates
 from privatai.limits.keyrate_sqlite import SqliteKeyRates
 from privatai.limits.redis_link import RedisLink
-from privatai.limits.state_config import StateConfig
 from privatai.plans.gate import Admission, PlanGate
 from privatai.store.records import Principal
-from tests.services import REDIS_PASSWORD_ENV, RedisServer, started_redis
-
-
-def config_for(server: RedisServer, prefix: str) -> StateConfig:
-    return StateConfig(redis_url=server.url, password_env=REDIS_PASSWORD_ENV, key_prefix=prefix)
-
-
-@pytest.fixture
-async def links(redis_server: RedisServer) -> AsyncIterator[Callable[[], Awaitable[RedisLink]]]:
-    """Started links to the session's Redis, one prefix per test."""
-    prefix = "k" + secrets.token_hex(4)
-    made: list[RedisLink] = []
-
-    async def make() -> RedisLink:
-        link = RedisLink(config_for(redis_server, prefix), ping_interval=0.1)
-        await link.start()
-        made.append(link)
-        return link
-
-    yield make
-    for link in made:
-        await link.close()
+from tests.services import REDIS_PASSWORD_ENV, RedisServer
+from tests.test_redis_state import config_for, links, own_redis  # noqa: F401 - fixtures
 
 
 @pytest.fixture
 def sqlite_rates(tmp_path: Path) -> Iterator[Callable[[], SqliteKeyRates]]:
     """SqliteKeyRates on one file, each with its own connection and thread (as workers have)."""
     path = tmp_path / "keyrates.sqlite"
-    keyrate_sqlite.create(path)
+    sqlite_state.create(path, keyrate_sqlite.SCHEMA)
     made: list[SqliteKeyRates] = []
 
     def make() -> SqliteKeyRates:
@@ -116,14 +94,6 @@ async def test_only_the_key_id_and_numbers_are_stored_with_a_ttl(links) -> None:
     assert all(float(value) >= 0 for value in fields.values())
     # Full again after 30 s (half the tokens refill): nothing is kept longer.
     assert 30 <= await link.client.ttl(keys[0]) <= 32
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    """A Redis of this test's own, to stop and start."""
-    server = started_redis()
-    yield server
-    server.close()
 
 
 async def test_while_redis_is_down_each_instance_keeps_its_own_allowance(

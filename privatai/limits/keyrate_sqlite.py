@@ -12,17 +12,15 @@ of the machine, and it never jumps with the wall time.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import sqlite3
 import time
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable
 
 from privatai.limits.keyrate import KeyLimits, RateView, give_back, refill, take, view
-from privatai.limits.sqlite_state import connect, transaction
+from privatai.limits.sqlite_state import WorkerFile, transaction
 from privatai.ops.logs import describe_error
 
 log = logging.getLogger(__name__)
@@ -30,31 +28,17 @@ log = logging.getLogger(__name__)
 SCHEMA = ("CREATE TABLE IF NOT EXISTS buckets (key_id INTEGER NOT NULL, kind TEXT NOT NULL, "
           "level REAL NOT NULL, at REAL NOT NULL, PRIMARY KEY (key_id, kind)) WITHOUT ROWID",)
 REQUESTS, TOKENS = "r", "t"
-T = TypeVar("T")
-
-
-def create(path: Path) -> None:
-    """Make the file and its table (the main process, before the workers start)."""
-    conn = connect(path)
-    try:
-        for statement in SCHEMA:
-            conn.execute(statement)
-    finally:
-        conn.close()
 
 
 class SqliteKeyRates:
     """A :class:`~privatai.limits.keyrate.KeyRates` in a SQLite file shared by workers."""
 
     def __init__(self, path: Path, clock: Callable[[], float] = time.monotonic) -> None:
-        self._path = path
+        self._file = WorkerFile(path, "privatai-keyrates")
         self._clock = clock
-        self._conn: sqlite3.Connection | None = None
-        # Made on first use, so in the worker, never inherited through a fork.
-        self._executor: ThreadPoolExecutor | None = None
 
     async def acquire(self, key_id: int, limits: KeyLimits, tokens: int) -> RateView:
-        return await self._run(partial(self._take, key_id, limits, tokens))
+        return await self._file.run(partial(self._take, key_id, limits, tokens))
 
     async def settle(self, key_id: int, limits: KeyLimits, reserved: int, used: int) -> None:
         if limits.tokens_per_minute and reserved != used:
@@ -65,28 +49,13 @@ class SqliteKeyRates:
 
     async def _back(self, key_id: int, limits: KeyLimits, requests: int, tokens: int) -> None:
         try:
-            await self._run(partial(self._give_back, key_id, limits, requests, tokens))
+            await self._file.run(partial(self._give_back, key_id, limits, requests, tokens))
         except Exception as exc:
             # Lost: the bucket refills within a minute (less for the key, never more).
             log.error("per-key rate limits: a give-back was lost: %s", describe_error(exc))
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-    async def _run(self, function: Callable[[], T]) -> T:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="privatai-keyrates")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, function)
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            self._conn = connect(self._path)
-        return self._conn
+        self._file.close()
 
     @staticmethod
     def _level(conn: sqlite3.Connection, key_id: int, kind: str, limit: int | None,
@@ -103,7 +72,7 @@ class SqliteKeyRates:
             conn.execute("INSERT OR REPLACE INTO buckets VALUES (?, ?, ?, ?)", (key_id, kind, level, now))
 
     def _take(self, key_id: int, limits: KeyLimits, tokens: int) -> RateView:
-        conn, now = self._connection(), self._clock()
+        conn, now = self._file.connection(), self._clock()
         with transaction(conn):
             requests = self._level(conn, key_id, REQUESTS, limits.requests_per_minute, now)
             budget = self._level(conn, key_id, TOKENS, limits.tokens_per_minute, now)
@@ -113,7 +82,7 @@ class SqliteKeyRates:
         return view(limits, requests, budget)
 
     def _give_back(self, key_id: int, limits: KeyLimits, requests: int, tokens: int) -> None:
-        conn, now = self._connection(), self._clock()
+        conn, now = self._file.connection(), self._clock()
         rpm, tpm = limits.requests_per_minute, limits.tokens_per_minute
         with transaction(conn):
             level = self._level(conn, key_id, REQUESTS, rpm, now)

@@ -72,7 +72,7 @@ class RuntimeDir:
         runtime = cls(Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=base)))
         runtime.metrics_dir.mkdir(mode=0o700)
         sqlite_state.create(runtime.limits_file)
-        keyrate_sqlite.create(runtime.keyrates_file)
+        sqlite_state.create(runtime.keyrates_file, keyrate_sqlite.SCHEMA)
         os.environ[MULTIPROC_ENV] = str(runtime.metrics_dir)
         return runtime
 

@@ -141,6 +141,21 @@ def give_back(level: float, limit: int, amount: float) -> float:
     return min(float(limit), level + amount)
 
 
+class SharedGiveBacks:
+    """``settle`` and ``cancel`` of a shared store: each is one round trip that
+    returns requests and tokens (negative: takes them) to the key's buckets."""
+
+    async def put_back(self, key_id: int, limits: KeyLimits, requests: int, tokens: int) -> None:
+        raise NotImplementedError
+
+    async def settle(self, key_id: int, limits: KeyLimits, reserved: int, used: int) -> None:
+        if limits.tokens_per_minute and reserved != used:
+            await self.put_back(key_id, limits, 0, reserved - used)
+
+    async def cancel(self, key_id: int, limits: KeyLimits, reserved: int) -> None:
+        await self.put_back(key_id, limits, 1, reserved)
+
+
 class _Bucket:
     __slots__ = ("level", "at")
 

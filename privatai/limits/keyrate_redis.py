@@ -22,7 +22,7 @@ from collections import Counter
 from redis.exceptions import RedisError
 
 from privatai.errors import LimitsUnavailable
-from privatai.limits.keyrate import KeyLimits, LocalKeyRates, RateView, refusal, view
+from privatai.limits.keyrate import KeyLimits, LocalKeyRates, RateView, SharedGiveBacks, refusal, view
 from privatai.limits.redis_link import RedisLink
 
 # Shared by both scripts: the levels refilled to Redis's now, and how to store them.
@@ -83,7 +83,7 @@ return 1
 UNAVAILABLE = "per-key rate limits: Redis cannot be asked"
 
 
-class RedisKeyRates:
+class RedisKeyRates(SharedGiveBacks):
     """Exact rates across instances; raises LimitsUnavailable while Redis is down."""
 
     def __init__(self, link: RedisLink) -> None:
@@ -109,14 +109,7 @@ class RedisKeyRates:
             raise refusal(float(wait), code.decode(), seen)
         return seen
 
-    async def settle(self, key_id: int, limits: KeyLimits, reserved: int, used: int) -> None:
-        if limits.tokens_per_minute and reserved != used:
-            await self._back(key_id, limits, 0, reserved - used)
-
-    async def cancel(self, key_id: int, limits: KeyLimits, reserved: int) -> None:
-        await self._back(key_id, limits, 1, reserved)
-
-    async def _back(self, key_id: int, limits: KeyLimits, requests: int, tokens: int) -> None:
+    async def put_back(self, key_id: int, limits: KeyLimits, requests: int, tokens: int) -> None:
         try:
             await self._give_back(keys=[self._key(key_id)],
                                   args=[limits.requests_per_minute or 0, limits.tokens_per_minute or 0,

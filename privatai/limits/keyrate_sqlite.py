@@ -19,7 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
-from privatai.limits.keyrate import KeyLimits, RateView, give_back, refill, take, view
+from privatai.limits.keyrate import KeyLimits, RateView, SharedGiveBacks, give_back, refill, take, view
 from privatai.limits.sqlite_state import WorkerFile, transaction
 from privatai.ops.logs import describe_error
 
@@ -30,7 +30,7 @@ SCHEMA = ("CREATE TABLE IF NOT EXISTS buckets (key_id INTEGER NOT NULL, kind TEX
 REQUESTS, TOKENS = "r", "t"
 
 
-class SqliteKeyRates:
+class SqliteKeyRates(SharedGiveBacks):
     """A :class:`~privatai.limits.keyrate.KeyRates` in a SQLite file shared by workers."""
 
     def __init__(self, path: Path, clock: Callable[[], float] = time.monotonic) -> None:
@@ -40,14 +40,7 @@ class SqliteKeyRates:
     async def acquire(self, key_id: int, limits: KeyLimits, tokens: int) -> RateView:
         return await self._file.run(partial(self._take, key_id, limits, tokens))
 
-    async def settle(self, key_id: int, limits: KeyLimits, reserved: int, used: int) -> None:
-        if limits.tokens_per_minute and reserved != used:
-            await self._back(key_id, limits, 0, reserved - used)
-
-    async def cancel(self, key_id: int, limits: KeyLimits, reserved: int) -> None:
-        await self._back(key_id, limits, 1, reserved)
-
-    async def _back(self, key_id: int, limits: KeyLimits, requests: int, tokens: int) -> None:
+    async def put_back(self, key_id: int, limits: KeyLimits, requests: int, tokens: int) -> None:
         try:
             await self._file.run(partial(self._give_back, key_id, limits, requests, tokens))
         except Exception as exc:

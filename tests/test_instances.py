@@ -43,6 +43,7 @@ MODEL = "chat-model"
 KEYS = 20
 REQUESTS = 2000
 WEB_CHAT_RPM = 10
+KEY_RPM = 5
 CANARY = "canary-webchat-5e1f0c"
 
 
@@ -170,6 +171,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             "web_chat": {"requests_per_minute": WEB_CHAT_RPM, "concurrent_streams": 50,
                          "trusted_proxies": ["127.0.0.1"]},
             "portal": {"enabled": False},
+            "plans": [{"name": "pro", "price": "29 €"},
+                      {"name": "limited", "price": "9 €", "requests_per_minute": KEY_RPM}],
         }
         gateways = [Gateway(root / f"g{i}", config, env=env) for i in range(3)]
         with ThreadPoolExecutor(3) as pool:
@@ -316,6 +319,34 @@ def _redis_dump(cluster: Cluster) -> str:
                    "string": ["get", key]}[kind]
         out.append(key + " " + _redis_cli(cluster, *command))
     return "\n".join(out)
+
+
+async def test_a_keys_plan_rate_is_exact_across_instances(cluster: Cluster) -> None:
+    key = cluster.gateways[0].create_key("limited-co")
+    cluster.gateways[0].cli("accounts", "set-plan", "limited-co", "limited")
+
+    async def one(client: openai.AsyncOpenAI) -> Any:
+        try:
+            return await client.chat.completions.with_raw_response.create(model=MODEL, messages=[
+                {"role": "user", "content": CANARY}])
+        except openai.RateLimitError as exc:
+            return exc
+
+    async with cluster.client(key) as client:
+        answers = await asyncio.gather(*(one(client) for _ in range(6 * KEY_RPM)))
+    served = [a for a in answers if not isinstance(a, openai.RateLimitError)]
+    refused = [a for a in answers if isinstance(a, openai.RateLimitError)]
+    assert (len(served), len(refused)) == (KEY_RPM, 5 * KEY_RPM)
+    assert {a.code for a in refused} == {"requests_per_minute_exceeded"}
+    assert {a.response.headers["x-ratelimit-limit-requests"] for a in refused} == {str(KEY_RPM)}
+    # Every instance took part: the allowance is the key's, not each instance's.
+    upstreams = {a.headers["x-upstream"] for a in served} | {a.response.headers["x-upstream"] for a in refused}
+    assert len(upstreams) == 3
+    # Redis holds the key's id and numbers: no API key, no content.
+    rate_keys = [k for k in _redis_cli(cluster, "--scan", "--pattern", "privatai:rate:*").split()]
+    assert len(rate_keys) == 1 and re.fullmatch(r"privatai:rate:\{\d+\}", rate_keys[0])
+    dump = _redis_dump(cluster)
+    assert key not in dump and key[:12] not in dump and CANARY not in dump
 
 
 async def test_a_key_revoked_by_the_cli_is_refused_by_every_instance_within_a_second(cluster: Cluster) -> None:

@@ -137,6 +137,38 @@ def test_web_chat_admits_exactly_the_limit_across_workers(tmp_path: Path, fake: 
         gateway.stop()
 
 
+def test_a_keys_plan_rate_is_one_allowance_across_workers(tmp_path: Path, fake: FakeLlamaCpp) -> None:
+    plans = [{"name": "pro", "price": "29 €"},
+             {"name": "limited", "price": "9 €", "requests_per_minute": 5}]
+    gateway = start(tmp_path, fake, plans=plans)
+    try:
+        key = gateway.create_key("limited-co")
+        gateway.cli("accounts", "set-plan", "limited-co", "limited")
+
+        async def one(http: httpx.AsyncClient) -> httpx.Response:
+            return await http.post(f"{gateway.base_url}/chat/completions",
+                                   headers={"Authorization": f"Bearer {key}"},
+                                   json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+
+        async def burst() -> list[httpx.Response]:
+            # A connection per request, so the workers share the burst.
+            async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_keepalive_connections=0)) as http:
+                return await asyncio.gather(*(one(http) for _ in range(40)))
+
+        responses = asyncio.run(burst())
+        assert Counter(response.status_code for response in responses) == {200: 5, 429: 35}
+        for response in responses:
+            assert response.headers["x-ratelimit-limit-requests"] == "5"
+            if response.status_code == 429:
+                assert response.json()["error"]["code"] == "requests_per_minute_exceeded"
+                assert int(response.headers["retry-after"]) >= 1
+        refused_by = {line["worker"] for line in access_lines(gateway)
+                      if line["route"] == "/v1/chat/completions" and line["status"] == 429}
+        assert len(refused_by) >= 2, "the burst did not reach several workers"
+    finally:
+        gateway.stop()
+
+
 def test_web_chat_slots_are_given_back_in_the_shared_counters(tmp_path: Path, fake: FakeLlamaCpp) -> None:
     """One answer at a time (the default): each finished answer frees the
     slot for the next, whichever worker serves it, even though the visitor

@@ -34,4 +34,4 @@ async def plan_admission(request: GatewayRequest, state: AppState, model: str,
     try:
         yield tenant(principal)
     finally:
-        state.plans.settle(admission, request.ctx.usage)
+        await state.plans.settle(admission, request.ctx.usage)

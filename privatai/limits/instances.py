@@ -11,8 +11,10 @@ from privatai.config import Config
 from privatai.limits.state_config import require_secrets
 
 if TYPE_CHECKING:
+    from privatai.limits.keyrate import KeyRates
     from privatai.limits.redis_link import RedisLink
     from privatai.limits.shared import LimitState
+    from privatai.ops.runtime import RuntimeDir
 
 
 def redis_link(config: Config) -> RedisLink | None:
@@ -30,3 +32,15 @@ def web_chat_state(link: RedisLink | None) -> LimitState | None:
         return None
     from privatai.limits.redis_state import RedisLimitState
     return RedisLimitState(link)
+
+
+def key_rates(link: RedisLink | None, runtime: RuntimeDir | None) -> KeyRates | None:
+    """Where per-key rates count: Redis (this instance's buckets while it is
+    down), else the workers' shared file, else None for this process's memory."""
+    if link is not None:
+        from privatai.limits.keyrate_redis import FallbackKeyRates, RedisKeyRates
+        return FallbackKeyRates(RedisKeyRates(link))
+    if runtime is not None:
+        from privatai.limits.keyrate_sqlite import SqliteKeyRates
+        return SqliteKeyRates(runtime.keyrates_file)
+    return None

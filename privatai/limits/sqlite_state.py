@@ -50,17 +50,17 @@ T = TypeVar("T")
 PRUNE_EVERY = 500
 
 
-def create(path: Path) -> None:
+def create(path: Path, schema: tuple[str, ...] = SCHEMA) -> None:
     """Make the file and its tables (the main process, before the workers start)."""
-    conn = _connect(path)
+    conn = connect(path)
     try:
-        for statement in SCHEMA:
+        for statement in schema:
             conn.execute(statement)
     finally:
         conn.close()
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def connect(path: Path) -> sqlite3.Connection:
     if not path.exists():
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
@@ -81,15 +81,41 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+class WorkerFile:
+    """A worker's one connection to a shared file, and the one thread that
+    uses it; both made on first use, so in the worker, never inherited through a fork."""
+
+    def __init__(self, path: Path, thread_name: str) -> None:
+        self._path = path
+        self._thread_name = thread_name
+        self._conn: sqlite3.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    def connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = connect(self._path)
+        return self._conn
+
+    async def run(self, function: Callable[[], T]) -> T:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._thread_name)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function)
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
 class SqliteLimitState:
     """A :class:`~privatai.limits.shared.LimitState` in a SQLite file shared by workers."""
 
     def __init__(self, path: Path, *, max_identities: int = DEFAULT_MAX_IDENTITIES) -> None:
-        self._path = path
+        self._file = WorkerFile(path, "privatai-limits")
         self._max_identities = max(1, max_identities)
-        self._conn: sqlite3.Connection | None = None
-        # Made on first use, so in the worker, never inherited through a fork.
-        self._executor: ThreadPoolExecutor | None = None
         self._admits = 0
         self._problem: str | None = None
 
@@ -103,32 +129,20 @@ class SqliteLimitState:
         return self._problem
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._file.close()
 
     async def _run(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="privatai-limits")
         try:
-            result = await asyncio.get_running_loop().run_in_executor(self._executor, partial(function, *args, **kwargs))
+            result = await self._file.run(partial(function, *args, **kwargs))
         except Exception as exc:
             self._problem = f"web-chat limits file: {describe_error(exc)}"
             raise
         self._problem = None
         return result
 
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            self._conn = _connect(self._path)
-        return self._conn
-
     def _admit(self, identity: str, rules: LimitRules, now: float) -> Verdict:
-        conn = self._connection()
-        with _transaction(conn):
+        conn = self._file.connection()
+        with transaction(conn):
             row = conn.execute("SELECT starts, day_start, day_used FROM counters WHERE identity = ?",
                                (identity,)).fetchone()
             counters = (Counters(deque(json.loads(row[0])), row[1], row[2]) if row is not None
@@ -158,8 +172,8 @@ class SqliteLimitState:
         return active
 
     def _release(self, identity: str, tokens: int, now: float) -> None:
-        conn = self._connection()
-        with _transaction(conn):
+        conn = self._file.connection()
+        with transaction(conn):
             conn.execute("DELETE FROM streams WHERE rowid = (SELECT rowid FROM streams "
                          "WHERE identity = ? AND pid = ? LIMIT 1)", (identity, os.getpid()))
             row = conn.execute("SELECT day_start, day_used FROM counters WHERE identity = ?",
@@ -184,7 +198,7 @@ class SqliteLimitState:
 
 
 @contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+def transaction(conn: sqlite3.Connection) -> Iterator[None]:
     """``BEGIN IMMEDIATE`` (the lock every worker queues for) ... ``COMMIT``, or ``ROLLBACK``."""
     conn.execute("BEGIN IMMEDIATE")
     try:

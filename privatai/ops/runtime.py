@@ -6,6 +6,8 @@ lives in memory and never reaches a disk) holding
 
 * ``limits.sqlite``: the web-chat counters (:mod:`privatai.limits.sqlite_state`),
   only keyed hashes and numbers;
+* ``keyrates.sqlite``: the per-key rate buckets (:mod:`privatai.limits.keyrate_sqlite`),
+  key ids and numbers only;
 * ``metrics/``: prometheus-client's multiprocess files
   (``PROMETHEUS_MULTIPROC_DIR``), so /metrics sums every worker.
 
@@ -21,7 +23,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from privatai.limits import sqlite_state
+from privatai.limits import keyrate_sqlite, sqlite_state
 from privatai.limits.sqlite_state import pid_alive
 
 PREFIX = "privatai-"
@@ -54,6 +56,10 @@ class RuntimeDir:
         return self.path / "limits.sqlite"
 
     @property
+    def keyrates_file(self) -> Path:
+        return self.path / "keyrates.sqlite"
+
+    @property
     def metrics_dir(self) -> Path:
         return self.path / "metrics"
 
@@ -66,6 +72,7 @@ class RuntimeDir:
         runtime = cls(Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=base)))
         runtime.metrics_dir.mkdir(mode=0o700)
         sqlite_state.create(runtime.limits_file)
+        sqlite_state.create(runtime.keyrates_file, keyrate_sqlite.SCHEMA)
         os.environ[MULTIPROC_ENV] = str(runtime.metrics_dir)
         return runtime
 

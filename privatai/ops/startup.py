@@ -19,6 +19,8 @@ import asyncio
 from privatai.core import tokens
 from privatai.core.routing import BackendStartFailed
 from privatai.errors import PrivatAIError
+from privatai.limits.instances import key_rates
+from privatai.limits.keyrate_sqlite import SqliteKeyRates
 from privatai.ops.logs import describe_error
 from privatai.plans.gate import PlanGate, month_loader
 from privatai.state import AppState
@@ -52,7 +54,8 @@ async def open_parts(state: AppState) -> None:
             raise StartupFailed(f"store {config.store.location}", _reason(exc)) from exc
         state.recorder = UsageRecorder.from_config(state.store, config.store, max_rows=config.state.held_usage_rows)
         state.recorder.start()
-        state.plans = PlanGate(config, month_loader(state.store, state.recorder))
+        state.plans = PlanGate(config, month_loader(state.store, state.recorder),
+                               key_rates(state.redis, state.runtime))
         state.store.dashboard = state.plans.dashboard
         if state.redis is not None:
             # Not required: while Redis is down the API serves on (per-instance limits).
@@ -96,3 +99,5 @@ async def close_parts(state: AppState) -> None:
         finally:
             if state.store is not None:
                 await state.store.close()
+            if state.plans is not None and isinstance(state.plans.rates, SqliteKeyRates):
+                state.plans.rates.close()

@@ -9,16 +9,17 @@ prompt is counted only when a quota or a token rate needs the estimate.
 """
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import date
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Coroutine
 
 from privatai.config import Config, PlanConfig
 from privatai.core import tokens
 from privatai.core.events import Usage
 from privatai.core.protocol import ChatRequest
 from privatai.errors import ModelNotFound, PermissionDenied
-from privatai.limits.keyrate import KeyLimits, KeyRates, LocalKeyRates
+from privatai.limits.keyrate import KeyLimits, KeyRates, LocalKeyRates, RateView
 from privatai.plans.quota import LoadMonth, QuotaLedger
 from privatai.plans.status import dashboard_hint
 
@@ -63,6 +64,9 @@ class Admission:
 class PlanGate:
     def __init__(self, config: Config, load_month: LoadMonth, rates: KeyRates | None = None) -> None:
         self.rates: KeyRates = rates or LocalKeyRates()
+        # In-memory buckets never suspend, so a cancelled request cannot stop
+        # them half-way: they skip the task a shared store's calls run in.
+        self._shared = not isinstance(self.rates, LocalKeyRates)
         self.quota = QuotaLedger(load_month)
         self.reconfigure(config)
 
@@ -123,28 +127,62 @@ class PlanGate:
             return admission
         admission.reserved = await _estimate(chat) if chat is not None else 0
         if limits:
-            admission.headers = self.rates.acquire(principal.key_id, limits, admission.reserved).headers()
+            admission.headers = (await self._acquire(principal.key_id, limits, admission.reserved)).headers()
         if plan.monthly_tokens is not None:
             try:
                 admission.month = await self.quota.reserve(principal.account_id, plan.monthly_tokens,
                                                            admission.reserved, self.dashboard)
             except BaseException:
                 if limits:
-                    self.rates.cancel(principal.key_id, limits, admission.reserved)
+                    await self._finish(self.rates.cancel(principal.key_id, limits, admission.reserved))
                 raise
         return admission
 
-    def settle(self, admission: Admission, usage: Usage | None) -> None:
+    async def _acquire(self, key_id: int, limits: KeyLimits, tokens: int) -> RateView:
+        if not self._shared:
+            return await self.rates.acquire(key_id, limits, tokens)
+        asking = asyncio.ensure_future(self.rates.acquire(key_id, limits, tokens))
+        try:
+            return await asyncio.shield(asking)
+        except asyncio.CancelledError:
+            # The client left while the store decided: give back what it took.
+            asking.add_done_callback(lambda done: self._undo(key_id, limits, tokens, done))
+            raise
+
+    def _undo(self, key_id: int, limits: KeyLimits, tokens: int, asked: asyncio.Future[RateView]) -> None:
+        if not asked.cancelled() and asked.exception() is None:
+            _detached(self.rates.cancel(key_id, limits, tokens))
+
+    async def _finish(self, call: Coroutine[Any, Any, None]) -> None:
+        """Run a give-back to its end even when the request is being cancelled
+        (settle runs in a ``finally``, often just as the client disconnects)."""
+        if not self._shared:
+            await call
+        else:
+            await asyncio.shield(_detached(call))
+
+    async def settle(self, admission: Admission, usage: Usage | None) -> None:
         """The request ended: its real usage (None: it used nothing) replaces the reservation."""
         if admission.settled:
             return
         admission.settled = True
         used = usage.prompt_tokens + usage.completion_tokens if usage is not None else 0
         principal = admission.principal
-        if admission.limits:
-            self.rates.settle(principal.key_id, admission.limits, admission.reserved, used)
         if admission.month is not None:
             self.quota.settle(principal.account_id, admission.month, admission.reserved, used)
+        if admission.limits:
+            await self._finish(self.rates.settle(principal.key_id, admission.limits, admission.reserved, used))
+
+
+# Give-backs still running after their request was cancelled (referenced until done).
+_RUNNING: set[asyncio.Task[None]] = set()
+
+
+def _detached(call: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    task = asyncio.ensure_future(call)
+    _RUNNING.add(task)
+    task.add_done_callback(_RUNNING.discard)
+    return task
 
 
 async def _estimate(chat: ChatRequest) -> int:

@@ -40,7 +40,8 @@ raises before anything: ``BackendUnavailable`` for 5xx, 408 and 429,
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+
+import msgspec
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, ClassVar
 
@@ -134,7 +135,7 @@ class ScriptedAdapter(Adapter):
                         finish = "length"
                         break
                     if isinstance(step, ToolCallDelta) and step.name is not None and step.id is None:
-                        step = dataclasses.replace(step, id=f"call_{step.index}")
+                        step = msgspec.structs.replace(step, id=f"call_{step.index}")
                     sent += 1
                     if whole is None:
                         yield step

@@ -159,6 +159,12 @@ def test_unwritable_store_stops_serve_before_listening(tmp_path: Path, case: str
     assert one_line(result) == f"privatai: store {path}: {reason}"
 
 
+def store_line(report: str) -> str:
+    """The one line of `privatai check` about the store (the plans' line follows it)."""
+    [line] = [line for line in report.splitlines() if line.startswith("Store ")]
+    return line
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_check_reports_an_unwritable_store(tmp_path: Path, case: str) -> None:
     path, reason = broken_store(tmp_path, case)
@@ -170,13 +176,13 @@ def test_check_reports_an_unwritable_store(tmp_path: Path, case: str) -> None:
     finally:
         (tmp_path / "state").chmod(0o755)
     assert result.returncode == 1
-    assert result.stdout.strip().splitlines()[-1] == f"Store {path}: error: {reason}"
+    assert store_line(result.stdout) == f"Store {path}: error: {reason}"
 
 
 def test_check_says_a_writable_store_is_ok(tmp_path: Path) -> None:
     gateway = Gateway(tmp_path, {"backends": [remote_backend()]})
     result = gateway.cli("check", check=False)
-    assert result.stdout.strip().splitlines()[-1] == f"Store {tmp_path}/privatai.db: ok"
+    assert store_line(result.stdout) == f"Store {tmp_path}/privatai.db: ok"
     assert not (tmp_path / "privatai.db").exists(), "check must not create the database"
 
 

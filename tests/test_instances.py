@@ -157,12 +157,16 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     fake = FakeLlamaCpp()
     nginx: Nginx | None = None
     gateways: list[Gateway] = []
+    saved: dict[str, str | None] = {}
     try:
         database = postgresql.new_database()
         fake.start_in_thread()
         env = {PASSWORD_ENV: postgresql.password, REDIS_PASSWORD_ENV: redis.password,
                "PRIVATAI_IDENTITY_KEY": secrets.token_hex(32)}
-        os.environ.update(env)  # for the CLI run in this process
+        # For the CLI run in this process; the session's own PostgreSQL and
+        # Redis fixtures keep theirs in the same names, restored afterwards.
+        saved.update({name: os.environ.get(name) for name in env})
+        os.environ.update(env)
         config: dict[str, Any] = {
             "backends": [{"name": "fake", "kind": "llamacpp", "url": fake.url, "max_concurrency": 64,
                           "models": [{"name": MODEL, "upstream": "fake-model"}]}],
@@ -190,8 +194,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         fake.stop_in_thread()
         redis.close()
         postgresql.stop()
-        for name in (PASSWORD_ENV, REDIS_PASSWORD_ENV, "PRIVATAI_IDENTITY_KEY"):
-            os.environ.pop(name, None)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @dataclass

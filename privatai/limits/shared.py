@@ -22,9 +22,10 @@ minute, tokens per day; the first one that refuses names the Verdict's rule.
 """
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict, deque
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Coroutine, Protocol
 
 MINUTE = 60.0
 DAY = 86400.0
@@ -197,3 +198,16 @@ class MemoryLimitState:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+# Give-backs still running after the request that took them was cancelled
+# (referenced here until done, so that they are not collected half-way).
+_RUNNING: set[asyncio.Task[None]] = set()
+
+
+def detached(give_back: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    """Run ``give_back`` to its end even if its caller is cancelled (shield it to wait)."""
+    task = asyncio.ensure_future(give_back)
+    _RUNNING.add(task)
+    task.add_done_callback(_RUNNING.discard)
+    return task

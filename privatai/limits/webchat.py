@@ -50,11 +50,11 @@ import math
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Coroutine, Iterable
+from typing import Callable, Iterable
 
 from privatai.config import WebChatConfig
 from privatai.errors import InvalidRequest, LimitsUnavailable, ModelNotFound, RateLimited
-from privatai.limits.shared import (CONCURRENT_STREAMS, DEFAULT_MAX_IDENTITIES, TOKENS_PER_DAY, LimitRules,
+from privatai.limits.shared import (CONCURRENT_STREAMS, detached, DEFAULT_MAX_IDENTITIES, TOKENS_PER_DAY, LimitRules,
                                     LimitState, MemoryLimitState, Verdict)
 from privatai.ops.logs import describe_error
 
@@ -142,7 +142,7 @@ class Admission:
         # Shielded: the handler is often cancelled right here, when the
         # visitor closes the connection after the last chunk; a shared state
         # must still get the slot back.
-        await asyncio.shield(_detached(self._limiter.release(self.identity, max(0, int(tokens_used)))))
+        await asyncio.shield(detached(self._limiter.release(self.identity, max(0, int(tokens_used)))))
 
 
 class WebChatLimiter:
@@ -250,7 +250,7 @@ class WebChatLimiter:
 
     def _undo(self, identity: str, asked: asyncio.Future[Verdict]) -> None:
         if not asked.cancelled() and asked.exception() is None and asked.result().admitted:
-            _detached(self.release(identity, 0))
+            detached(self.release(identity, 0))
 
     def _refusal(self, verdict: Verdict) -> RateLimited:
         config = self.config
@@ -269,16 +269,6 @@ class WebChatLimiter:
         """Identities known to an in-memory state (0 for a shared one)."""
         return len(self.state) if isinstance(self.state, MemoryLimitState) else 0
 
-
-# Releases still running after their handler was cancelled (referenced until done).
-_RUNNING: set[asyncio.Task[None]] = set()
-
-
-def _detached(release: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-    task = asyncio.ensure_future(release)
-    _RUNNING.add(task)
-    task.add_done_callback(_RUNNING.discard)
-    return task
 
 
 def rate_limit_headers(verdict: Verdict) -> dict[str, str]:

@@ -20,6 +20,7 @@ from privatai.core.events import Usage
 from privatai.core.protocol import ChatRequest
 from privatai.errors import ModelNotFound, PermissionDenied
 from privatai.limits.keyrate import KeyLimits, KeyRates, LocalKeyRates, RateView
+from privatai.limits.shared import detached
 from privatai.plans.quota import LoadMonth, QuotaLedger
 from privatai.plans.status import dashboard_hint
 
@@ -151,7 +152,7 @@ class PlanGate:
 
     def _undo(self, key_id: int, limits: KeyLimits, tokens: int, asked: asyncio.Future[RateView]) -> None:
         if not asked.cancelled() and asked.exception() is None:
-            _detached(self.rates.cancel(key_id, limits, tokens))
+            detached(self.rates.cancel(key_id, limits, tokens))
 
     async def _finish(self, call: Coroutine[Any, Any, None]) -> None:
         """Run a give-back to its end even when the request is being cancelled
@@ -159,7 +160,7 @@ class PlanGate:
         if not self._shared:
             await call
         else:
-            await asyncio.shield(_detached(call))
+            await asyncio.shield(detached(call))
 
     async def settle(self, admission: Admission, usage: Usage | None) -> None:
         """The request ended: its real usage (None: it used nothing) replaces the reservation."""
@@ -173,16 +174,6 @@ class PlanGate:
         if admission.limits:
             await self._finish(self.rates.settle(principal.key_id, admission.limits, admission.reserved, used))
 
-
-# Give-backs still running after their request was cancelled (referenced until done).
-_RUNNING: set[asyncio.Task[None]] = set()
-
-
-def _detached(call: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-    task = asyncio.ensure_future(call)
-    _RUNNING.add(task)
-    task.add_done_callback(_RUNNING.discard)
-    return task
 
 
 async def _estimate(chat: ChatRequest) -> int:

@@ -6,6 +6,7 @@ import logging
 import signal
 import sys
 import time
+from typing import Any
 
 from sanic import Sanic
 from sanic.response import HTTPResponse
@@ -28,31 +29,45 @@ from privatai.store.changes import ChangeWatcher
 
 log = logging.getLogger("privatai.app")
 GAUGE_REFRESH = 0.5  # seconds between a worker's updates of the shared gauges
-STOP_RECHECK = 1.0   # seconds after a stop request before it is made again, if it was lost
 
 
 class GatewayApp(Sanic):
     """Sanic, with a stop request that is never lost.
 
     Sanic installs its SIGTERM and SIGINT handlers before the
-    after_server_start listeners run, and a stop that arrives while they run
-    is swallowed by the ``run_until_complete`` that runs them (uvloop): the
-    server then serves on until it is killed (seen as a 90 s SIGKILL after a
-    SIGTERM sent just after "listening"). So a stop that a second later has
-    not reached the drain stops the loop again.
+    after_server_start listeners run. A stop that arrives while they run
+    stops the loop under Sanic's ``run_until_complete``: the start then fails
+    with "Event loop stopped before Future completed", the shutdown listeners
+    never run (no usage flush, the store left open) and the process may not
+    exit at all (a SIGTERM just after "listening" ended in a SIGKILL). So a
+    stop asked for during start-up is kept and carried out as the first thing
+    the running server does, through the normal drain.
     """
 
-    def stop(self, terminate: bool = True, unregister: bool = False) -> None:
-        super().stop(terminate=terminate, unregister=unregister)
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # the main process of several workers: no loop of its own to stop
-            return
-        loop.call_later(STOP_RECHECK, self._stop_again, loop)
+    __slots__ = ("_loop", "_stop_when_serving")  # Sanic refuses attributes not declared
 
-    def _stop_again(self, loop: asyncio.AbstractEventLoop) -> None:
-        if not getattr(self.ctx, "draining", False) and loop.is_running():
-            loop.stop()
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._loop: asyncio.AbstractEventLoop | None = None  # set once the start-up listeners run
+        self._stop_when_serving = False
+
+    def starting(self) -> None:
+        """Called first in before_server_start: stops are deferred from here on."""
+        self._loop = asyncio.get_running_loop()
+        self._stop_when_serving = False
+
+    def stop(self, terminate: bool = True, unregister: bool = False) -> None:
+        if self._loop is not None and not self.state.is_running:
+            self._stop_when_serving = True
+            return
+        super().stop(terminate=terminate, unregister=unregister)
+
+    def set_serving(self, serving: bool) -> None:
+        # Sanic calls this between the start-up listeners and its run_forever:
+        # a call_soon now runs as soon as the server serves.
+        super().set_serving(serving)
+        if serving and self._stop_when_serving and self._loop is not None:
+            self._loop.call_soon(self.stop, False)
 
 
 def create_app(config: Config, *, name: str = "privatai", runtime: RuntimeDir | None = None) -> Sanic:
@@ -85,6 +100,10 @@ def create_app(config: Config, *, name: str = "privatai", runtime: RuntimeDir | 
         # The key's plan limits, on answers and refusals alike (as OpenAI sends them).
         if request.ctx.rate_headers:
             response.headers.update(request.ctx.rate_headers)
+
+    @app.before_server_start(priority=1000)
+    async def defer_stops(app: GatewayApp) -> None:
+        app.starting()
 
     @app.before_server_start
     async def open_resources(app: Sanic) -> None:
@@ -120,7 +139,6 @@ def create_app(config: Config, *, name: str = "privatai", runtime: RuntimeDir | 
 
     @app.before_server_stop
     async def draining(app: Sanic) -> None:
-        app.ctx.draining = True  # a lost stop request is not made again from here on
         # Sanic has removed its SIGTERM handler by now, and a repeated SIGTERM
         # (a supervisor, an impatient operator) would stop the loop in the
         # middle of the drain, skipping the usage flush below: ignore it. A

@@ -4,7 +4,10 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -78,3 +81,28 @@ def test_a_sigterm_right_after_start_stops_the_server(tmp_path: Path) -> None:
         gateway.start()
         code = gateway.stop(timeout=15)  # Gateway.stop kills after the timeout: exit -9
         assert code in (0, -signal.SIGTERM), f"start {attempt}: exit {code}\n{gateway.output()[-800:]}"
+
+
+def test_a_stop_during_the_start_up_listeners_waits_for_them_and_drains(tmp_path: Path) -> None:
+    """A SIGTERM while the after_server_start listeners still run stopped the
+    loop under Sanic's start-up: the start failed with a RuntimeError (exit 1),
+    the shutdown listeners never ran, and the process could hang on the open
+    store's thread. The stop must instead come once the server serves, and
+    end the normal way (drain, usage flush, store closed): exit 0."""
+    backend = {"name": "gone", "kind": "vllm", "url": "http://127.0.0.1:9", "models": ["m"]}
+    gateway = Gateway(tmp_path, {"backends": [backend]},
+                      launcher=[sys.executable, str(Path(__file__).parent / "slow_start.py")])
+    gateway.write_config(gateway.config)
+    with gateway.output_path.open("ab") as out:
+        gateway.proc = proc = subprocess.Popen(
+            [*gateway.launcher, "serve", "--config", str(gateway.config_path)],
+            stdout=out, stderr=subprocess.STDOUT, env=gateway.env)
+    deadline = time.monotonic() + 120
+    while "slow start-up listener begins" not in gateway.output():
+        assert proc.poll() is None and time.monotonic() < deadline, gateway.output()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    code = gateway.stop(timeout=30)
+    output = gateway.output()
+    assert code == 0, output
+    assert "RuntimeError" not in output and "Traceback" not in output, output

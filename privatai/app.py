@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 import sys
 import time
-from typing import Any
 
 from sanic import Sanic
 from sanic.response import HTTPResponse
@@ -22,52 +20,13 @@ from privatai.limits.sqlite_state import SqliteLimitState
 from privatai.ops.metrics import Metrics
 from privatai.ops.runtime import RuntimeDir
 from privatai.ops.startup import StartupFailed, close_parts, open_parts
+from privatai.ops.stopping import GatewayApp
 from privatai.core.routing import Router
 from privatai.ops.logs import loop_exception_handler
 from privatai.state import AppState
 from privatai.store.changes import ChangeWatcher
 
-log = logging.getLogger("privatai.app")
 GAUGE_REFRESH = 0.5  # seconds between a worker's updates of the shared gauges
-
-
-class GatewayApp(Sanic):
-    """Sanic, with a stop request that is never lost.
-
-    Sanic installs its SIGTERM and SIGINT handlers before the
-    after_server_start listeners run. A stop that arrives while they run
-    stops the loop under Sanic's ``run_until_complete``: the start then fails
-    with "Event loop stopped before Future completed", the shutdown listeners
-    never run (no usage flush, the store left open) and the process may not
-    exit at all (a SIGTERM just after "listening" ended in a SIGKILL). So a
-    stop asked for during start-up is kept and carried out as the first thing
-    the running server does, through the normal drain.
-    """
-
-    __slots__ = ("_loop", "_stop_when_serving")  # Sanic refuses attributes not declared
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._loop: asyncio.AbstractEventLoop | None = None  # set once the start-up listeners run
-        self._stop_when_serving = False
-
-    def starting(self) -> None:
-        """Called first in before_server_start: stops are deferred from here on."""
-        self._loop = asyncio.get_running_loop()
-        self._stop_when_serving = False
-
-    def stop(self, terminate: bool = True, unregister: bool = False) -> None:
-        if self._loop is not None and not self.state.is_running:
-            self._stop_when_serving = True
-            return
-        super().stop(terminate=terminate, unregister=unregister)
-
-    def set_serving(self, serving: bool) -> None:
-        # Sanic calls this between the start-up listeners and its run_forever:
-        # a call_soon now runs as soon as the server serves.
-        super().set_serving(serving)
-        if serving and self._stop_when_serving and self._loop is not None:
-            self._loop.call_soon(self.stop, False)
 
 
 def create_app(config: Config, *, name: str = "privatai", runtime: RuntimeDir | None = None) -> Sanic:
@@ -101,12 +60,8 @@ def create_app(config: Config, *, name: str = "privatai", runtime: RuntimeDir | 
         if request.ctx.rate_headers:
             response.headers.update(request.ctx.rate_headers)
 
-    @app.before_server_start(priority=1000)
-    async def defer_stops(app: GatewayApp) -> None:
-        app.starting()
-
     @app.before_server_start
-    async def open_resources(app: Sanic) -> None:
+    async def open_resources(app: GatewayApp) -> None:
         if app.state.is_debug:
             # Debug mode puts tracebacks (with request values) into responses and logs.
             raise RuntimeError("Sanic debug mode is not allowed: it can expose request content")
@@ -136,16 +91,14 @@ def create_app(config: Config, *, name: str = "privatai", runtime: RuntimeDir | 
         if state.metrics is not None and state.metrics.shared_gauges is not None:
             loops.append(asyncio.create_task(refresh_gauges(state.metrics), name="privatai-metrics-gauges"))
         app.ctx.background = loops
+        # The server can answer from here on: a stop must drain (usage flush).
+        app.take_stop_signals(asyncio.get_running_loop())
 
     @app.before_server_stop
     async def draining(app: Sanic) -> None:
-        # Sanic has removed its SIGTERM handler by now, and a repeated SIGTERM
-        # (a supervisor, an impatient operator) would stop the loop in the
-        # middle of the drain, skipping the usage flush below: ignore it. A
-        # second Ctrl-C still quits at once.
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, log.warning,
-                                "shutdown in progress: letting open streams finish")
+        # A repeated SIGTERM (a supervisor, an impatient operator) is only
+        # logged (GatewayApp.stop): the drain and the usage flush below go on.
+        # A second Ctrl-C still quits at once.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
 
     @app.after_server_stop

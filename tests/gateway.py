@@ -255,7 +255,7 @@ class LocalGateway(_Configured):
         super().__init__(workdir, config, self._sock.getsockname()[1])
         self.app: Sanic | None = None
         self._server: AsyncioServer | None = None
-        self._sigint: Any = None
+        self._signals: dict[int, Any] = {}
 
     def create_key(self, account: str = "test", *extra: str) -> str:
         assert self.app is None, "the server shares this loop: use `await gateway.key(...)` while it runs"
@@ -282,7 +282,7 @@ class LocalGateway(_Configured):
                                                "loop": None, "host": HOST, "port": self.port})
         info.stage = ServerStage.SERVING
         app.state.server_info.append(info)
-        self._sigint = signal.getsignal(signal.SIGINT)
+        self._signals = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         # The listen backlog `privatai serve` uses: with Sanic's default of 100,
         # hundreds of clients connecting at once get connections reset.
         server = await app.create_server(sock=self._sock, return_asyncio_server=True, access_log=False,
@@ -325,9 +325,9 @@ class LocalGateway(_Configured):
         finally:
             # The app's signal handling belongs to a server process, not to pytest.
             loop = asyncio.get_running_loop()
-            for sig in (signal.SIGHUP, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-            signal.signal(signal.SIGINT, self._sigint)
+            loop.remove_signal_handler(signal.SIGHUP)
+            for sig, handler in self._signals.items():
+                signal.signal(sig, handler)
             Sanic.unregister_app(app)
 
     async def __aenter__(self) -> "LocalGateway":

@@ -1,6 +1,7 @@
-"""`python -m privatai` with one more after_server_start listener that takes
-two seconds, so a test can send its stop while the start-up listeners run.
-It prints a line when that listener begins."""
+"""`python -m privatai`, run as `python -m tests.slow_start`, with one more
+after_server_start listener that takes two seconds, so that a test can send
+its stop while the start-up listeners run. It prints a line when that
+listener begins."""
 from __future__ import annotations
 
 import asyncio

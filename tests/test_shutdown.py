@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.gateway import Gateway, LocalGateway, embedded_backend
+from tests.gateway import ROOT, Gateway, LocalGateway, embedded_backend
 from tests.scripted import ScriptedBackends
 
 pytestmark = pytest.mark.slow
@@ -69,18 +69,18 @@ async def test_sigterm_finishes_open_streams_and_keeps_their_usage(tmp_path: Pat
 
 
 def test_a_sigterm_right_after_start_stops_the_server(tmp_path: Path) -> None:
-    """A supervisor that stops the gateway as soon as it answers: Sanic takes
-    the signal while its start-up listeners still run, and a stop requested
-    then was lost (the server served on until SIGKILL, 2 times in 6 here).
-    Each of several starts must end within seconds: with exit code 0, or by
-    the signal itself when it came before Sanic's handlers were installed
-    (as systemd counts a clean stop), never killed after the timeout."""
+    """A supervisor that stops the gateway as soon as it answers. The first
+    answer can come before Sanic installs its signal handlers (a SIGTERM then
+    killed the process: no drain, no usage flush; 1 start in 3 here) or while
+    its start-up listeners run (the stop was lost and the server served on
+    until SIGKILL). Each of several starts must end by the normal drain,
+    with exit code 0, within seconds."""
     backend = {"name": "gone", "kind": "vllm", "url": "http://127.0.0.1:9", "models": ["m"]}
     for attempt in range(6):
         gateway = Gateway(tmp_path / str(attempt), {"backends": [backend]})
         gateway.start()
         code = gateway.stop(timeout=15)  # Gateway.stop kills after the timeout: exit -9
-        assert code in (0, -signal.SIGTERM), f"start {attempt}: exit {code}\n{gateway.output()[-800:]}"
+        assert code == 0, f"start {attempt}: exit {code}\n{gateway.output()[-800:]}"
 
 
 def test_a_stop_during_the_start_up_listeners_waits_for_them_and_drains(tmp_path: Path) -> None:
@@ -91,12 +91,12 @@ def test_a_stop_during_the_start_up_listeners_waits_for_them_and_drains(tmp_path
     end the normal way (drain, usage flush, store closed): exit 0."""
     backend = {"name": "gone", "kind": "vllm", "url": "http://127.0.0.1:9", "models": ["m"]}
     gateway = Gateway(tmp_path, {"backends": [backend]},
-                      launcher=[sys.executable, str(Path(__file__).parent / "slow_start.py")])
+                      launcher=[sys.executable, "-m", "tests.slow_start"])
     gateway.write_config(gateway.config)
     with gateway.output_path.open("ab") as out:
         gateway.proc = proc = subprocess.Popen(
             [*gateway.launcher, "serve", "--config", str(gateway.config_path)],
-            stdout=out, stderr=subprocess.STDOUT, env=gateway.env)
+            stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=gateway.env)
     deadline = time.monotonic() + 120
     while "slow start-up listener begins" not in gateway.output():
         assert proc.poll() is None and time.monotonic() < deadline, gateway.output()

@@ -17,15 +17,12 @@ import msgspec
 import yaml
 
 from privatai.billing.config import BillingConfig, check_billing
+from privatai.config_types import Positive, PositiveInt
 from privatai.errors import ConfigError
-from privatai.plans.settings import ReservedFor, check_plans
-from privatai.portal.settings import AccountsConfig
+from privatai.plans.settings import PlanConfig, ReservedFor, check_plans, default_plans
+from privatai.portal.settings import AccountsConfig, PortalConfig, check_portal
 from privatai.limits.state_config import StateConfig, check_state
 
-# Finite: YAML's .inf passes ``gt=0``, and would make a shutdown wait forever
-# or a weighted choice fail on every request.
-Positive = Annotated[float, msgspec.Meta(gt=0, le=1e9)]
-PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 # A real configuration nests five levels at most; PyYAML composes nested
 # collections recursively and ends in a RecursionError a few hundred deep.
 MAX_YAML_DEPTH = 32
@@ -156,79 +153,6 @@ class MetricsConfig(_Section):
     token_env: str = "PRIVATAI_METRICS_TOKEN"
 
 
-# Text an operator shows on the website: one string for every language, or a
-# mapping by language ({de: ..., en: ...}); a missing language falls back to the other.
-Language = Literal["de", "en"]
-Text = Union[str, Annotated[dict[Language, str], msgspec.Meta(min_length=1)]]
-
-
-class PlanConfig(_Section):
-    # The plan's identifier (accounts' --plan); lower case, it goes into URLs later.
-    name: str
-    price: Text                          # display price, as written: "29 €", "Individuell"
-    title: Text | None = None            # shown on the pricing page; defaults to name
-    price_note: Text = ""                # beside the price: "pro Monat"
-    description: Text = ""
-    features: list[Text] = []
-    highlight: bool = False              # the plan the pricing page puts forward
-    contact: bool = False                # "Kontakt aufnehmen" instead of "Registrieren"
-    # What the plan means on the API (privatai.plans): the models its keys may
-    # use ("public": every model a backend without reserved_for serves; the
-    # models of backends reserved for the plan or the account come on top),
-    # people per account (None: as agreed per contract), and optional limits.
-    models: Union[Literal["public"], list[str]] = "public"
-    seats: PositiveInt | None = None
-    monthly_tokens: PositiveInt | None = None       # per account and UTC calendar month
-    requests_per_minute: PositiveInt | None = None  # per key
-    tokens_per_minute: PositiveInt | None = None    # per key
-
-
-def default_plans() -> list[PlanConfig]:
-    """The product's own offer (the seed pages): Pro and Enterprise. The seed
-    names no price for Pro, so it is "on request" until the operator sets one."""
-    return [
-        PlanConfig(
-            name="pro", title="Pro", price={"de": "Auf Anfrage", "en": "On request"},
-            description={"de": "Die volle API für Entwickler und Teams.",
-                         "en": "The full API for developers and teams."},
-            features=[
-                {"de": "Unbegrenzte API-Anfragen, nur durch die Serverkapazität begrenzt",
-                 "en": "Unlimited API requests, limited only by server capacity"},
-                {"de": "Streaming API: Token für Token", "en": "Streaming API: token by token"},
-                {"de": "OpenAI-kompatibel: nur die Basis-URL austauschen",
-                 "en": "OpenAI-compatible: change only the base URL"},
-                {"de": "Gehostet in Deutschland", "en": "Hosted in Germany"},
-                {"de": "Keine Logs: Ihre Prompts werden nicht gespeichert",
-                 "en": "No logs: your prompts are never stored"},
-            ],
-            highlight=True, seats=1),
-        PlanConfig(
-            name="enterprise", title="Enterprise", price={"de": "Individuell", "en": "Custom"},
-            description={"de": "Maßgeschneiderte Lösungen für Ihr Unternehmen.",
-                         "en": "Tailored solutions for your company."},
-            features=[
-                {"de": "Alles aus Pro", "en": "Everything in Pro"},
-                {"de": "Mehrere Plätze / Team-Zugang", "en": "Several seats / team access"},
-                {"de": "Dedizierte Infrastruktur", "en": "Dedicated infrastructure"},
-                {"de": "Individuelle Modell-Anpassung", "en": "Custom models"},
-                {"de": "Prioritäts-Support", "en": "Priority support"},
-            ],
-            models="public", seats=None, contact=True),
-    ]
-
-
-class PortalConfig(_Section):
-    enabled: bool = True
-    # The origin the website's API examples use, e.g. https://api.example.de;
-    # unset: the origin the visitor's browser used.
-    public_url: str | None = None
-    # impressum.de.md / datenschutz.de.md (and .en, or .html); relative to this file.
-    legal_dir: str = "legal"
-    contact_email: str | None = None
-    vat_note: Text = msgspec.field(default_factory=lambda: {
-        "de": "Alle Preise zzgl. 19 % Umsatzsteuer.", "en": "All prices plus 19% German VAT."})
-
-
 class Config(_Section):
     backends: Annotated[list[BackendConfig], msgspec.Meta(min_length=1)]
     default_model: str | None = None
@@ -258,10 +182,7 @@ class Config(_Section):
 
 
 _PATH = re.compile(r" - at `(?:key` in `)?\$\.?([^`]*)`$")
-_PLAN_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
 # An origin (scheme, host, port): portal.public_url, and what the portal accepts from a request.
-ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
-_EMAIL = re.compile(r"[^@\s<>\"'()]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 
 
 def _printable(text: str) -> str:
@@ -404,24 +325,9 @@ def _check(config: Config) -> None:
     for i, name in enumerate(config.web_chat.models):
         if name not in models and not any(b.discover_models for b in config.backends):
             raise ConfigError(config.source, f"web_chat.models[{i}]", f"{name!r} is not served by any backend")
-    portal = config.portal
-    if portal.public_url is not None and not ORIGIN.fullmatch(portal.public_url):
-        raise ConfigError(config.source, "portal.public_url",
-                          "must be an origin like https://api.example.de (scheme and host, no path)")
-    if portal.contact_email is not None and not _EMAIL.fullmatch(portal.contact_email):
-        raise ConfigError(config.source, "portal.contact_email", "must be an e-mail address")
-    if config.accounts.smtp.password_env is not None and config.accounts.smtp.username is None:
-        raise ConfigError(config.source, "accounts.smtp.password_env", "needs accounts.smtp.username")
-    plans: set[str] = set()
-    for i, plan in enumerate(config.plans):
-        if not _PLAN_NAME.fullmatch(plan.name):
-            raise ConfigError(config.source, f"plans[{i}].name",
-                              "must be lower case letters, digits, '-' or '_' (it identifies the plan)")
-        if plan.name in plans:
-            raise ConfigError(config.source, f"plans[{i}].name", f"duplicate plan name {plan.name!r}")
-        plans.add(plan.name)
-    check_plans(config)
-    check_billing(config.source, config.billing, plans, portal.public_url)
+    check_portal(config.source, config.portal, config.accounts)
+    plans = check_plans(config)
+    check_billing(config.source, config.billing, plans, config.portal.public_url)
     if config.accounts.plan is not None and config.plans and config.accounts.plan not in plans:
         raise ConfigError(config.source, "accounts.plan", f"{config.accounts.plan!r} is not one of plans:")
     for i, entry in enumerate(config.web_chat.trusted_proxies):

@@ -16,7 +16,7 @@ from sanic import Request
 from sanic.response import HTTPResponse, redirect
 
 from privatai.billing.service import Billing, BillingUnavailable
-from privatai.config import Language
+from privatai.config_types import Language
 from privatai.errors import PrivatAIError
 from privatai.portal.dashboard import Dashboard
 from privatai.portal.i18n import localize

@@ -1,19 +1,80 @@
-"""The configuration types of dedicated backends, and the checks of ``plans:``
-that need the whole file (models and reservations against the backends).
+"""The ``plans:`` section of backends.yaml (the product's own offer as its
+default), the ``reserved_for`` of dedicated backends, and the checks of
+plans that need the whole file (models and reservations against the backends).
 
 Imported by :mod:`privatai.config`, so it imports nothing of PrivatAI's but
-the error type.
+the error type and the shared value types.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import re
+from typing import TYPE_CHECKING, Literal, Union
 
 import msgspec
 
+from privatai.config_types import PositiveInt, Text
 from privatai.errors import ConfigError
 
 if TYPE_CHECKING:
     from privatai.config import Config
+
+
+_PLAN_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
+
+
+class PlanConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    # The plan's identifier (accounts' --plan); lower case, it goes into URLs later.
+    name: str
+    price: Text                          # display price, as written: "29 €", "Individuell"
+    title: Text | None = None            # shown on the pricing page; defaults to name
+    price_note: Text = ""                # beside the price: "pro Monat"
+    description: Text = ""
+    features: list[Text] = []
+    highlight: bool = False              # the plan the pricing page puts forward
+    contact: bool = False                # "Kontakt aufnehmen" instead of "Registrieren"
+    # What the plan means on the API (privatai.plans): the models its keys may
+    # use ("public": every model a backend without reserved_for serves; the
+    # models of backends reserved for the plan or the account come on top),
+    # people per account (None: as agreed per contract), and optional limits.
+    models: Union[Literal["public"], list[str]] = "public"
+    seats: PositiveInt | None = None
+    monthly_tokens: PositiveInt | None = None       # per account and UTC calendar month
+    requests_per_minute: PositiveInt | None = None  # per key
+    tokens_per_minute: PositiveInt | None = None    # per key
+
+
+def default_plans() -> list[PlanConfig]:
+    """The product's own offer (the seed pages): Pro and Enterprise. The seed
+    names no price for Pro, so it is "on request" until the operator sets one."""
+    return [
+        PlanConfig(
+            name="pro", title="Pro", price={"de": "Auf Anfrage", "en": "On request"},
+            description={"de": "Die volle API für Entwickler und Teams.",
+                         "en": "The full API for developers and teams."},
+            features=[
+                {"de": "Unbegrenzte API-Anfragen, nur durch die Serverkapazität begrenzt",
+                 "en": "Unlimited API requests, limited only by server capacity"},
+                {"de": "Streaming API: Token für Token", "en": "Streaming API: token by token"},
+                {"de": "OpenAI-kompatibel: nur die Basis-URL austauschen",
+                 "en": "OpenAI-compatible: change only the base URL"},
+                {"de": "Gehostet in Deutschland", "en": "Hosted in Germany"},
+                {"de": "Keine Logs: Ihre Prompts werden nicht gespeichert",
+                 "en": "No logs: your prompts are never stored"},
+            ],
+            highlight=True, seats=1),
+        PlanConfig(
+            name="enterprise", title="Enterprise", price={"de": "Individuell", "en": "Custom"},
+            description={"de": "Maßgeschneiderte Lösungen für Ihr Unternehmen.",
+                         "en": "Tailored solutions for your company."},
+            features=[
+                {"de": "Alles aus Pro", "en": "Everything in Pro"},
+                {"de": "Mehrere Plätze / Team-Zugang", "en": "Several seats / team access"},
+                {"de": "Dedizierte Infrastruktur", "en": "Dedicated infrastructure"},
+                {"de": "Individuelle Modell-Anpassung", "en": "Custom models"},
+                {"de": "Prioritäts-Support", "en": "Priority support"},
+            ],
+            models="public", seats=None, contact=True),
+    ]
 
 
 class ReservedFor(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -35,9 +96,17 @@ class ReservedFor(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         return ", ".join(parts) + (" (spill-over)" if self.spill_over else "")
 
 
-def check_plans(config: Config) -> None:
-    """Reservations name known plans; a plan's models are served to it somewhere."""
-    plan_names = {plan.name for plan in config.plans}
+def check_plans(config: Config) -> set[str]:
+    """Plan names are unique identifiers, reservations name known plans, a
+    plan's models are served to it somewhere. Returns the plans' names."""
+    plan_names: set[str] = set()
+    for i, plan in enumerate(config.plans):
+        if not _PLAN_NAME.fullmatch(plan.name):
+            raise ConfigError(config.source, f"plans[{i}].name",
+                              "must be lower case letters, digits, '-' or '_' (it identifies the plan)")
+        if plan.name in plan_names:
+            raise ConfigError(config.source, f"plans[{i}].name", f"duplicate plan name {plan.name!r}")
+        plan_names.add(plan.name)
     for i, backend in enumerate(config.backends):
         reserved = backend.reserved_for
         if reserved is None:
@@ -49,7 +118,7 @@ def check_plans(config: Config) -> None:
             if plan not in plan_names:
                 raise ConfigError(config.source, f"{where}.plans[{j}]", f"no plan named {plan!r} in plans")
     if any(b.discover_models for b in config.backends):
-        return  # the models are known only once the backends list them
+        return plan_names  # the models are known only once the backends list them
     for i, plan in enumerate(config.plans):
         if plan.models == "public":
             continue
@@ -60,3 +129,4 @@ def check_plans(config: Config) -> None:
             if model not in reachable:
                 raise ConfigError(config.source, f"plans[{i}].models[{j}]",
                                   f"{model!r} is not served by any backend this plan's keys may reach")
+    return plan_names

@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 from sanic import Request, Sanic
 from sanic.response import HTTPResponse, redirect
 
-from privatai.config import Language
+from privatai.config_types import Language
 from privatai.portal.i18n import LANGUAGES
 from privatai.portal.admin_pages import AdminPages
 from privatai.portal.auth_pages import AuthPages

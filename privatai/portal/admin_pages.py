@@ -10,7 +10,7 @@ from sanic import Request
 from sanic.response import HTTPResponse
 
 from privatai.billing.errors import SubscriptionsNotCancelled
-from privatai.config import Language
+from privatai.config_types import Language
 from privatai.portal.web import Web
 from privatai.store.records import utc_now
 

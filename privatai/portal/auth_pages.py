@@ -16,7 +16,8 @@ import pyotp
 from sanic import Request
 from sanic.response import HTTPResponse
 
-from privatai.config import Language, signup_plan
+from privatai.config import signup_plan
+from privatai.config_types import Language
 from privatai.portal.pages import BY_NAME
 from privatai.portal.passwords import PASSWORD_MAX, hash_password, password_problem, verify_password
 from privatai.portal.web import BadForm, Visitor, Web

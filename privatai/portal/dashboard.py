@@ -16,7 +16,8 @@ from sanic import Request
 from sanic.response import HTTPResponse, raw
 
 from privatai.billing.errors import SubscriptionsNotCancelled
-from privatai.config import Language, PlanConfig
+from privatai.config import PlanConfig
+from privatai.config_types import Language
 from privatai.portal.chart import Bar, bar_chart, days
 from privatai.portal.plan_panel import PlanView, plan_panels
 from privatai.portal.web import NO_STORE, Visitor, Web

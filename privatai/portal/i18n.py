@@ -12,7 +12,7 @@ from typing import Any, get_args
 
 import yaml
 
-from privatai.config import Language, Text
+from privatai.config_types import Language, Text
 
 LANGUAGES: tuple[Language, ...] = get_args(Language)
 DEFAULT: Language = "de"

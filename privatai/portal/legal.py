@@ -20,7 +20,7 @@ import nh3
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 
-from privatai.config import Language
+from privatai.config_types import Language
 from privatai.ops.logs import describe_error
 from privatai.portal.i18n import LANGUAGES
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from privatai.config import Language
+from privatai.config_types import Language
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,8 @@ from typing import Callable
 
 from markupsafe import Markup
 
-from privatai.config import Language, PlanConfig
+from privatai.config import PlanConfig
+from privatai.config_types import Language
 from privatai.state import AppState
 from privatai.store.records import Account
 

@@ -18,7 +18,7 @@ from sanic import Request, Sanic
 from sanic.response import HTTPResponse, html, redirect
 
 from privatai.api.webchat import CSP, SECURITY_HEADERS, StaticFile, load_static, serve_static
-from privatai.config import Language
+from privatai.config_types import Language
 from privatai.errors import NotFound
 from privatai.portal.examples import Examples, load_examples
 from privatai.portal.i18n import DEFAULT, LANGUAGES, load_catalogs, negotiate

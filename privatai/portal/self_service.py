@@ -10,7 +10,7 @@ from sanic import Request
 from sanic.response import HTTPResponse, raw
 
 from privatai.billing.errors import SubscriptionsNotCancelled
-from privatai.config import Language
+from privatai.config_types import Language
 from privatai.portal.auth_pages import totp_step
 from privatai.portal.passwords import PASSWORD_MAX, hash_password, password_problem, verify_password
 from privatai.portal.web import NO_STORE, Visitor, Web

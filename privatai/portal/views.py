@@ -10,7 +10,9 @@ from typing import Any
 
 from sanic import Request
 
-from privatai.config import ORIGIN, Config, Language, default_model
+from privatai.config import Config, default_model
+from privatai.config_types import Language
+from privatai.portal.settings import ORIGIN
 from privatai.errors import InvalidRequest
 from privatai.portal.examples import Examples
 from privatai.portal.i18n import localize

@@ -16,7 +16,8 @@ from sanic import Request
 from sanic.response import HTTPResponse, html, redirect
 
 from privatai.billing.errors import SubscriptionsNotCancelled
-from privatai.config import Config, Language
+from privatai.config import Config
+from privatai.config_types import Language
 from privatai.portal import mailer, web_session
 from privatai.portal.pages import BY_NAME
 from privatai.portal.throttle import Throttle

@@ -1,26 +1,30 @@
 """`python -m privatai`, run as `python -m tests.slow_start`, with one more
-after_server_start listener that takes two seconds, so that a test can send
-its stop while the start-up listeners run. It prints a line when that
-listener begins."""
+start-up listener that takes a while, so that a test can act while the
+server starts: after_server_start for 2 s by default, or as the environment
+says (PRIVATAI_TEST_SLOW_EVENT: before_server_start or after_server_start;
+PRIVATAI_TEST_SLOW_SECONDS). It prints a line when that listener begins."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 
 import privatai.app
 from privatai.ops import cli
 
 _create_app = privatai.app.create_app
+EVENT = os.environ.get("PRIVATAI_TEST_SLOW_EVENT", "after_server_start")
+SECONDS = float(os.environ.get("PRIVATAI_TEST_SLOW_SECONDS", "2"))
 
 
 def create_app(*args: object, **kwargs: object) -> object:
     app = _create_app(*args, **kwargs)  # type: ignore[arg-type]
 
-    @app.after_server_start
     async def slow_listener(_app: object) -> None:
-        print("slow start-up listener begins", flush=True)
-        await asyncio.sleep(2)
+        print(f"slow {EVENT} listener begins", flush=True)
+        await asyncio.sleep(SECONDS)
 
+    app.register_listener(slow_listener, EVENT)
     return app
 
 

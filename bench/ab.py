@@ -7,7 +7,7 @@ machine's load; a change to the hot path is judged by A/B rounds instead:
 each round starts the fake upstream, the bare relay and one checkout's
 gateway (``bench.run``'s setup), and measures relay and gateway back to
 back: CPU per non-streaming request at concurrency 64, CPU per paced chunk
-(64 streams at 200 tokens/s), and latency p50 at concurrency 1. The
+(64 streams at 200 tokens/s), the same from an instant upstream, and latency p50 at concurrency 1. The
 checkouts alternate, so both see the same minutes of machine load; the
 ratio to the relay of the same round is the figure to read.
 """
@@ -19,7 +19,6 @@ import shutil
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from bench.run import ROOT, Bench, Plan, chat_body
@@ -46,13 +45,18 @@ def one_round(src: str, plan: Plan, seconds: float) -> dict[str, float | None]:
                                       concurrency=64, duration=seconds, stream=True)
             chunks.update(cpu)
             out[f"{side}_us_per_chunk"] = cpu_us(chunks, side, "frames")
+            with bench.meter.measure() as cpu:
+                burst = load.loadgen(chat_body("bench", stream=True, tokens=plan.chunk_tokens),
+                                     concurrency=64, duration=seconds, stream=True)
+            burst.update(cpu)
+            out[f"{side}_us_per_chunk_instant"] = cpu_us(burst, side, "frames")
             latency = load.requests(chat_body("bench", tokens=plan.response_tokens), concurrency=1,
                                     duration=seconds, warmup=1.0)
             out[f"{side}_p50_ms_c1"] = latency["latency_ms"]["p50"]
     finally:
         bench.stop()
         shutil.rmtree(bench.workdir, ignore_errors=True)
-    for figure in ("us_per_request", "us_per_chunk"):
+    for figure in ("us_per_request", "us_per_chunk", "us_per_chunk_instant"):
         relay, gateway = out[f"relay_{figure}"], out[f"gateway_{figure}"]
         out[f"ratio_{figure}"] = round(gateway / relay, 2) if relay and gateway else None
     out["load_avg"] = round(os.getloadavg()[0], 1)

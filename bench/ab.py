@@ -63,14 +63,45 @@ def one_round(src: str, plan: Plan, seconds: float) -> dict[str, float | None]:
     return out
 
 
+def latency_runs(base: str, src: str, plan: Plan, runs: int, seconds: float) -> None:
+    """Latency p50 at concurrency 1, many short runs alternating between both
+    checkouts' gateways (and the relay), all started once and side by side:
+    wall-clock latency on a shared machine is read as the median of runs."""
+    benches = {name: Bench(argparse.Namespace(src=path, log_level="WARNING", quick=False), plan)
+               for name, path in (("base", base), ("src", src))}
+    p50: dict[str, list[float]] = {"relay": [], "base": [], "src": []}
+    try:
+        for bench in benches.values():
+            bench.start()
+        body = chat_body("bench", tokens=plan.response_tokens)
+        for _ in range(runs):
+            for name, load in (("relay", benches["base"].floor), ("base", benches["base"].via),
+                               ("src", benches["src"].via)):
+                p50[name].append(load.requests(body, concurrency=1, duration=seconds, warmup=0.5)
+                                 ["latency_ms"]["p50"])
+            print(f"[ab {time.strftime('%H:%M:%S')}] load {os.getloadavg()[0]:.1f}: "
+                  + ", ".join(f"{name} {values[-1]}" for name, values in p50.items()), file=sys.stderr, flush=True)
+    finally:
+        for bench in benches.values():
+            bench.stop()
+            shutil.rmtree(bench.workdir, ignore_errors=True)
+    print("latency p50 ms at concurrency 1, median of runs:",
+          {name: statistics.median(values) for name, values in p50.items()})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__.split("\n")[0])
     parser.add_argument("--base", required=True, help="the checkout to compare against")
     parser.add_argument("--src", default=str(ROOT), help="the checkout under test")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--latency-runs", type=int, default=0,
+                        help="instead: this many alternating latency-only runs (concurrency 1)")
     args = parser.parse_args(argv)
     plan = Plan()
+    if args.latency_runs:
+        latency_runs(args.base, args.src, plan, args.latency_runs, args.seconds)
+        return 0
     rows: dict[str, list[dict[str, float | None]]] = {"base": [], "src": []}
     for number in range(args.rounds):
         for name in ("base", "src"):

@@ -7,9 +7,12 @@ machine's load; a change to the hot path is judged by A/B rounds instead:
 each round starts the fake upstream, the bare relay and one checkout's
 gateway (``bench.run``'s setup), and measures relay and gateway back to
 back: CPU per non-streaming request at concurrency 64, CPU per paced chunk
-(64 streams at 200 tokens/s), the same from an instant upstream, and latency p50 at concurrency 1. The
-checkouts alternate, so both see the same minutes of machine load; the
-ratio to the relay of the same round is the figure to read.
+(64 streams at 200 tokens/s; the gateway also with its Ollama-kind
+backend), the same from an instant upstream, and latency p50 at
+concurrency 1. The checkouts alternate, so both see the same minutes of
+machine load; the ratio to the relay of the same round is the figure to
+read. ``--latency-runs N`` measures only latency, as the median of N short
+runs with both checkouts' gateways started side by side.
 """
 from __future__ import annotations
 
@@ -50,6 +53,12 @@ def one_round(src: str, plan: Plan, seconds: float) -> dict[str, float | None]:
                                      concurrency=64, duration=seconds, stream=True)
             burst.update(cpu)
             out[f"{side}_us_per_chunk_instant"] = cpu_us(burst, side, "frames")
+            if side == "gateway":
+                with bench.meter.measure() as cpu:
+                    ollama = load.loadgen(chat_body("ollama-chunks", stream=True, tokens=plan.chunk_tokens),
+                                          concurrency=64, duration=seconds, stream=True)
+                ollama.update(cpu)
+                out["gateway_us_per_chunk_ollama"] = cpu_us(ollama, side, "frames")
             latency = load.requests(chat_body("bench", tokens=plan.response_tokens), concurrency=1,
                                     duration=seconds, warmup=1.0)
             out[f"{side}_p50_ms_c1"] = latency["latency_ms"]["p50"]

@@ -42,23 +42,29 @@ def create_app(config: Config, *, name: str = "privatai", runtime: RuntimeDir | 
     app.ctx.state = AppState(config=config, router=Router(config), runtime=runtime, redis=redis_link(config))
 
     routes.register(app, config)
-    cors.register(app, config.server.cors_origins,
-                  [(prefix + route.path, prefix.strip("/").replace("/", "_") + "_" + route.name)
-                   for prefix in routes.API_PREFIXES for route in routes.API_ROUTES])
+    browsers = cors.register(app, config.server.cors_origins,
+                             [(prefix + route.path, prefix.strip("/").replace("/", "_") + "_" + route.name)
+                              for prefix in routes.API_PREFIXES for route in routes.API_ROUTES])
 
+    # One request and one response middleware: Sanic pays a call, an await
+    # and its bookkeeping per middleware and response.
     @app.on_request(priority=1000)
-    async def start_clock(request: GatewayRequest) -> None:
+    async def begin(request: GatewayRequest) -> None:
         # First in the chain: nothing before it sees the request.
         request.ctx.started = time.perf_counter()
+        await authenticate(request)
 
-    app.on_request(authenticate, priority=900)
-    app.on_response(access.log_response)
-
-    @app.on_response
-    async def rate_headers(request: GatewayRequest, response: HTTPResponse) -> None:
-        # The key's plan limits, on answers and refusals alike (as OpenAI sends them).
-        if request.ctx.rate_headers:
-            response.headers.update(request.ctx.rate_headers)
+    @app.on_response(priority=1000)
+    def finish(request: GatewayRequest, response: HTTPResponse) -> None:
+        ctx = request.ctx
+        headers = response.headers
+        headers.setdefault(cors.REQUEST_ID, ctx.request_id)
+        if ctx.rate_headers:
+            # The key's plan limits, on answers and refusals alike (as OpenAI sends them).
+            headers.update(ctx.rate_headers)
+        if browsers is not None:
+            browsers.decorate(request, response)
+        access.log_response(request, response)
 
     @app.before_server_start
     async def open_resources(app: GatewayApp) -> None:

@@ -162,25 +162,51 @@ def test_http10_client_gets_a_stream_it_can_read(setup: Setup) -> None:
     assert events[-1] == "data: [DONE]"
 
 
-def test_http11_client_still_gets_chunked_stream(setup: Setup) -> None:
-    setup.fake.reply(TextDelta("Hello"), TextDelta(" world"))
-    with connect(setup.gateway, "127.0.0.1") as sock:
-        sock.sendall(chat_request(setup, "1.1"))
-        data = b""
-        while not data.endswith(b"\r\n0\r\n\r\n"):
-            chunk = sock.recv(65536)
-            assert chunk, data
-            data += chunk
-    status, headers, body = split_response(data)
-    assert status == 200 and headers["transfer-encoding"] == "chunked"
-    decoded, rest = b"", body
+def read_chunked(sock: socket.socket) -> tuple[int, dict[str, str], list[bytes]]:
+    """One chunked response on a kept-alive connection: its status, headers and chunks as sent."""
+    data = b""
+    while not data.endswith(b"\r\n0\r\n\r\n"):
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    status, headers, rest = split_response(data)
+    chunks = []
     while True:
         size_line, rest = rest.split(b"\r\n", 1)
         size = int(size_line, 16)
         if size == 0:
-            break
-        decoded, rest = decoded + rest[:size], rest[size + 2:]
-    assert sse_text(decoded)[0] == "Hello world"
+            assert rest == b"\r\n"
+            return status, headers, chunks
+        assert rest[size:size + 2] == b"\r\n"
+        chunks.append(rest[:size])
+        rest = rest[size + 2:]
+
+
+def test_http11_client_still_gets_chunked_stream(setup: Setup) -> None:
+    setup.fake.reply(TextDelta("Hello"), TextDelta(" world"))
+    with connect(setup.gateway, "127.0.0.1") as sock:
+        sock.sendall(chat_request(setup, "1.1"))
+        status, headers, chunks = read_chunked(sock)
+    assert status == 200 and headers["transfer-encoding"] == "chunked"
+    assert sse_text(b"".join(chunks))[0] == "Hello world"
+
+
+def test_a_burst_of_tokens_arrives_one_http_chunk_per_event_on_a_reused_connection(setup: Setup) -> None:
+    # The server writes the frames of one burst together; on the wire each
+    # SSE event is still its own HTTP chunk, and the connection serves the
+    # next stream cleanly.
+    words = [f" w{i}" for i in range(60)]
+    with connect(setup.gateway, "127.0.0.1") as sock:
+        for _ in range(2):
+            setup.fake.reply(*(TextDelta(word) for word in words))
+            sock.sendall(chat_request(setup, "1.1"))
+            status, headers, chunks = read_chunked(sock)
+            assert status == 200 and headers["transfer-encoding"] == "chunked"
+            assert all(chunk.startswith(b"data: ") and chunk.endswith(b"\n\n") and chunk.count(b"\n\n") == 1
+                       for chunk in chunks[:-1]), chunks
+            text, events = sse_text(b"".join(chunks))
+            assert text == "".join(words)
+            assert events[-1] == "data: [DONE]"
 
 
 @dataclass

@@ -40,6 +40,7 @@ from privatai.adapters.openai_wire import (
     UpstreamStreamError,
     add_reasoning_switches,
     build_body,
+    sse_chat_payload,
     sse_payload,
 )
 from privatai.adapters.transport import (
@@ -112,7 +113,8 @@ class OpenAICompatibleAdapter(Adapter):
 
     def stream_tokens(self, request: ChatRequest, model: str) -> AsyncIterator[Event]:
         mapper = ChunkMapper(self.config.think_tags)
-        return self._streamed("/chat/completions", self.build_body(request, model), mapper, mapper.feed)
+        return self._streamed("/chat/completions", self.build_body(request, model), mapper, mapper.feed,
+                              sse_chat_payload)
 
     def complete_text(self, request: CompletionRequest, prompt: str, model: str) -> AsyncIterator[Event]:
         # Raw text: think tags in it are the client's business, not split off.
@@ -161,8 +163,10 @@ class OpenAICompatibleAdapter(Adapter):
             yield event
 
     async def _streamed(self, path: str, body: dict[str, Any], mapper: ChunkMapper,
-                        feed: Callable[[Any], list[Event]]) -> AsyncIterator[Event]:
-        """A streamed upstream answer (SSE) as events, each as it arrives."""
+                        feed: Callable[[Any], list[Event]],
+                        decode: Callable[[bytes], Any] = sse_payload) -> AsyncIterator[Event]:
+        """A streamed upstream answer (SSE) as events, each as it arrives;
+        ``decode`` reads one line for ``feed``."""
         reader = await self._upstream.open_stream(self.base_url + path, orjson.dumps(body), self._headers)
         started = False
         try:
@@ -183,7 +187,7 @@ class OpenAICompatibleAdapter(Adapter):
                     if not line:
                         continue  # the blank line that ends each event
                     try:
-                        chunk = sse_payload(line)
+                        chunk = decode(line)
                         if chunk is None:
                             continue
                         if chunk is DONE:

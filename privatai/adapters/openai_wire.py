@@ -22,6 +22,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
+import msgspec
 import orjson
 
 from privatai.core.events import Event, Fingerprint, Finish, Logprobs, TextDelta, ThinkingDelta, ToolCallDelta, Usage
@@ -143,6 +144,36 @@ def normalize_finish(reason: str | None, had_tool_calls: bool) -> str:
     return normalized
 
 
+class _PlainDelta(msgspec.Struct):
+    content: str | None = None
+    reasoning: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: None = None
+
+
+class _PlainChoice(msgspec.Struct):
+    delta: _PlainDelta | None = None
+    logprobs: None = None
+    finish_reason: str | None = None
+
+
+class PlainChunk(msgspec.Struct):
+    """A chunk of the shape nearly every chunk has: text or reasoning, no
+    usage, tool call, logprobs or error. Decoded typed (msgspec skips the
+    fields nobody reads, and the mapper reads attributes instead of a dict's
+    keys); any other value of these fields fails the decode, and the chunk
+    takes the general path (:func:`sse_payload`, a dict)."""
+
+    choices: list[_PlainChoice]
+    usage: None = None
+    error: None = None
+    object: str | None = None
+    system_fingerprint: str | None = None
+
+
+_decode_plain = msgspec.json.Decoder(PlainChunk).decode
+
+
 class ChunkMapper:
     """Upstream ``chat.completion.chunk`` objects -> our events, for one response.
 
@@ -166,6 +197,8 @@ class ChunkMapper:
         self.usage: Usage | None = None
 
     def feed(self, chunk: Any) -> list[Event]:
+        if type(chunk) is PlainChunk:
+            return self._feed_plain(chunk)
         if not isinstance(chunk, dict):
             return []
         if chunk.get("error") or chunk.get("object") == "error":
@@ -174,6 +207,28 @@ class ChunkMapper:
         if self._fingerprint is None and fingerprint and isinstance(fingerprint, str):
             self._fingerprint = fingerprint
         events = self._feed(chunk)
+        return self._with_fingerprint(events) if events else events
+
+    def _feed_plain(self, chunk: PlainChunk) -> list[Event]:
+        """:meth:`feed` for a :class:`PlainChunk`: the same events as for its dict."""
+        if self._fingerprint is None and chunk.system_fingerprint:
+            self._fingerprint = chunk.system_fingerprint
+        if not chunk.choices:
+            return []
+        choice = chunk.choices[0]
+        events: list[Event] = []
+        delta = choice.delta
+        if delta is not None:
+            reasoning = delta.reasoning or delta.reasoning_content
+            if reasoning:
+                events.append(ThinkingDelta(reasoning))
+            if delta.content:
+                if self._splitter is not None:
+                    events.extend(self._splitter.feed(delta.content))
+                else:
+                    events.append(TextDelta(delta.content))
+        if choice.finish_reason:
+            self.finish_reason = choice.finish_reason
         return self._with_fingerprint(events) if events else events
 
     def _with_fingerprint(self, events: list[Event]) -> list[Event]:
@@ -283,6 +338,20 @@ def _detail(usage: dict[str, Any], group: str, name: str) -> Any:
 
 # What :func:`sse_payload` returns for the ``data: [DONE]`` line that ends a stream.
 DONE = object()
+
+
+def sse_chat_payload(line: bytes) -> Any:
+    """:func:`sse_payload` for ``chat.completion.chunk`` lines: a
+    :class:`PlainChunk` when the chunk has that shape, else what
+    :func:`sse_payload` gives."""
+    if line.startswith(b"data: {"):
+        try:
+            chunk = _decode_plain(line[6:])
+        except msgspec.DecodeError:  # not that shape (a ValidationError), or not JSON
+            return orjson.loads(line[6:])
+        if chunk.object != "error":
+            return chunk
+    return sse_payload(line)
 
 
 def sse_payload(line: bytes) -> Any:

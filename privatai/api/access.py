@@ -15,6 +15,8 @@ random ``x-request-id``, which a client can quote.
 """
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import time
 from typing import Any
@@ -28,24 +30,39 @@ from privatai.state import AppState
 EVENT_STREAM = "text/event-stream"
 
 
-async def log_response(request: GatewayRequest, response: HTTPResponse) -> None:
-    """Response middleware: the line for every response except an event stream."""
+def log_response(request: GatewayRequest, response: HTTPResponse) -> None:
+    """From the app's response middleware: the line for every response except an event stream."""
     if response.content_type == EVENT_STREAM:
         return
     body = response.body
     write(request, response.status, len(body) if body is not None else None)
 
 
+@functools.lru_cache(maxsize=256)
+def _route_name(path: str) -> str:
+    # Sanic's route paths have no leading slash; one per route, so cached.
+    return "/" + path.lstrip("/")
+
+
 def write(request: GatewayRequest, status: int, nbytes: int | None) -> None:
-    """Write the access line of ``request`` and feed the metrics."""
+    """Write the access line of ``request`` (only built when the logger is on) and feed the metrics."""
     state: AppState = request.app.ctx.state
     ctx = request.ctx
-    route = request.route.path if request.route is not None else "(unmatched)"
+    route = _route_name(request.route.path) if request.route is not None else "/(unmatched)"
     duration = time.perf_counter() - ctx.started
     backend = ctx.route.backend
+    if access_log.isEnabledFor(logging.INFO):
+        _line(request, state, route, status, nbytes, duration)
+    if state.metrics is not None:
+        state.metrics.observe(route, status, ctx.model, backend, duration, ctx.usage, ctx.ttft)
+
+
+def _line(request: GatewayRequest, state: AppState, route: str, status: int, nbytes: int | None,
+          duration: float) -> None:
+    ctx = request.ctx
     fields: dict[str, Any] = {
         "method": request.method,
-        "route": "/" + route.lstrip("/"),
+        "route": route,
         "status": status,
         "ms": round(duration * 1000, 1),
         "request_id": ctx.request_id,
@@ -54,8 +71,8 @@ def write(request: GatewayRequest, status: int, nbytes: int | None) -> None:
         fields["bytes"] = nbytes
     if ctx.model is not None:
         fields["model"] = ctx.model
-    if backend is not None:
-        fields["backend"] = backend
+    if ctx.route.backend is not None:
+        fields["backend"] = ctx.route.backend
     if ctx.principal is not None:
         fields["key"] = ctx.principal.key_prefix
     if state.config.logging.hashed_client_ip:
@@ -69,5 +86,3 @@ def write(request: GatewayRequest, status: int, nbytes: int | None) -> None:
     if state.runtime is not None:
         fields["worker"] = os.getpid()  # which of several workers answered
     access_log.info("request", extra={"fields": fields})
-    if state.metrics is not None:
-        state.metrics.observe(fields["route"], status, ctx.model, backend, duration, ctx.usage, ctx.ttft)

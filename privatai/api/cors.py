@@ -49,9 +49,8 @@ class Cors:
                 headers["Access-Control-Allow-Headers"] = asked
         return empty(status=204, headers=headers)
 
-    async def decorate(self, request: Request, response: HTTPResponse) -> None:
-        """Response middleware: the request id, and CORS for a listed origin."""
-        response.headers.setdefault(REQUEST_ID, request.ctx.request_id)
+    def decorate(self, request: Request, response: HTTPResponse) -> None:
+        """The CORS headers of a response to a listed origin."""
         origin = request.headers.get("origin")
         if self.allowed(origin):
             assert origin is not None
@@ -60,9 +59,11 @@ class Cors:
             response.headers.add("Vary", "Origin")
 
 
-def register(app: Sanic, origins: list[str], api_paths: list[tuple[str, str]]) -> None:
-    """Preflight routes for ``api_paths`` (path, route name) and the header middleware."""
+def register(app: Sanic, origins: list[str], api_paths: list[tuple[str, str]]) -> Cors | None:
+    """Preflight routes for ``api_paths`` (path, route name); the :class:`Cors`
+    whose :meth:`Cors.decorate` the app's response middleware calls, None
+    when no origin is listed (no response then carries CORS headers)."""
     cors = Cors(origins)
     for path, name in api_paths:
         app.add_route(cors.preflight, path, methods=["OPTIONS"], name=f"{name}_preflight")
-    app.on_response(cors.decorate)
+    return cors if origins else None

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Protocol
 
 from privatai.config import StoreConfig
@@ -105,6 +107,8 @@ class UsageRecorder:
         self._stopping: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._pruned_day: str | None = None
+        # (epoch second, its UTC day, its stored time): formatted once a second, not per request.
+        self._clock: tuple[int, str, str] = (-1, "", "")
 
     @classmethod
     def from_config(cls, sink: UsageSink, config: StoreConfig, *, max_rows: int = DEFAULT_MAX_ROWS
@@ -122,8 +126,12 @@ class UsageRecorder:
         prompt, completion = clamp_tokens(prompt_tokens), clamp_tokens(completion_tokens)
         if (prompt, completion) != (prompt_tokens, completion_tokens):
             log.warning("usage out of range clamped to 0..%d tokens (key id %d)", MAX_TOKENS, key_id)
-        now = utc_now()
-        key = (key_id, now.date().isoformat(), model)
+        second = int(time.time())
+        if second != self._clock[0]:
+            now = datetime.fromtimestamp(second, timezone.utc).replace(tzinfo=None)  # as utc_now() gives it
+            self._clock = (second, now.date().isoformat(), now.isoformat())
+        _, day, now_stored = self._clock
+        key = (key_id, day, model)
         counts = self._pending.counts.get(key)
         if counts is None:
             in_doubt = self._in_doubt.counts if self._in_doubt is not None else {}
@@ -139,7 +147,7 @@ class UsageRecorder:
         counts.requests += 1
         counts.prompt_tokens += prompt
         counts.completion_tokens += completion
-        self._pending.last_used[key_id] = now.isoformat()
+        self._pending.last_used[key_id] = now_stored
 
     @property
     def pending_counts(self) -> dict[UsageKey, Counts]:

@@ -113,7 +113,10 @@ class WriteBehind:
     def _flush(self) -> None:
         waiting, self._waiting = self._waiting, []
         for http in waiting:
-            http.write_out()
+            try:
+                http.write_out()
+            except Exception:  # noqa: BLE001 - one broken connection must not hold back the others' chunks
+                http.protocol.transport.abort()
 
 
 class GatewayHttp(Http):

@@ -9,7 +9,7 @@ import logging
 import time
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import AsyncIterator, Callable, Iterator
 
 import pytest
 
@@ -159,50 +159,55 @@ async def test_a_redis_that_lost_its_data_is_seeded_again_from_the_store(links) 
     assert store.loads == 2
 
 
-async def test_redis_down_the_quota_goes_on_per_instance_then_shared_again(
-        own_redis: RedisServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.fixture
+async def down_link(own_redis: RedisServer, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[RedisLink]:
+    """A link to a Redis of the test's own (prefix ``down``), to stop and start."""
     monkeypatch.setenv(REDIS_PASSWORD_ENV, own_redis.password)
-    caplog.set_level(logging.INFO, "privatai.state.redis")
     link = RedisLink(config_for(own_redis, "down"), ping_interval=0.1)
     await link.start()
-    try:
-        store = Store(used=0)
-        shared = RedisQuotas(link, store.load, Calendar())
-        quotas = FallbackQuotas(shared, QuotaLedger(store.load, Calendar()))
-        hold = await quotas.reserve(7, 100, 30, None)
-        assert not hold.local
-        await quotas.settle(7, hold, 30, 30)
+    yield link
+    await link.close()
 
-        own_redis.stop()
-        with pytest.raises(LimitsUnavailable):
-            await shared.reserve(7, 100, 10, None)
-        # This instance's ledger, loaded from the store (which has the 30 by now).
-        store.used = 30
-        local = [await quotas.reserve(7, 100, 30, None) for _ in range(3)]
-        assert all(hold.local for hold in local)
-        with pytest.raises(QuotaExceeded):
-            await quotas.reserve(7, 100, 1, None)
-        assert "Redis unreachable" in (link.problem() or "")
-        assert "limits are per instance" in caplog.text
 
-        own_redis.start()
-        deadline = time.monotonic() + 10
-        while not link.available():
-            assert time.monotonic() < deadline, "the link never came back"
-            await asyncio.sleep(0.05)
-        # The requests admitted during the outage settle now: their usage is
-        # added to the shared count if Redis kept it, and is in the store
-        # (which seeds it afresh) if Redis lost it. Either way it is 30 + 3 × 20.
-        for hold in local:
-            await quotas.settle(7, hold, 30, 20)
-        store.used = 90
-        back = await quotas.reserve(7, 100, 10, None)
-        assert not back.local
-        assert await link.client.hget(f"down:quota:{{7}}:{THIS_MONTH:%Y-%m}", "u") == b"90"
-        with pytest.raises(QuotaExceeded):
-            await quotas.reserve(7, 100, 1, None)
-    finally:
-        await link.close()
+async def test_redis_down_the_quota_goes_on_per_instance_then_shared_again(
+        down_link: RedisLink, own_redis: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "privatai.state.redis")
+    link = down_link
+    store = Store(used=0)
+    shared = RedisQuotas(link, store.load, Calendar())
+    quotas = FallbackQuotas(shared, QuotaLedger(store.load, Calendar()))
+    hold = await quotas.reserve(7, 100, 30, None)
+    assert not hold.local
+    await quotas.settle(7, hold, 30, 30)
+
+    own_redis.stop()
+    with pytest.raises(LimitsUnavailable):
+        await shared.reserve(7, 100, 10, None)
+    # This instance's ledger, loaded from the store (which has the 30 by now).
+    store.used = 30
+    local = [await quotas.reserve(7, 100, 30, None) for _ in range(3)]
+    assert all(hold.local for hold in local)
+    with pytest.raises(QuotaExceeded):
+        await quotas.reserve(7, 100, 1, None)
+    assert "Redis unreachable" in (link.problem() or "")
+    assert "limits are per instance" in caplog.text
+
+    own_redis.start()
+    deadline = time.monotonic() + 10
+    while not link.available():
+        assert time.monotonic() < deadline, "the link never came back"
+        await asyncio.sleep(0.05)
+    # The requests admitted during the outage settle now: their usage is
+    # added to the shared count if Redis kept it, and is in the store
+    # (which seeds it afresh) if Redis lost it. Either way it is 30 + 3 × 20.
+    for hold in local:
+        await quotas.settle(7, hold, 30, 20)
+    store.used = 90
+    back = await quotas.reserve(7, 100, 10, None)
+    assert not back.local
+    assert await link.client.hget(f"down:quota:{{7}}:{THIS_MONTH:%Y-%m}", "u") == b"90"
+    with pytest.raises(QuotaExceeded):
+        await quotas.reserve(7, 100, 1, None)
 
 
 async def test_one_process_ledger_never_suspends_once_the_month_is_loaded() -> None:

@@ -9,11 +9,15 @@ account ids and numbers only.
 """
 from __future__ import annotations
 
+import logging
 from functools import partial
 from pathlib import Path
 
 from privatai.limits.sqlite_state import WorkerFile, transaction
+from privatai.ops.logs import describe_error
 from privatai.plans.quota import LoadMonth, SharedQuotas, Today, utc_today
+
+log = logging.getLogger(__name__)
 
 SCHEMA = ("CREATE TABLE IF NOT EXISTS quotas (account_id INTEGER NOT NULL, month TEXT NOT NULL, "
           "used INTEGER NOT NULL, reserved INTEGER NOT NULL, PRIMARY KEY (account_id, month)) WITHOUT ROWID",)
@@ -33,7 +37,11 @@ class SqliteQuotas(SharedQuotas):
         await self._file.run(partial(self._seed, account_id, month, used))
 
     async def give_back(self, account_id: int, held: str, current: str, reserved: int, used: int) -> None:
-        await self._file.run(partial(self._give_back, account_id, held, current, reserved, used))
+        try:
+            await self._file.run(partial(self._give_back, account_id, held, current, reserved, used))
+        except Exception as exc:
+            # Lost from the count until the server restarts (the store has the usage).
+            log.error("monthly quotas: a settlement was lost: %s", describe_error(exc))
 
     def close(self) -> None:
         self._file.close()

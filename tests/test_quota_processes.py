@@ -111,11 +111,9 @@ def test_a_quota_is_one_count_across_workers(tmp_path: Path, fake: FakeLlamaCpp)
         told = check(outcome)
         usage = asyncio.run(account_usage(gateway.base_url, key, len(outcome.told)))
         assert (usage["tokens_used"], usage["requests"]) == (told, len(outcome.told))
-        served = Counter(line["worker"] for line in access_lines(gateway)
-                         if line["route"] == "/v1/chat/completions" and line["status"] == 200)
-        refused = {line["worker"] for line in access_lines(gateway)
-                   if line["route"] == "/v1/chat/completions" and line["status"] == 403}
-        assert len(served) == 2 and len(refused) == 2, "the burst did not reach both workers"
+        # Both workers took part (which one accepts a connection is the kernel's choice).
+        workers = {line["worker"] for line in access_lines(gateway) if line["route"] == "/v1/chat/completions"}
+        assert len(workers) == 2, "the burst did not reach both workers"
     finally:
         gateway.stop()
 
@@ -156,8 +154,8 @@ def test_a_quota_is_one_count_across_instances_sharing_redis(instances: list[Gat
     for gateway in instances:
         usage = asyncio.run(account_usage(gateway.base_url, key, len(outcome.told)))
         assert (usage["tokens_used"], usage["requests"]) == (told, len(outcome.told))
-    # Each instance served part of the account's quota and refused the rest.
-    for gateway in instances:
-        statuses = Counter(line["status"] for line in access_lines(gateway)
-                           if line["route"] == "/v1/chat/completions")
-        assert statuses[200] and statuses[403], statuses
+    # The clients alternated between the instances; what each served and
+    # refused adds up to what the clients saw.
+    statuses = Counter(line["status"] for gateway in instances for line in access_lines(gateway)
+                       if line["route"] == "/v1/chat/completions")
+    assert statuses == {200: len(outcome.told), 403: len(outcome.refused)}, statuses

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from privatai.limits.redis_link import RedisLink
     from privatai.limits.shared import LimitState
     from privatai.ops.runtime import RuntimeDir
+    from privatai.plans.quota import LoadMonth, Quotas
 
 
 def redis_link(config: Config) -> RedisLink | None:
@@ -44,3 +45,16 @@ def key_rates(link: RedisLink | None, runtime: RuntimeDir | None) -> KeyRates | 
         from privatai.limits.keyrate_sqlite import SqliteKeyRates
         return SqliteKeyRates(runtime.keyrates_file)
     return None
+
+
+def quotas(link: RedisLink | None, runtime: RuntimeDir | None, load: LoadMonth) -> Quotas:
+    """Where monthly quotas count: Redis (this instance's ledger while it is
+    down), else the workers' shared file, else this process's memory."""
+    from privatai.plans.quota import QuotaLedger
+    if link is not None:
+        from privatai.limits.quota_redis import FallbackQuotas, RedisQuotas
+        return FallbackQuotas(RedisQuotas(link, load), QuotaLedger(load))
+    if runtime is not None:
+        from privatai.limits.quota_sqlite import SqliteQuotas
+        return SqliteQuotas(runtime.quotas_file, load)
+    return QuotaLedger(load)

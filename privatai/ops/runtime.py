@@ -8,6 +8,8 @@ lives in memory and never reaches a disk) holding
   only keyed hashes and numbers;
 * ``keyrates.sqlite``: the per-key rate buckets (:mod:`privatai.limits.keyrate_sqlite`),
   key ids and numbers only;
+* ``quotas.sqlite``: the monthly quota counts (:mod:`privatai.limits.quota_sqlite`),
+  account ids and numbers only;
 * ``metrics/``: prometheus-client's multiprocess files
   (``PROMETHEUS_MULTIPROC_DIR``), so /metrics sums every worker.
 
@@ -23,7 +25,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from privatai.limits import keyrate_sqlite, sqlite_state
+from privatai.limits import keyrate_sqlite, quota_sqlite, sqlite_state
 from privatai.limits.sqlite_state import pid_alive
 
 PREFIX = "privatai-"
@@ -60,6 +62,10 @@ class RuntimeDir:
         return self.path / "keyrates.sqlite"
 
     @property
+    def quotas_file(self) -> Path:
+        return self.path / "quotas.sqlite"
+
+    @property
     def metrics_dir(self) -> Path:
         return self.path / "metrics"
 
@@ -73,6 +79,7 @@ class RuntimeDir:
         runtime.metrics_dir.mkdir(mode=0o700)
         sqlite_state.create(runtime.limits_file)
         sqlite_state.create(runtime.keyrates_file, keyrate_sqlite.SCHEMA)
+        sqlite_state.create(runtime.quotas_file, quota_sqlite.SCHEMA)
         os.environ[MULTIPROC_ENV] = str(runtime.metrics_dir)
         return runtime
 

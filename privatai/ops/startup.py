@@ -19,8 +19,9 @@ import asyncio
 from privatai.core import tokens
 from privatai.core.routing import BackendStartFailed
 from privatai.errors import PrivatAIError
-from privatai.limits.instances import key_rates
+from privatai.limits.instances import key_rates, quotas
 from privatai.limits.keyrate_sqlite import SqliteKeyRates
+from privatai.limits.quota_sqlite import SqliteQuotas
 from privatai.ops.logs import describe_error
 from privatai.plans.gate import PlanGate, month_loader
 from privatai.state import AppState
@@ -54,8 +55,9 @@ async def open_parts(state: AppState) -> None:
             raise StartupFailed(f"store {config.store.location}", _reason(exc)) from exc
         state.recorder = UsageRecorder.from_config(state.store, config.store, max_rows=config.state.held_usage_rows)
         state.recorder.start()
-        state.plans = PlanGate(config, month_loader(state.store, state.recorder),
-                               key_rates(state.redis, state.runtime))
+        load_month = month_loader(state.store, state.recorder)
+        state.plans = PlanGate(config, load_month, key_rates(state.redis, state.runtime),
+                               quotas(state.redis, state.runtime, load_month))
         state.store.dashboard = state.plans.dashboard
         if state.redis is not None:
             # Not required: while Redis is down the API serves on (per-instance limits).
@@ -101,3 +103,5 @@ async def close_parts(state: AppState) -> None:
                 await state.store.close()
             if state.plans is not None and isinstance(state.plans.rates, SqliteKeyRates):
                 state.plans.rates.close()
+            if state.plans is not None and isinstance(state.plans.quota, SqliteQuotas):
+                state.plans.quota.close()

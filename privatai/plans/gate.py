@@ -21,7 +21,7 @@ from privatai.core.protocol import ChatRequest
 from privatai.errors import ModelNotFound, PermissionDenied
 from privatai.limits.keyrate import KeyLimits, KeyRates, LocalKeyRates, RateView
 from privatai.limits.shared import detached
-from privatai.plans.quota import LoadMonth, QuotaLedger
+from privatai.plans.quota import Hold, LoadMonth, QuotaLedger, Quotas
 from privatai.plans.status import dashboard_hint
 
 if TYPE_CHECKING:
@@ -57,18 +57,21 @@ class Admission:
     principal: Principal
     limits: KeyLimits
     reserved: int = 0
-    month: date | None = None
+    hold: Hold | None = None
     headers: dict[str, str] = field(default_factory=dict)
     settled: bool = False
 
 
 class PlanGate:
-    def __init__(self, config: Config, load_month: LoadMonth, rates: KeyRates | None = None) -> None:
+    def __init__(self, config: Config, load_month: LoadMonth, rates: KeyRates | None = None,
+                 quotas: Quotas | None = None) -> None:
         self.rates: KeyRates = rates or LocalKeyRates()
-        # In-memory buckets never suspend, so a cancelled request cannot stop
-        # them half-way: they skip the task a shared store's calls run in.
+        # In-memory buckets and ledgers never suspend to give back, so a
+        # cancelled request cannot stop them half-way: they skip the task a
+        # shared store's calls run in.
         self._shared = not isinstance(self.rates, LocalKeyRates)
-        self.quota = QuotaLedger(load_month)
+        self.quota: Quotas = quotas or QuotaLedger(load_month)
+        self._shared_quota = not isinstance(self.quota, QuotaLedger)
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
@@ -131,13 +134,29 @@ class PlanGate:
             admission.headers = (await self._acquire(principal.key_id, limits, admission.reserved)).headers()
         if plan.monthly_tokens is not None:
             try:
-                admission.month = await self.quota.reserve(principal.account_id, plan.monthly_tokens,
-                                                           admission.reserved, self.dashboard)
+                admission.hold = await self._reserve(principal.account_id, plan.monthly_tokens,
+                                                     admission.reserved)
             except BaseException:
                 if limits:
-                    await self._finish(self.rates.cancel(principal.key_id, limits, admission.reserved))
+                    await self._finish(self.rates.cancel(principal.key_id, limits, admission.reserved),
+                                       self._shared)
                 raise
         return admission
+
+    async def _reserve(self, account_id: int, quota: int, tokens: int) -> Hold:
+        if not self._shared_quota:
+            return await self.quota.reserve(account_id, quota, tokens, self.dashboard)
+        asking = asyncio.ensure_future(self.quota.reserve(account_id, quota, tokens, self.dashboard))
+        try:
+            return await asyncio.shield(asking)
+        except asyncio.CancelledError:
+            # The client left while the count decided: end what it reserved.
+            asking.add_done_callback(lambda done: self._unreserve(account_id, tokens, done))
+            raise
+
+    def _unreserve(self, account_id: int, tokens: int, asked: asyncio.Future[Hold]) -> None:
+        if not asked.cancelled() and asked.exception() is None:
+            detached(self.quota.settle(account_id, asked.result(), tokens, 0))
 
     async def _acquire(self, key_id: int, limits: KeyLimits, tokens: int) -> RateView:
         if not self._shared:
@@ -154,10 +173,10 @@ class PlanGate:
         if not asked.cancelled() and asked.exception() is None:
             detached(self.rates.cancel(key_id, limits, tokens))
 
-    async def _finish(self, call: Coroutine[Any, Any, None]) -> None:
+    async def _finish(self, call: Coroutine[Any, Any, None], shared: bool) -> None:
         """Run a give-back to its end even when the request is being cancelled
         (settle runs in a ``finally``, often just as the client disconnects)."""
-        if not self._shared:
+        if not shared:
             await call
         else:
             await asyncio.shield(detached(call))
@@ -169,10 +188,12 @@ class PlanGate:
         admission.settled = True
         used = usage.prompt_tokens + usage.completion_tokens if usage is not None else 0
         principal = admission.principal
-        if admission.month is not None:
-            self.quota.settle(principal.account_id, admission.month, admission.reserved, used)
+        if admission.hold is not None:
+            await self._finish(self.quota.settle(principal.account_id, admission.hold, admission.reserved, used),
+                               self._shared_quota)
         if admission.limits:
-            await self._finish(self.rates.settle(principal.key_id, admission.limits, admission.reserved, used))
+            await self._finish(self.rates.settle(principal.key_id, admission.limits, admission.reserved, used),
+                               self._shared)
 
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from datetime import date
-from typing import TYPE_CHECKING, Any, Coroutine
+from typing import TYPE_CHECKING, Any, Callable, Coroutine, TypeVar
 
 from privatai.config import Config, PlanConfig
 from privatai.core import tokens
@@ -23,6 +23,8 @@ from privatai.limits.keyrate import KeyLimits, KeyRates, LocalKeyRates, RateView
 from privatai.limits.shared import detached
 from privatai.plans.quota import Hold, LoadMonth, QuotaLedger, Quotas
 from privatai.plans.status import dashboard_hint
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from privatai.core.routing import Router, Tenant
@@ -144,34 +146,12 @@ class PlanGate:
         return admission
 
     async def _reserve(self, account_id: int, quota: int, tokens: int) -> Hold:
-        if not self._shared_quota:
-            return await self.quota.reserve(account_id, quota, tokens, self.dashboard)
-        asking = asyncio.ensure_future(self.quota.reserve(account_id, quota, tokens, self.dashboard))
-        try:
-            return await asyncio.shield(asking)
-        except asyncio.CancelledError:
-            # The client left while the count decided: end what it reserved.
-            asking.add_done_callback(lambda done: self._unreserve(account_id, tokens, done))
-            raise
-
-    def _unreserve(self, account_id: int, tokens: int, asked: asyncio.Future[Hold]) -> None:
-        if not asked.cancelled() and asked.exception() is None:
-            detached(self.quota.settle(account_id, asked.result(), tokens, 0))
+        return await _taken(self.quota.reserve(account_id, quota, tokens, self.dashboard), self._shared_quota,
+                            lambda hold: self.quota.settle(account_id, hold, tokens, 0))
 
     async def _acquire(self, key_id: int, limits: KeyLimits, tokens: int) -> RateView:
-        if not self._shared:
-            return await self.rates.acquire(key_id, limits, tokens)
-        asking = asyncio.ensure_future(self.rates.acquire(key_id, limits, tokens))
-        try:
-            return await asyncio.shield(asking)
-        except asyncio.CancelledError:
-            # The client left while the store decided: give back what it took.
-            asking.add_done_callback(lambda done: self._undo(key_id, limits, tokens, done))
-            raise
-
-    def _undo(self, key_id: int, limits: KeyLimits, tokens: int, asked: asyncio.Future[RateView]) -> None:
-        if not asked.cancelled() and asked.exception() is None:
-            detached(self.rates.cancel(key_id, limits, tokens))
+        return await _taken(self.rates.acquire(key_id, limits, tokens), self._shared,
+                            lambda _view: self.rates.cancel(key_id, limits, tokens))
 
     async def _finish(self, call: Coroutine[Any, Any, None], shared: bool) -> None:
         """Run a give-back to its end even when the request is being cancelled
@@ -201,3 +181,20 @@ async def _estimate(chat: ChatRequest) -> int:
     """Prompt tokens as metering counts them, plus the output limit the request sets."""
     fixed, texts = tokens.prompt_texts(chat)
     return fixed + sum(await tokens.count_many(texts)) + (chat.max_output_tokens or 0)
+
+
+async def _taken(call: Coroutine[Any, Any, T], shared: bool, undo: Callable[[T], Coroutine[Any, Any, None]]) -> T:
+    """What ``call`` takes from a limit. In a shared store the decision may
+    still be under way when the client leaves: it is let finish, and what it
+    took is given back by ``undo`` (in-memory limits never suspend)."""
+    if not shared:
+        return await call
+    asking = asyncio.ensure_future(call)
+    try:
+        return await asyncio.shield(asking)
+    except asyncio.CancelledError:
+        def give_back(done: asyncio.Future[T]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                detached(undo(done.result()))
+        asking.add_done_callback(give_back)
+        raise

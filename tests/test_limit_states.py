@@ -45,6 +45,21 @@ async def test_requests_per_minute_with_exact_retry_after_and_headers(state: Lim
     assert (await state.admit(ME, rules, 1000.0 + MINUTE)).admitted
 
 
+
+async def test_a_request_decided_after_a_later_one_waits_no_longer_than_the_window(state: LimitState) -> None:
+    """Workers read their clocks before they take the shared file: a request
+    can be decided after one that read a later time. Its Retry-After was
+    then more than the minute (61 s), and its start went into the log out of order."""
+    rules = LimitRules(rpm=2, tokens_per_day=10**9, concurrent_streams=10)
+    assert (await state.admit(ME, rules, 1000.5)).admitted
+    assert (await state.admit(ME, rules, 1000.9)).admitted
+    refused = await state.admit(ME, rules, 1000.2)  # read its clock before both
+    assert not refused.admitted and refused.rule == "requests_per_minute"
+    assert 0 < refused.retry_after <= MINUTE and refused.reset_seconds <= MINUTE
+    # The first start leaves the window at 1060.5, not earlier.
+    assert not (await state.admit(ME, rules, 1060.4)).admitted
+    assert (await state.admit(ME, rules, 1060.5)).admitted
+
 async def test_tokens_per_day_charged_on_release(state: LimitState) -> None:
     rules = LimitRules(rpm=100, tokens_per_day=1000, concurrent_streams=10)
     assert (await state.admit(ME, rules, 0.0)).admitted

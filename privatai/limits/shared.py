@@ -99,6 +99,11 @@ def decide(counters: Counters, rules: LimitRules, now: float) -> Verdict:
     """Check every rule and, when all pass, take a request and a slot in
     ``counters``: the one decision every LimitState makes, under its own lock."""
     starts = counters.starts
+    if starts and starts[-1] > now:
+        # Another worker read its clock later but took the shared file first:
+        # decide at its time, so the log stays in order and no wait exceeds
+        # the window (a Retry-After of 61 s for a per-minute limit).
+        now = starts[-1]
     while starts and now - starts[0] >= MINUTE:
         starts.popleft()
     while len(starts) > rules.rpm:

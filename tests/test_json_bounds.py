@@ -16,8 +16,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from privatai.core import tokens
+from privatai.core.completions import parse_completion_request
+from privatai.core.embeddings import parse_embeddings_request
 from privatai.core.json_bounds import MAX_DEPTH, ORJSON_MAX_DEPTH, too_deep_at
 from privatai.core.protocol import ChatRequest, message_to_openai, parse_chat_request, tools_to_openai
+from privatai.core.responses.translate import parse_responses_request
 from privatai.errors import InvalidRequest
 
 
@@ -131,3 +134,20 @@ def test_any_body_is_a_usable_request_or_a_400(body: dict[str, Any]) -> None:
     orjson.dumps([message_to_openai(m) for m in chat.messages])
     orjson.dumps(tools_to_openai(chat.tools))
     assert tokens.count_prompt(chat) > 0
+
+
+@pytest.mark.parametrize(("parse", "field"), [
+    (parse_embeddings_request, '"input": "x", "dimensions": '),
+    (parse_completion_request, '"prompt": "x", "max_tokens": '),
+    (parse_completion_request, '"prompt": "x", "seed": '),
+    (parse_responses_request, '"input": "x", "max_output_tokens": '),
+    (parse_responses_request, '"input": "x", "top_logprobs": '),
+    (parse_responses_request, '"input": "x", "max_tool_calls": '),
+])
+def test_integers_past_64_bits_are_a_400_on_every_endpoint(parse: Any, field: str) -> None:
+    """Found by the OpenAPI fuzz run: `dimensions: 10986500806547561512960`
+    passed validation and became a 500 when the body was encoded for the
+    upstream (orjson writes 64-bit integers only)."""
+    body = ('{"model": "m", ' + field + str(2**70) + "}").encode()
+    with pytest.raises(InvalidRequest, match="9223372036854775807"):
+        parse(body)

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from privatai.core.events import Event, TextDelta, Usage
+from privatai.core.json_bounds import INT64_MAX, Int64
 from privatai.core.encoders import DONE
 from privatai.core.protocol import StreamOptions
 from privatai.core.text_input import text_inputs, texts_of
@@ -35,11 +36,11 @@ class CompletionRequest(msgspec.Struct, kw_only=True):
     prompt: Prompt
     model: str | None = None
     # OpenAI's default for this endpoint; vLLM's too.
-    max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = 16
+    max_tokens: Annotated[int, msgspec.Meta(ge=1, le=INT64_MAX)] | None = 16
     temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
     top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
     stop: str | Annotated[list[str], msgspec.Meta(max_length=4)] | None = None
-    seed: int | None = None
+    seed: Int64 | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     stream: bool = False

@@ -12,6 +12,7 @@ from typing import Annotated, Literal, Union
 
 import msgspec
 
+from privatai.core.json_bounds import INT64_MAX
 from privatai.core.text_input import text_inputs, texts_of
 from privatai.core.validation import decode
 from privatai.errors import InvalidRequest
@@ -27,7 +28,7 @@ class EmbeddingsRequest(msgspec.Struct, kw_only=True):
     input: EmbeddingInput
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    dimensions: Annotated[int, msgspec.Meta(ge=1, le=INT64_MAX)] | None = None
     # An end-user id for abuse monitoring at OpenAI; nothing here keeps it.
     user: str | None = None
 

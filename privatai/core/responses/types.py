@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal, Union
 
 import msgspec
 
+from privatai.core.json_bounds import INT64_MAX, Int64
+
 # The same efforts the chat endpoint takes, so both endpoints route alike.
 Effort = Literal["none", "minimal", "low", "medium", "high"]
 ItemStatus = Literal["in_progress", "completed", "incomplete"]
@@ -138,7 +140,7 @@ class ResponsesRequest(msgspec.Struct, kw_only=True):
     tools: list[FunctionTool] | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
-    max_output_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    max_output_tokens: Annotated[int, msgspec.Meta(ge=1, le=INT64_MAX)] | None = None
     temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
     top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
     reasoning: Reasoning | None = None
@@ -154,8 +156,8 @@ class ResponsesRequest(msgspec.Struct, kw_only=True):
     prompt: dict[str, Any] | None = None
     include: list[str] | None = None
     truncation: Literal["auto", "disabled"] | None = None
-    top_logprobs: int | None = None
-    max_tool_calls: int | None = None
+    top_logprobs: Int64 | None = None
+    max_tool_calls: Int64 | None = None
     # An end-user id for abuse monitoring at OpenAI; nothing here keeps it.
     user: str | None = None
     safety_identifier: str | None = None

@@ -11,7 +11,7 @@ import pytest
 
 from privatai.errors import AuthenticationFailed, ServiceUnavailable
 from privatai.store.database import Store
-from privatai.store.recorder import Batch, UsageKey, UsageRecorder
+from privatai.store.recorder import Batch, Refused, UsageRecorder
 from privatai.store.records import utc_now
 from tests.services import PostgreSQL, Target, started_postgresql
 
@@ -36,7 +36,7 @@ class LostCommit:
         self.store = store
         self.calls = 0
 
-    async def write_usage(self, batch: Batch) -> list[UsageKey]:
+    async def write_usage(self, batch: Batch) -> list[Refused]:
         self.calls += 1
         refused = await self.store.write_usage(batch)
         if self.calls == 1:
@@ -62,7 +62,7 @@ async def test_a_batch_retried_after_a_lost_commit_is_counted_once(store: Store)
 
 
 class Down:
-    async def write_usage(self, batch: Batch) -> list[UsageKey]:
+    async def write_usage(self, batch: Batch) -> list[Refused]:
         raise ConnectionRefusedError("database down")
 
     async def prune_usage(self, retention_days: int) -> int:

@@ -141,18 +141,19 @@ async def test_rows_the_database_refuses_are_dropped_and_the_rest_written(
         (alive.key_id, day, "m"): Counts(1, 5, 6),
         (9999, day, "m"): Counts(1, 1, 1),                  # no such key (deleted)
         (other.key_id, day, "m"): Counts(2, 7, 8)}))
-    assert sorted(refused) == [(alive.key_id, day, "big"), (9999, day, "m")]
+    assert sorted(refused) == [((alive.key_id, day, "big"), False), ((9999, day, "m"), True)]
     assert _totals(await store.usage_for_key(alive.key_id)) == (1, 5, 6)
     assert _totals(await store.usage_for_key(other.key_id)) == (2, 7, 8)
 
-    # Through the recorder: a key that vanished is dropped with one log line,
-    # and every later flush still works.
+    # Through the recorder: a key that vanished (its account erased while a
+    # request of it was counted) is dropped with one line at INFO, not ERROR;
+    # a row out of range is an ERROR; every later flush still works.
     recorder.record(9999, "m", 1, 1)
     recorder.record(other.key_id, "m", 1, 1)
-    with caplog.at_level(logging.ERROR, logger="privatai.store.recorder"):
+    with caplog.at_level(logging.INFO, logger="privatai.store.recorder"):
         await recorder.flush()
-    assert [r.getMessage() for r in caplog.records] == [
-        "usage row refused by the database and dropped (key id 9999)"]
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("INFO", "usage of a deleted key dropped (key id 9999)")]
     assert recorder.pending_counts == {}
     recorder.record(other.key_id, "m", 1, 1)
     await recorder.flush()

@@ -27,7 +27,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from privatai.config import StoreConfig
 from privatai.store.records import utc_now
@@ -35,6 +35,15 @@ from privatai.store.records import utc_now
 log = logging.getLogger(__name__)
 
 UsageKey = tuple[int, str, str]  # key_id, UTC day (YYYY-MM-DD), model
+
+
+class Refused(NamedTuple):
+    """A row the database refused and no retry can write."""
+
+    key: UsageKey
+    # The key was deleted meanwhile (its account erased while other requests
+    # of it were still being counted): expected, unlike numbers out of range.
+    gone: bool
 
 # Far above any real request (a million-token context is 2**20), far below
 # 2**63: even 2**31 requests a day at this size cannot overflow a day's sum.
@@ -81,9 +90,10 @@ class Batch:
 class UsageSink(Protocol):
     """Where batches go: the store."""
 
-    async def write_usage(self, batch: Batch) -> list[UsageKey]:
+    async def write_usage(self, batch: Batch) -> list[Refused]:
         """Add ``batch`` to the stored aggregates; return the rows refused for
-        their values (dropped). Raise, writing nothing, on any other failure."""
+        their values or for a key that no longer exists (dropped). Raise,
+        writing nothing, on any other failure."""
 
     async def prune_usage(self, retention_days: int) -> int:
         """Delete usage of UTC days older than ``retention_days``."""
@@ -195,10 +205,13 @@ class UsageRecorder:
             log.info("usage written again after a database outage (%d request(s) dropped as over the "
                      "memory bound)", self._dropped)
             self._dropped = 0
-        for key_id, _day, _model in refused:
-            # Retrying cannot help a row the database refuses for its values;
-            # keeping it would fail every later flush.
-            log.error("usage row refused by the database and dropped (key id %d)", key_id)
+        for (key_id, _day, _model), gone in refused:
+            # Retrying cannot help a row the database refuses; keeping it
+            # would fail every later flush.
+            if gone:
+                log.info("usage of a deleted key dropped (key id %d)", key_id)
+            else:
+                log.error("usage row refused by the database and dropped (key id %d)", key_id)
 
     def start(self) -> None:
         """Start the periodic flush (and daily pruning, if retention is set)."""

@@ -12,11 +12,12 @@ from __future__ import annotations
 from datetime import date, timedelta
 from typing import Any
 
+import sqlalchemy.exc
 from sqlalchemy import BigInteger, ColumnElement, bindparam, cast, delete, func, null, or_, select, update
 
 from privatai.store.connection import Database, Queries, refused_for_values
 from privatai.store.records import UsageRow, utc_now
-from privatai.store.recorder import Batch, UsageKey
+from privatai.store.recorder import Batch, Refused
 from privatai.store.schema import accounts, api_keys, usage_batches, usage_daily
 
 _COUNTS = ("requests", "prompt_tokens", "completion_tokens")
@@ -44,7 +45,7 @@ class UsageQueries(Queries):
         self._claim_batch = (db.insert(usage_batches).on_conflict_do_nothing(index_elements=[usage_batches.c.id])
                              .returning(usage_batches.c.id))
 
-    async def write_usage(self, batch: Batch) -> list[UsageKey]:
+    async def write_usage(self, batch: Batch) -> list[Refused]:
         """Add a recorder batch to the aggregates in one transaction.
 
         Returns the rows the database refused for their values (a number out
@@ -81,7 +82,8 @@ class UsageQueries(Queries):
                     if not refused_for_values(exc):
                         raise
                     await conn.exec_driver_sql("ROLLBACK TO SAVEPOINT usage_row")
-                    refused.append(key)
+                    # The one foreign key of a usage row is its key's.
+                    refused.append(Refused(key, gone=isinstance(exc, sqlalchemy.exc.IntegrityError)))
                 await conn.exec_driver_sql("RELEASE SAVEPOINT usage_row")
             if last_used:
                 await conn.execute(_SET_LAST_USED, last_used)

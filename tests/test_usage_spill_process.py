@@ -1,7 +1,7 @@
 """A gateway stopped (SIGTERM) while its database is down loses no usage: the
 next start writes it, once. Real gateway processes, the openai SDK as client,
 a real PostgreSQL stopped and started, a real SQLite file locked by another
-process."""
+process. (tests/test_store_outage.py: the recorder and spill files alone.)"""
 from __future__ import annotations
 
 import re

@@ -277,6 +277,8 @@ class UsageRecorder:
         """Write what is held to a spill file; False (logged) if there is none or it failed."""
         async with self._lock:
             self._take()
+            if not self._in_doubt:
+                return True
             held = requests_in(self._in_doubt)
             if self._spill is None:
                 log.error("usage of %d request(s) could not be written before stopping: the database "

@@ -31,6 +31,7 @@ from typing import Annotated
 import msgspec
 
 from privatai.config import StoreConfig
+from privatai.limits.sqlite_state import pid_alive
 from privatai.ops.logs import describe_error
 from privatai.store.recorder import Batch, Counts
 
@@ -91,15 +92,7 @@ def _decode(data: bytes) -> list[Batch]:
 
 
 def _held_by_a_live_process(owner: str, pid: int) -> bool:
-    if pid == os.getpid():
-        return owner in _ours
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return owner in _ours if pid == os.getpid() else pid_alive(pid)
 
 
 def _token() -> str:

@@ -8,8 +8,11 @@ import asyncio
 import json
 import logging
 import stat
+import subprocess
+import sys
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import AsyncIterator, Iterator
 
@@ -291,14 +294,13 @@ async def test_an_unreadable_spill_file_is_moved_aside_and_never_half_applied(
     spill = tmp_path / "spill"
     good_batch = {"id": "a" * 32, "rows": [[key_id, "2026-01-02", "m", 1, 5, 6]], "last_used": {}}
     # The first batch is valid, the second is not: the whole file is refused.
-    half = {"version": 1, "batches": [good_batch, {"id": "b" * 32, "rows": [[key_id, "2026-01-02", "m", -1, 5, 6]],
-                                                   "last_used": {}}]}
+    bad_batch = {"id": "b" * 32, "rows": [[key_id, "2026-01-02", "m", -1, 5, 6]], "last_used": {}}
+    half = {"version": 1, "spilled": utc_now().isoformat(), "batches": [good_batch, bad_batch]}
     secret = "CANARY-not-a-usage-file"
     bad = [_write_spill(spill, target.location, json.dumps(half).encode()),
            _write_spill(spill, target.location, f"{{\"note\": \"{secret}\"".encode()),
            _write_spill(spill, target.location, b"\xff\xfe")]
-    good = _write_spill(spill, target.location,
-                        json.dumps({"version": 1, "batches": [{**good_batch, "id": "c" * 32}]}).encode())
+    good = _write_spill(spill, target.location, json.dumps({**half, "batches": [{**good_batch, "id": "c" * 32}]}).encode())
     recorder = UsageRecorder(Flaky(store), spill=SpillDir(spill, target.location))
     await recorder.replay_spilled()
     assert await _totals(store, key_id) == (1, 5, 6)  # the good file only
@@ -340,3 +342,24 @@ def test_each_file_is_claimed_by_exactly_one_of_many_concurrent_claimers(tmp_pat
     ids = [batch_id for claim in claims for batch_id in claim]
     assert sorted(ids) == sorted(f"{n:032x}" for n in range(60))
     assert not any(path.exists() for path in written)
+
+
+async def test_a_claim_of_a_dead_process_is_taken_over_and_an_old_file_written_with_a_warning(
+        store: Store, target: Target, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    key_id = await _key(store)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    path = SpillDir(tmp_path, target.location).write([Batch({(key_id, "2026-01-02", "m"): Counts(1, 2, 3)},
+                                                            id="e" * 32)])
+    body = json.loads(path.read_bytes())
+    body["spilled"] = (utc_now() - timedelta(days=8)).isoformat()
+    claimed = path.with_name(f"{path.name}.claimed-{dead.pid}-0123456789ab")
+    claimed.write_text(json.dumps(body))
+    path.unlink()
+    recorder = UsageRecorder(Flaky(store), spill=SpillDir(tmp_path, target.location))
+    await recorder.replay_spilled()
+    assert await _totals(store, key_id) == (1, 2, 3)
+    assert _files(tmp_path) == []
+    assert "is older than the 7 days batch ids are kept" in caplog.text
+    await recorder.stop()

@@ -25,6 +25,7 @@ import os
 import re
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -34,6 +35,8 @@ from privatai.config import StoreConfig
 from privatai.limits.sqlite_state import pid_alive
 from privatai.ops.logs import describe_error
 from privatai.store.recorder import Batch, Counts
+from privatai.store.records import utc_now
+from privatai.store.usage import BATCH_ID_DAYS
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +75,9 @@ class _Batch(msgspec.Struct, forbid_unknown_fields=True):
 
 class _File(msgspec.Struct, forbid_unknown_fields=True):
     version: Annotated[int, msgspec.Meta(ge=1, le=1)]
+    # When the stop wrote it: batch ids are kept BATCH_ID_DAYS, so only within
+    # that does a replay recognise a batch whose failed write had committed.
+    spilled: Annotated[datetime, msgspec.Meta(tz=False)]  # UTC, naive as stored times are
     batches: list[_Batch]
 
 
@@ -79,16 +85,22 @@ _decoder = msgspec.json.Decoder(_File)
 
 
 def _encode(batches: list[Batch]) -> bytes:
-    return msgspec.json.encode(_File(version=1, batches=[
+    return msgspec.json.encode(_File(version=1, spilled=utc_now(), batches=[
         _Batch(id=b.id, rows=[_Row(k[0], k[1], k[2], c.requests, c.prompt_tokens,
                                    c.completion_tokens) for k, c in b.counts.items()],
                last_used=dict(b.last_used)) for b in batches]))
 
 
-def _decode(data: bytes) -> list[Batch]:
+def _decode(data: bytes, name: str) -> list[Batch]:
+    found = _decoder.decode(data)
+    if found.spilled < utc_now() - timedelta(days=BATCH_ID_DAYS):
+        # Written all the same: losing the usage is certain, a double count only
+        # possible (a batch in doubt that had committed and whose id is pruned).
+        log.warning("spill file %s is older than the %d days batch ids are kept: a batch written "
+                    "before the stop may be counted twice", name, BATCH_ID_DAYS)
     return [Batch(counts={(r.key_id, r.day, r.model): Counts(r.requests, r.prompt_tokens, r.completion_tokens)
                           for r in b.rows}, last_used=dict(b.last_used), id=b.id)
-            for b in _decoder.decode(data).batches]
+            for b in found.batches]
 
 
 def _held_by_a_live_process(owner: str, pid: int) -> bool:
@@ -186,7 +198,7 @@ class SpillDir:
                 continue  # another process claimed it first
             _ours.add(token)
             try:
-                found = _decode(claimed.read_bytes())
+                found = _decode(claimed.read_bytes(), path.name)
             except (OSError, msgspec.DecodeError) as exc:
                 aside = path.with_name(f"{base}.corrupt")
                 os.replace(claimed, aside)

@@ -4,8 +4,10 @@ a real PostgreSQL stopped and started, a real SQLite file locked by another
 process. (tests/test_store_outage.py: the recorder and spill files alone.)"""
 from __future__ import annotations
 
+import asyncio
 import re
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -158,3 +160,59 @@ def test_sqlite_locked_gateway_restarted_nothing_lost_nothing_doubled(tmp_path: 
             assert _spill_files(tmp_path) == []
         assert f"usage of {kept} request(s) from 1 spill file(s) written" in gateway.output()
         _assert_no_canary(canaries, gateway.output_path)
+
+
+def _wait_for_workers(gateway: Gateway, starts: int) -> None:
+    """Until every worker of the ``starts``-th start is up, and so has replayed
+    what it claimed (before serving)."""
+    deadline = time.monotonic() + 60
+    while gateway.output().count("with 2 workers") < starts:
+        assert time.monotonic() < deadline, gateway.output()
+        time.sleep(0.05)
+
+
+def test_workers_stopped_while_sqlite_is_locked_lose_nothing_and_replay_once(tmp_path: Path) -> None:
+    canaries, told = Canaries(), Told()
+
+    async def burst(gateway: Gateway, key: str, n: int) -> None:
+        # A connection per request, so that both workers serve some.
+        async with httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=0)) as http:
+            client = openai.AsyncOpenAI(base_url=gateway.base_url, api_key=key, max_retries=0, http_client=http)
+
+            async def one(i: int) -> None:
+                prompt = canaries.add(f"prompt {i}")
+                usage = (await client.chat.completions.create(
+                    model=MODEL, messages=[{"role": "user", "content": prompt}] * (1 + i % 3))).usage
+                assert usage is not None
+                told.add(usage.prompt_tokens, usage.completion_tokens)
+
+            await asyncio.gather(*(one(i) for i in range(n)))
+
+    with FakeLlamaCpp() as fake:
+        config = _config(fake, {})
+        config["server"] = {"workers": 2}
+        gateway = Gateway(tmp_path, config)
+        key = gateway.create_key()
+        canaries.add("api key", key)
+        locker = sqlite3.connect(tmp_path / "privatai.db", isolation_level=None)
+        try:
+            with gateway:
+                _wait_for_workers(gateway, 1)
+                locker.execute("BEGIN EXCLUSIVE")  # nothing of the burst can be written
+                asyncio.run(burst(gateway, key, 40))
+                assert gateway.stop() == 0
+        finally:
+            locker.close()
+        first = gateway.output()
+        kept = [int(n) for n in re.findall(r"usage of (\d+) request\(s\) kept in ", first)]
+        # Each worker that served kept its own, in a file of its own.
+        assert sum(kept) == 40 and len(_spill_files(tmp_path)) == len(kept), first
+        _assert_no_canary(canaries, *_spill_files(tmp_path), gateway.output_path)
+
+        with gateway.start():
+            _wait_for_workers(gateway, 2)  # the second start's
+            assert _stored(gateway, key) == told.totals() and told.requests == 40
+        assert _spill_files(tmp_path) == []
+        replayed = re.findall(r"usage of (\d+) request\(s\) from (\d+) spill file\(s\) written",
+                              gateway.output()[len(first):])
+        assert sum(int(n) for n, _ in replayed) == 40 and sum(int(f) for _, f in replayed) == len(kept)

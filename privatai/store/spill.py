@@ -50,9 +50,11 @@ _NAME = re.compile(rf"^{_PREFIX}(?P<db>[0-9a-f]{{16}})-\d+-[0-9a-f]+{re.escape(_
 # earlier process's that had the same pid (a container's pid 1, a reused pid).
 _ours: set[str] = set()
 
+# What a file may hold, checked before any of it is taken: a bad value means
+# a damaged file, which is moved aside whole rather than half written.
 Count = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
-Tokens = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
 Day = Annotated[str, msgspec.Meta(pattern=r"^\d{4}-\d{2}-\d{2}$")]
+StoredTime = Annotated[str, msgspec.Meta(pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}$")]
 BatchId = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{32}$")]
 KeyId = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 
@@ -62,15 +64,15 @@ class _Row(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
     day: Day
     model: Annotated[str, msgspec.Meta(max_length=1024)]
     requests: Count
-    prompt_tokens: Tokens
-    completion_tokens: Tokens
+    prompt_tokens: Count
+    completion_tokens: Count
 
 
 class _Batch(msgspec.Struct, forbid_unknown_fields=True):
     # A spilled batch always has an id: without one a replay could add it twice.
     id: BatchId
     rows: list[_Row]
-    last_used: dict[KeyId, str]
+    last_used: dict[KeyId, StoredTime]
 
 
 class _File(msgspec.Struct, forbid_unknown_fields=True):

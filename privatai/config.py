@@ -70,6 +70,10 @@ class StoreConfig(_Section):
     # Seconds a key's authentication stays cached. Changes are seen within
     # 0.5 s anyway (privatai.store.changes); this bounds it if that poll fails.
     auth_cache_ttl: Positive = 2.0
+    # Where usage held during a database outage is kept if the gateway stops
+    # before the database is back (privatai.store.spill). Unset: beside the
+    # SQLite file; with url, $STATE_DIRECTORY (systemd) or the working directory.
+    spill_dir: str | None = None
 
     @property
     def location(self) -> str:
@@ -278,6 +282,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     store_path = Path(config.store.path)
     if not store_path.is_absolute() and config.store.path != ":memory:":
         config.store.path = str(Path(path).resolve().parent / store_path)
+    if config.store.spill_dir is not None and not Path(config.store.spill_dir).is_absolute():
+        config.store.spill_dir = str(Path(path).resolve().parent / config.store.spill_dir)
     if not Path(config.portal.legal_dir).is_absolute():
         config.portal.legal_dir = str(Path(path).resolve().parent / config.portal.legal_dir)
     return config

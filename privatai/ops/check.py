@@ -1,5 +1,7 @@
 """`privatai check`: start, probe and list the models of every configured backend,
 and check that the database path can be written.
+Spill files of usage not yet written (:mod:`privatai.store.spill`) are a
+warning line, not a failure.
 
 It prints one row per model and backend, then a line for the store. A failure
 shows the error's class and status only (:func:`privatai.ops.logs.describe_error`):
@@ -25,6 +27,7 @@ from privatai.ops.preflight import store_problem
 from privatai.store.connection import Database, Queries, reason
 from privatai.store.names import quoted
 from privatai.store.schema import accounts
+from privatai.store.spill import SpillDir
 
 OK = "ok"
 # Ollama lists "llama3.2:latest" for a model pulled and requested as "llama3.2".
@@ -131,4 +134,11 @@ def run_check(config: Config) -> int:
             plans = [f"cannot read the accounts: {reason(exc)}"]
     print(f"Plans {', '.join(p.name for p in config.plans)}: "
           + ("; ".join(f"error: {p}" for p in plans) if plans else OK), flush=True)
+    spill = SpillDir.from_config(config.store)
+    waiting = spill.waiting() if spill is not None else []
+    if spill is not None and waiting:
+        # Not an error: the next start writes them (or a running one is). Only
+        # a file that stays here means usage not yet billed.
+        print(f"Held usage {spill.directory}: warning: {len(waiting)} spill file(s) of usage not yet "
+              "written to the database (a start writes them while it is reachable)", flush=True)
     return 0 if problem is None and not plans and all(r.status == OK for r in rows) else 1

@@ -27,6 +27,7 @@ from privatai.plans.gate import PlanGate, month_loader
 from privatai.state import AppState
 from privatai.store.database import Store
 from privatai.store.recorder import UsageRecorder
+from privatai.store.spill import SpillDir
 
 
 class StartupFailed(Exception):
@@ -53,7 +54,11 @@ async def open_parts(state: AppState) -> None:
             state.store = await Store.from_config(config.store, grace=config.state.store_grace_seconds)
         except Exception as exc:
             raise StartupFailed(f"store {config.store.location}", _reason(exc)) from exc
-        state.recorder = UsageRecorder.from_config(state.store, config.store, max_rows=config.state.held_usage_rows)
+        state.recorder = UsageRecorder.from_config(state.store, config.store, max_rows=config.state.held_usage_rows,
+                                                   spill=SpillDir.from_config(config.store))
+        # Usage an earlier stop could not write (the database was down): written
+        # before serving, or held and retried like any batch in doubt.
+        await state.recorder.replay_spilled()
         state.recorder.start()
         load_month = month_loader(state.store, state.recorder)
         state.plans = PlanGate(config, load_month, key_rates(state.redis, state.runtime),

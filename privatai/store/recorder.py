@@ -11,9 +11,13 @@ same transaction. If the write fails, the batch is kept as it is and retried,
 with the same id, before anything newer is taken: a failure that did commit
 (the connection lost during COMMIT) is then recognised by its id, and one
 that did not is written now. So while the database is down, usage is held in
-memory (at most one batch in doubt plus the aggregate still growing, bounded
-by ``max_rows``) and written when it is back: nothing lost, nothing twice.
+memory (the batches in doubt plus the aggregate still growing, bounded by
+``max_rows``) and written when it is back: nothing lost, nothing twice.
 Only numbers are kept: no prompt, no client address, no per-request rows.
+
+If the gateway stops before the database is back, what is held goes to a
+spill file (:mod:`privatai.store.spill`), batch ids included, and the next
+start takes it back in as batches in doubt: the same retry writes it.
 
 Counts are clamped to ``0..MAX_TOKENS`` on the way in: a backend that reports
 a negative or absurd number must neither lower a key's totals nor overflow a
@@ -27,10 +31,14 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import NamedTuple, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from privatai.config import StoreConfig
 from privatai.store.records import utc_now
+
+if TYPE_CHECKING:  # spill imports Batch from here
+    from privatai.store.spill import SpillDir
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +95,11 @@ class Batch:
         return bool(self.counts or self.last_used)
 
 
+def requests_in(batches: list[Batch]) -> int:
+    """How many requests ``batches`` count, for log lines (counts only)."""
+    return sum(c.requests for b in batches for c in b.counts.values())
+
+
 class UsageSink(Protocol):
     """Where batches go: the store."""
 
@@ -103,14 +116,19 @@ class UsageRecorder:
     """Aggregates usage in memory and flushes it to a :class:`UsageSink`."""
 
     def __init__(self, sink: UsageSink, *, flush_interval: float = 1.0,
-                 retention_days: int | None = None, max_rows: int = DEFAULT_MAX_ROWS) -> None:
+                 retention_days: int | None = None, max_rows: int = DEFAULT_MAX_ROWS,
+                 spill: SpillDir | None = None) -> None:
         self._sink = sink
+        self._spill = spill
+        # Spill files this process took in: deleted once their batches are written.
+        self._claimed: list[Path] = []
         self._flush_interval = flush_interval
         self._retention_days = retention_days
         self._max_rows = max_rows
         self._pending = Batch()
-        # The batch whose write failed: retried as it is before a new one is taken.
-        self._in_doubt: Batch | None = None
+        # Batches whose write failed (or taken in from spill files), oldest
+        # first: retried as they are, under their ids, before a new one is taken.
+        self._in_doubt: list[Batch] = []
         self._lock = asyncio.Lock()
         self._failing = False
         self._dropped = 0
@@ -121,10 +139,10 @@ class UsageRecorder:
         self._clock: tuple[int, str, str] = (-1, "", "")
 
     @classmethod
-    def from_config(cls, sink: UsageSink, config: StoreConfig, *, max_rows: int = DEFAULT_MAX_ROWS
-                    ) -> UsageRecorder:
+    def from_config(cls, sink: UsageSink, config: StoreConfig, *, max_rows: int = DEFAULT_MAX_ROWS,
+                    spill: SpillDir | None = None) -> UsageRecorder:
         return cls(sink, flush_interval=config.flush_interval, retention_days=config.usage_retention_days,
-                   max_rows=max_rows)
+                   max_rows=max_rows, spill=spill)
 
     @property
     def failing(self) -> bool:
@@ -144,9 +162,9 @@ class UsageRecorder:
         key = (key_id, day, model)
         counts = self._pending.counts.get(key)
         if counts is None:
-            in_doubt = self._in_doubt.counts if self._in_doubt is not None else {}
             # A row also held in doubt adds no new (key, day, model) to what is held.
-            if key not in in_doubt and len(self._pending.counts) + len(in_doubt) >= self._max_rows:
+            if (len(self._pending.counts) + sum(len(b.counts) for b in self._in_doubt) >= self._max_rows
+                    and not any(key in b.counts for b in self._in_doubt)):
                 # Bounded memory while the database is down: the price is this request's count.
                 if not self._dropped:
                     log.error("usage held in memory is full (%d rows): new rows are dropped until "
@@ -163,8 +181,8 @@ class UsageRecorder:
     def pending_counts(self) -> dict[UsageKey, Counts]:
         """A copy of what has not been written yet (for tests and shutdown checks)."""
         held: dict[UsageKey, Counts] = {}
-        for batch in (self._in_doubt, self._pending):
-            for key, c in (batch.counts.items() if batch is not None else ()):
+        for batch in (*self._in_doubt, self._pending):
+            for key, c in batch.counts.items():
                 held.setdefault(key, Counts()).add(c)
         return held
 
@@ -182,14 +200,23 @@ class UsageRecorder:
 
     async def _flush(self) -> None:
         async with self._lock:
-            if self._in_doubt is not None:
-                await self._write(self._in_doubt)
-            batch, self._pending = self._pending, Batch()
-            if not batch:
-                return
-            batch.id = uuid.uuid4().hex
-            self._in_doubt = batch
-            await self._write(batch)
+            while self._in_doubt:
+                await self._write(self._in_doubt[0])
+            if self._claimed and self._spill is not None:
+                self._spill.release(self._claimed)
+                self._claimed = []
+            batch = self._take()
+            if batch is not None:
+                await self._write(batch)
+
+    def _take(self) -> Batch | None:
+        """Move the pending aggregate, under a fresh id, to the batches in doubt."""
+        batch, self._pending = self._pending, Batch()
+        if not batch:
+            return None
+        batch.id = uuid.uuid4().hex
+        self._in_doubt.append(batch)
+        return batch
 
     async def _write(self, batch: Batch) -> None:
         try:
@@ -199,7 +226,7 @@ class UsageRecorder:
                 self._failing = True
                 log.warning("usage cannot be written (%s): held in memory and retried", type(exc).__name__)
             raise
-        self._in_doubt = None
+        self._in_doubt = [held for held in self._in_doubt if held is not batch]
         if self._failing:
             self._failing = False
             log.info("usage written again after a database outage (%d request(s) dropped as over the "
@@ -220,8 +247,33 @@ class UsageRecorder:
         self._stopping = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
+    async def replay_spilled(self) -> None:
+        """Take in the spill files earlier stops left and write them now.
+
+        Called once at start, before serving. Their batches keep their ids,
+        so one that was written before adds nothing. If the database cannot
+        be written now, they stay held in memory (and their files claimed)
+        and the periodic flush retries them like any batch in doubt.
+        """
+        if self._spill is None:
+            return
+        claimed = await asyncio.to_thread(self._spill.claim)
+        if not claimed.paths:
+            return
+        async with self._lock:
+            self._in_doubt[:0] = claimed.batches
+            self._claimed.extend(claimed.paths)
+        held = requests_in(claimed.batches)
+        try:
+            await self.flush()
+        except Exception:
+            log.warning("usage of %d request(s) from %d spill file(s) cannot be written yet: held "
+                        "in memory and retried", held, len(claimed.paths))
+            return
+        log.info("usage of %d request(s) from %d spill file(s) written", held, len(claimed.paths))
+
     async def stop(self) -> None:
-        """Stop the periodic flush and flush a last time."""
+        """Stop the periodic flush and flush a last time; if that fails, spill what is held."""
         if self._task is not None and self._stopping is not None:
             self._stopping.set()
             # wait() rather than await: a loop shutting down may already have
@@ -231,10 +283,33 @@ class UsageRecorder:
         try:
             await self.flush()
         except Exception:
-            held = sum(c.requests for c in self.pending_counts.values())
-            log.error("usage of %d request(s) could not be written before stopping: the database "
-                      "is unreachable", held)
-            raise
+            if not await self._spill_held():
+                raise
+
+    async def _spill_held(self) -> bool:
+        """Write what is held to a spill file; False (logged) if there is none or it failed."""
+        async with self._lock:
+            self._take()
+            if not self._in_doubt:
+                return True
+            held = requests_in(self._in_doubt)
+            if self._spill is None:
+                log.error("usage of %d request(s) could not be written before stopping: the database "
+                          "is unreachable", held)
+                return False
+            try:
+                path = await asyncio.to_thread(self._spill.write, self._in_doubt)
+            except Exception as exc:
+                log.error("usage of %d request(s) could not be written before stopping: the database "
+                          "is unreachable and the spill file failed (%s)", held, type(exc).__name__)
+                return False
+            # The new file holds the claimed files' batches too (those not written yet).
+            self._spill.release(self._claimed)
+            self._claimed = []
+            self._in_doubt = []
+        log.warning("usage of %d request(s) kept in %s for the next start: the database is unreachable",
+                    held, path)
+        return True
 
     async def _run(self) -> None:
         # Batches are taken every flush_interval, measured from one take to the

@@ -82,4 +82,5 @@ def urls(html: str) -> list[tuple[str, str, str]]:
 
 
 def example_files() -> set[str]:
-    return {path.name for path in EXAMPLE_DIR.iterdir()}
+    # Files only: a byte-compiled checkout or install has __pycache__ there too.
+    return {path.name for path in EXAMPLE_DIR.iterdir() if path.is_file()}

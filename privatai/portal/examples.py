@@ -61,6 +61,9 @@ def load_examples(directory: Path = EXAMPLE_DIR) -> Examples:
     """Every snippet, read once when the app is built."""
     templates: dict[str, str] = {}
     for path in sorted(directory.iterdir()):
+        if not path.is_file():
+            # __pycache__: pip byte-compiles the .py snippets when it installs the package.
+            continue
         parts = path.name.split(".")
         if len(parts) != 3 or f".{parts[2]}" not in LANGUAGES or _kind(path.name) not in ORDER:
             raise RuntimeError(f"example file not named <topic>.<tool>.<sh|py|mjs>: {path}")

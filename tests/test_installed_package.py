@@ -52,4 +52,6 @@ def test_the_installed_package_serves_its_api_and_website(installed: Path, tmp_p
         docs = httpx.get(f"{gateway.url}/en/docs", timeout=10)
         assert docs.status_code == 200
         assert "client.chat.completions.create(" in docs.text
-        assert httpx.get(f"{gateway.url}/", timeout=10).status_code == 200
+        # Every file the package carries besides modules: pages, styles, the web chat.
+        for path in ("/", "/static/site.css", "/webchat", "/webchat/static/chat.js"):
+            assert httpx.get(gateway.url + path, timeout=10).status_code == 200, path

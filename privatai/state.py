@@ -59,11 +59,13 @@ class AppState:
         """Re-read the configuration file (SIGHUP, `privatai reload`).
 
         An invalid file keeps the running configuration and says why. Backends,
-        routing, web-chat limits and the thinking field take effect at once;
-        the listening address and the store section need a restart.
+        routing, plans, web-chat limits and the thinking field take effect at
+        once; what needs a restart keeps its running value and is named in
+        the log (:mod:`privatai.ops.reload_scope`).
         """
         from privatai.config import load_config
         from privatai.errors import ConfigError
+        from privatai.ops.reload_scope import keep_start_only
         try:
             config = load_config(self.config.source)
             await self.router.reload(config)
@@ -73,9 +75,7 @@ class AppState:
         except Exception as exc:  # noqa: BLE001 - a backend that cannot start
             log.error("reload refused, keeping the running configuration: %s", describe_error(exc))
             return False
-        server = self.config.server  # the socket and the worker processes are made once, at start
-        config.server.host, config.server.port, config.server.workers = server.host, server.port, server.workers
-        config.store = self.config.store  # the database and its settings are opened once, at start
+        waiting = keep_start_only(self.config, config)
         self.config = config
         if self.plans is not None and self.store is not None:
             self.plans.reconfigure(config)
@@ -83,6 +83,9 @@ class AppState:
         if self.on_reload is not None:
             self.on_reload(config)
         log.info("configuration reloaded from %s: %d backend(s)", config.source, len(config.backends))
+        if waiting:
+            log.warning("changed in %s but applied only at the next restart: %s", config.source,
+                        ", ".join(waiting))
         return True
 
     def record_usage(self, principal: Principal, model: str, usage: Usage) -> None:

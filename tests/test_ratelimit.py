@@ -62,6 +62,10 @@ async def test_requests_per_minute_refuses_the_next_and_says_when_to_retry() -> 
     # The first request was 30 s ago, so a slot frees in 30 s.
     assert error.headers["Retry-After"] == "30"
     assert error.retry_after == 30
+    # The reset as the API's per-key limits (and OpenAI) write it.
+    assert error.headers["x-ratelimit-reset-requests"] == "30s"
+    clock.advance(0.25)
+    assert (await refused(limiter, me)).headers["x-ratelimit-reset-requests"] == "29.75s"
 
 
 async def test_minute_window_slides_on() -> None:

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from privatai.errors import RateLimited
+from privatai.limits.shared import MINUTE, duration
 
-MINUTE = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,16 +61,6 @@ class RateView:
                 headers[f"x-ratelimit-remaining-{kind}"] = str(window.remaining)
                 headers[f"x-ratelimit-reset-{kind}"] = duration(window.reset)
         return headers
-
-
-def duration(seconds: float) -> str:
-    """Seconds as OpenAI's reset headers write them: ``20ms``, ``1.5s``, ``6m0s``."""
-    if seconds < 1:
-        return f"{max(0, round(seconds * 1000))}ms"
-    if seconds < MINUTE:
-        return f"{round(seconds, 3):g}s"
-    minutes, rest = divmod(seconds, MINUTE)
-    return f"{int(minutes)}m{round(rest, 3):g}s"
 
 
 class KeyRates(Protocol):

@@ -38,6 +38,16 @@ TOKENS_PER_DAY = "tokens_per_day"
 CONCURRENT_STREAMS = "concurrent_streams"
 
 
+def duration(seconds: float) -> str:
+    """Seconds as OpenAI's reset headers write them: ``20ms``, ``1.5s``, ``6m0s``."""
+    if seconds < 1:
+        return f"{max(0, round(seconds * 1000))}ms"
+    if seconds < MINUTE:
+        return f"{round(seconds, 3):g}s"
+    minutes, rest = divmod(seconds, MINUTE)
+    return f"{int(minutes)}m{round(rest, 3):g}s"
+
+
 @dataclass(frozen=True, slots=True)
 class LimitRules:
     """The limits one identity gets (from ``web_chat`` in backends.yaml)."""

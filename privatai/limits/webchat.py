@@ -46,7 +46,6 @@ import hashlib
 import hmac
 import ipaddress
 import logging
-import math
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -55,7 +54,7 @@ from typing import Callable, Iterable
 from privatai.config import WebChatConfig
 from privatai.errors import InvalidRequest, LimitsUnavailable, ModelNotFound, RateLimited
 from privatai.limits.shared import (CONCURRENT_STREAMS, detached, DEFAULT_MAX_IDENTITIES, TOKENS_PER_DAY, LimitRules,
-                                    LimitState, MemoryLimitState, Verdict)
+                                    LimitState, MemoryLimitState, Verdict, duration)
 from privatai.ops.logs import describe_error
 
 log = logging.getLogger("privatai.limits")
@@ -276,7 +275,8 @@ def rate_limit_headers(verdict: Verdict) -> dict[str, str]:
     return {
         "x-ratelimit-limit-requests": str(verdict.limit),
         "x-ratelimit-remaining-requests": str(verdict.remaining),
-        "x-ratelimit-reset-requests": f"{math.ceil(verdict.reset_seconds)}s",
+        # Written as the API's own limits write it (OpenAI's form: 1.5s, 1m0s).
+        "x-ratelimit-reset-requests": duration(verdict.reset_seconds),
     }
 
 

@@ -85,7 +85,9 @@ class Plan:
     settle_seconds: float = 0.5         # pause before measuring idle memory
 
 
-QUICK = Plan(latency_seconds=0.3, throughput_seconds=0.3, warmup_seconds=0.1, concurrency=8,
+# No warm-up runs in the smoke run: the set-up's check request already warmed
+# the path, and a warm-up is one more load-generator process per scenario.
+QUICK = Plan(latency_seconds=0.3, throughput_seconds=0.3, warmup_seconds=0.0, concurrency=8,
              ttft_seconds=0.3, chunk_seconds=0.3, chunk_tokens=20, streams=20, stream_tokens=6,
              stream_rate=20.0, stream_ramp=0.1, tokenize_prompt_chars=2000, tokenize_seconds=0.3,
              use_wrk=False, settle_seconds=0.1)

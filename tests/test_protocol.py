@@ -124,6 +124,21 @@ def test_names_and_image_parts_go_upstream_as_openai_sends_them() -> None:
     assert text_of(chat.messages[0].content) == "What is this?"
 
 
+def test_an_assistant_refusal_part_in_a_history_goes_upstream_as_its_text() -> None:
+    # The SDK's ChatCompletionAssistantMessageParam allows text and refusal parts.
+    chat = parse({"messages": [
+        {"role": "user", "content": "Help me with something bad."},
+        {"role": "assistant", "content": [{"type": "refusal", "refusal": "I can't help with that."}],
+         "refusal": "I can't help with that."},
+        {"role": "user", "content": "Then tell me a joke."}]})
+    assert message_to_openai(chat.messages[1]) == {"role": "assistant", "content": "I can't help with that."}
+    # Refusals are the assistant's alone, and a part still needs its type there.
+    assert error_of(json.dumps({"messages": [{"role": "user", "content": [
+        {"type": "refusal", "refusal": "no"}]}]}).encode()).param.startswith("messages[0].content")
+    assert error_of(json.dumps({"messages": [{"role": "assistant", "content": [
+        {"text": "untyped"}]}]}).encode()).param.startswith("messages[0].content")
+
+
 def test_an_absent_stream_field_takes_the_negotiated_default() -> None:
     body = json.dumps({"messages": [{"role": "user", "content": "x"}],
                        "stream_options": {"include_usage": True}}).encode()

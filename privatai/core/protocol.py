@@ -32,9 +32,16 @@ class ImagePart(msgspec.Struct, tag_field="type", tag="image_url"):
     image_url: ImageURL
 
 
+class RefusalPart(msgspec.Struct, tag_field="type", tag="refusal"):
+    """An assistant turn's refusal, as the SDK sends one back in a history."""
+
+    refusal: str
+
+
 Content = Union[str, list[TextPart]]
-# Only user turns may carry images, as in OpenAI's API.
+# Only user turns may carry images, and only assistant turns refusals, as in OpenAI's API.
 UserContent = Union[str, list[Union[TextPart, ImagePart]]]
+AssistantContent = Union[str, list[Union[TextPart, RefusalPart]]]
 
 
 class FunctionCall(msgspec.Struct):
@@ -66,7 +73,7 @@ class UserMessage(msgspec.Struct, tag_field="role", tag="user"):
 
 
 class AssistantMessage(msgspec.Struct, tag_field="role", tag="assistant"):
-    content: Content | None = None
+    content: AssistantContent | None = None
     tool_calls: list[ToolCall] | None = None
     name: str | None = None
     # Clients that replay reasoning send one of these back; we keep it for
@@ -274,13 +281,15 @@ def _normalized(chat: ChatRequest, stream_default: bool) -> ChatRequest:
     return msgspec.structs.replace(chat, **changes) if changes else chat
 
 
-def text_of(content: Content | None) -> str:
-    """The text of a message's content, text parts joined."""
+def text_of(content: Content | AssistantContent | None) -> str:
+    """The text of a message's content, text parts joined; a refusal is what
+    the assistant said, so backends (which know no refusal parts) get it as text."""
     if content is None:
         return ""
     if isinstance(content, str):
         return content
-    return "".join(part.text for part in content if type(part) is TextPart)
+    return "".join(part.text if type(part) is TextPart else part.refusal
+                   for part in content if type(part) is TextPart or type(part) is RefusalPart)
 
 
 def image_urls(message: Message) -> list[str]:

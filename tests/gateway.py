@@ -144,6 +144,9 @@ class Gateway(_Configured):
                               check=check)
 
     def start(self, timeout: float = 120.0, attempts: int = 3) -> "Gateway":
+        # A second start would leave the first process running, unseen (`with
+        # gateway.start():` starts twice: __enter__ starts too).
+        assert self.proc is None or self.proc.poll() is not None, "this gateway is already running"
         out = self.output_path.open("ab")
         self.proc = subprocess.Popen(
             [*self.launcher, "serve", "--config", str(self.config_path)],

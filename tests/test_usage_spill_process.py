@@ -119,7 +119,7 @@ def test_postgresql_down_gateway_restarted_nothing_lost_nothing_doubled(
             _assert_no_canary(canaries, spilled, gateway.output_path)
 
             server.resume()
-            with gateway.start():
+            with gateway:
                 assert _stored(gateway, key) == told.totals() and told.requests == 7
                 assert _spill_files(spill) == []
             assert f"usage of {kept} request(s) from 1 spill file(s) written" in gateway.output()
@@ -155,7 +155,7 @@ def test_sqlite_locked_gateway_restarted_nothing_lost_nothing_doubled(tmp_path: 
         assert checked.returncode == 0, checked.stdout + checked.stderr
         assert f"Held usage {tmp_path}: warning: 1 spill file(s)" in checked.stdout
 
-        with gateway.start():
+        with gateway:
             assert _stored(gateway, key) == told.totals() and told.requests == 5
             assert _spill_files(tmp_path) == []
         assert f"usage of {kept} request(s) from 1 spill file(s) written" in gateway.output()
@@ -209,7 +209,7 @@ def test_workers_stopped_while_sqlite_is_locked_lose_nothing_and_replay_once(tmp
         assert sum(kept) == 40 and len(_spill_files(tmp_path)) == len(kept), first
         _assert_no_canary(canaries, *_spill_files(tmp_path), gateway.output_path)
 
-        with gateway.start():
+        with gateway:
             _wait_for_workers(gateway, 2)  # the second start's
             assert _stored(gateway, key) == told.totals() and told.requests == 40
         assert _spill_files(tmp_path) == []

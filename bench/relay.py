@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+from functools import partial
 
 import aiohttp
 from sanic import Request, Sanic
 from sanic.response import HTTPResponse, raw
+from sanic.worker.loader import AppLoader
 
 
 def create_app(upstream: str) -> Sanic:
@@ -68,11 +70,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--upstream", required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes on the one port (Sanic's own multi-worker mode)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    app = create_app(args.upstream)
-    app.run(host=args.host, port=args.port, single_process=True, access_log=False, debug=False,
-            motd=False, auto_reload=False, backlog=4096)
+    if args.workers == 1:
+        create_app(args.upstream).run(host=args.host, port=args.port, single_process=True, access_log=False,
+                                      debug=False, motd=False, auto_reload=False, backlog=4096)
+        return 0
+    # Workers are spawned processes: each builds its app from the factory (Sanic's AppLoader).
+    loader = AppLoader(factory=partial(create_app, args.upstream))
+    app = loader.load()
+    app.prepare(host=args.host, port=args.port, workers=args.workers, access_log=False, debug=False,
+                motd=False, auto_reload=False, backlog=4096)
+    Sanic.serve(primary=app, app_loader=loader)
     return 0
 
 

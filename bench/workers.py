@@ -27,7 +27,7 @@ GOAL_TTFT_P99_MS = 1000.0
 
 
 def _gateway(workdir: Path, src: Path, plan: Plan, workers: int, log_level: str
-             ) -> tuple[Process, Process, Load]:
+             ) -> tuple[Process, int, Process, Load]:
     fake_port, port = free_port(), free_port()
     fake = Process(f"fake-{workers}w", [sys.executable, "-m", "bench.fake_upstream", "--port", str(fake_port),
                                         "--tokens", str(plan.response_tokens)], workdir, ROOT)
@@ -49,7 +49,28 @@ def _gateway(workdir: Path, src: Path, plan: Plan, workers: int, log_level: str
             raise RuntimeError(f"the gateway's {workers} workers did not start:\n{gateway.output()[-2000:]}")
         time.sleep(0.1)
     headers = [f"Authorization: Bearer {key}"] if key else []
-    return fake, gateway, Load(port, headers, workdir, plan.use_wrk, Meter(gateway, fake))
+    return fake, fake_port, gateway, Load(port, headers, workdir, plan.use_wrk, Meter(gateway, fake))
+
+
+def _relay(workdir: Path, fake_port: int, workers: int) -> tuple[Process, Load]:
+    port = free_port()
+    relay = Process(f"relay-{workers}w", [sys.executable, "-m", "bench.relay", "--port", str(port), "--upstream",
+                                          f"http://127.0.0.1:{fake_port}", "--workers", str(workers)], workdir, ROOT)
+    wait_http(port, "/healthz", 60, relay.proc)
+    time.sleep(1 + workers)  # /healthz answers once one worker runs
+    return relay, Load(port, [], workdir, False, Meter(relay))
+
+
+def _streams(load: Load, server: Process, model: str, plan: Plan) -> dict[str, Any]:
+    """The long streams, opened over ``plan.stream_ramp`` seconds, with the server's CPU per chunk."""
+    seconds = plan.stream_tokens / plan.stream_rate
+    before = _cpu(server)
+    result = load.loadgen(chat_body(model, stream=True, tokens=plan.stream_tokens), concurrency=plan.streams,
+                          duration=seconds * 3 + 30, requests=1, ramp=plan.stream_ramp, stream=True,
+                          timeout=seconds * 3 + 30)
+    used = _cpu(server) - before
+    result["server_cpu_us_per_chunk"] = round(used / result["frames"] * 1e6, 1) if result["frames"] else None
+    return result
 
 
 def _cpu(gateway: Process) -> float:
@@ -66,7 +87,7 @@ def run(workdir: Path, src: Path, plan: Plan, log_level: str, log: Any) -> dict[
     raise_nofile()
     results: dict[str, Any] = {}
     for workers in COUNTS:
-        fake, gateway, load = _gateway(workdir, src, plan, workers, log_level)
+        fake, fake_port, gateway, load = _gateway(workdir, src, plan, workers, log_level)
         try:
             log(f"workers={workers}: throughput at concurrency {plan.concurrency}")
             before, started = _cpu(gateway), time.perf_counter()
@@ -75,15 +96,20 @@ def run(workdir: Path, src: Path, plan: Plan, log_level: str, log: Any) -> dict[
                                        warmup=plan.warmup_seconds)
             throughput["gateway_cpu_s"] = round(_cpu(gateway) - before, 3)
             throughput["wall_s"] = round(time.perf_counter() - started, 3)
-            seconds = plan.stream_tokens / plan.stream_rate
             log(f"workers={workers}: {plan.streams} streams at {plan.stream_rate:g} tokens/s")
-            streams = load.loadgen(chat_body("bench-paced", stream=True, tokens=plan.stream_tokens),
-                                   concurrency=plan.streams, duration=seconds * 3 + 30, requests=1,
-                                   ramp=plan.stream_ramp, stream=True, timeout=seconds * 3 + 30)
+            streams = _streams(load, gateway, "bench-paced", plan)
+            gateway.stop()
+            # The floor for the same streams: the bare relay with as many workers.
+            log(f"workers={workers}: the same streams through the bare relay")
+            relay, relay_load = _relay(workdir, fake_port, workers)
+            try:
+                relay_streams = _streams(relay_load, relay, f"bench@{plan.stream_rate:g}", plan)
+            finally:
+                relay.stop()
         finally:
             gateway.stop()
             fake.stop()
-        results[f"{workers}w"] = {"throughput_c64": throughput, "streams": streams}
+        results[f"{workers}w"] = {"throughput_c64": throughput, "streams": streams, "relay_streams": relay_streams}
     one, two = results["1w"], results["2w"]
     speedup = (two["throughput_c64"]["rps"] / one["throughput_c64"]["rps"]
                if one["throughput_c64"].get("rps") else None)
@@ -110,6 +136,12 @@ def table(results: dict[str, Any], plan: Plan) -> str:
         (f"TTFT p99 with {plan.streams} streams open (ms)", s["ttft_p99_ms_1w"], s["ttft_p99_ms_2w"],
          f"goal < {GOAL_TTFT_P99_MS:g} ms"),
         ("stream errors", s["stream_errors_1w"], s["stream_errors_2w"], "goal 0"),
+        ("server CPU per chunk, those streams (µs)", one["streams"].get("server_cpu_us_per_chunk"),
+         two["streams"].get("server_cpu_us_per_chunk"), ""),
+        ("bare relay, same workers and streams: TTFT p99 (ms)", one["relay_streams"]["ttft_ms"]["p99"],
+         two["relay_streams"]["ttft_ms"]["p99"], "the floor for this machine"),
+        ("bare relay: CPU per chunk (µs)", one["relay_streams"].get("server_cpu_us_per_chunk"),
+         two["relay_streams"].get("server_cpu_us_per_chunk"), ""),
     ]
     lines = ["| measure | 1 worker | 2 workers | |", "|---|---:|---:|---|"]
     lines += [f"| {name} | {a} | {b} | {note} |" for name, a, b, note in rows]

@@ -22,5 +22,9 @@ def test_workers_scenario_runs_both_worker_counts(tmp_path: Path) -> None:
         run = result["results"][workers]
         assert run["throughput_c64"]["ok"] > 0
         assert run["streams"]["ok"] == result["plan"]["streams"] and run["streams"]["errors"] == 0
+        # The same streams through the bare relay with as many workers: the floor beside it.
+        relay = run["relay_streams"]
+        assert relay["ok"] == result["plan"]["streams"] and relay["errors"] == 0
+        assert relay["server_cpu_us_per_chunk"] > 0
     summary = result["results"]["summary"]
     assert summary["speedup"] is not None and summary["ttft_p99_ms_2w"] is not None

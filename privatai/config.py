@@ -214,7 +214,7 @@ def parse_config(data: object, source: str = "<memory>") -> Config:
         config = msgspec.convert({**data, "source": source}, Config)
     except msgspec.ValidationError as exc:
         raise _fail(source, exc) from None
-    _check(config)
+    check_config(config)
     return config
 
 
@@ -304,7 +304,8 @@ def _check_store(source: str, store: StoreConfig) -> None:
         raise ConfigError(source, "store.url", "names no database, as in postgresql://user@host:5432/privatai")
 
 
-def _check(config: Config) -> None:
+def check_config(config: Config) -> None:
+    """Every rule across sections; ConfigError names the first one broken."""
     _check_store(config.source, config.store)
     check_state(config.source, config.state)
     names: set[str] = set()

@@ -63,11 +63,20 @@ class AppState:
         once; what needs a restart keeps its running value and is named in
         the log (:mod:`privatai.ops.reload_scope`).
         """
-        from privatai.config import load_config
+        from privatai.config import check_config, load_config
         from privatai.errors import ConfigError
         from privatai.ops.reload_scope import keep_start_only
         try:
             config = load_config(self.config.source)
+            waiting = keep_start_only(self.config, config)
+            try:
+                # The file is valid, but it would run beside the kept values:
+                # e.g. billing.plans naming a plan the new plans: drop.
+                check_config(config)
+            except ConfigError as exc:
+                log.error("reload refused, keeping the running configuration: %s, with the running values of "
+                          "what applies only at the next restart (%s)", exc, ", ".join(waiting))
+                return False
             await self.router.reload(config)
         except ConfigError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
@@ -75,7 +84,6 @@ class AppState:
         except Exception as exc:  # noqa: BLE001 - a backend that cannot start
             log.error("reload refused, keeping the running configuration: %s", describe_error(exc))
             return False
-        waiting = keep_start_only(self.config, config)
         self.config = config
         if self.plans is not None and self.store is not None:
             self.plans.reconfigure(config)

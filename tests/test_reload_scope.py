@@ -15,6 +15,7 @@ import httpx
 import pytest
 import yaml
 
+from tests.billing_helpers import billed_gateway
 from tests.gateway import LocalGateway
 from tests.scripted import ScriptedBackend, ScriptedBackends
 
@@ -85,3 +86,28 @@ async def test_a_reload_of_live_settings_only_warns_of_nothing(
         assert await gateway.app.ctx.state.reload()
     assert [r.levelno for r in caplog.records] == [logging.INFO]
     assert gateway.app.ctx.state.config.web_chat.requests_per_minute == 3
+
+
+async def test_a_valid_file_that_clashes_with_the_kept_billing_is_refused_whole(
+        tmp_path: Path, backend: ScriptedBackend, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    async with billed_gateway(tmp_path, backend, monkeypatch) as (gateway, _fake):
+        assert gateway.app is not None
+        state = gateway.app.ctx.state
+
+        def drop_tokens_plan(config: dict[str, Any]) -> None:
+            # Valid on its own: the plan and its price both go. But billing
+            # waits for a restart, and the running one still sells it.
+            config["plans"] = [plan for plan in config["plans"] if plan["name"] != "tokens"]
+            del config["billing"]["plans"]["tokens"]
+            config["routing"] = {"max_attempts": 1}
+
+        rewrite(gateway, drop_tokens_plan)
+        with caplog.at_level(logging.INFO, logger="privatai.state"):
+            assert not await state.reload()
+        assert [r.getMessage() for r in caplog.records] == [
+            f"reload refused, keeping the running configuration: {gateway.config_path}: billing.plans.tokens: "
+            "'tokens' is not a plan in 'plans', with the running values of what applies only at the next "
+            "restart (billing.plans)"]
+        assert [plan.name for plan in state.config.plans] == ["pro", "tokens", "enterprise"]
+        assert state.config.routing.max_attempts != 1

@@ -70,9 +70,10 @@ class AppState:
             config = load_config(self.config.source)
             waiting = keep_start_only(self.config, config)
             try:
-                # The file is valid, but it would run beside the kept values:
-                # e.g. billing.plans naming a plan the new plans: drop.
-                check_config(config)
+                # The file passed on its own (load_config); with values kept it
+                # may not: e.g. billing.plans naming a plan the new plans: drop.
+                if waiting:
+                    check_config(config)
             except ConfigError as exc:
                 log.error("reload refused, keeping the running configuration: %s, with the running values of "
                           "what applies only at the next restart (%s)", exc, ", ".join(waiting))

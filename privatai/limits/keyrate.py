@@ -28,7 +28,6 @@ from privatai.errors import RateLimited
 from privatai.limits.shared import MINUTE, duration
 
 
-
 @dataclass(frozen=True, slots=True)
 class KeyLimits:
     requests_per_minute: int | None = None
